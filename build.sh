@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# build.sh — build, test, fuzz and benchmark pytest-fast.
+#
+#   ./build.sh            build ./pytest-fast against the Python that can import pytest
+#   ./build.sh test       build, then run the C unit tests and the pytest suite
+#   ./build.sh asan       the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   ./build.sh fuzz [S]   fuzz the pickle decoder for S seconds (default 600)
+#   ./build.sh demo       build and run the example project (test/example), cold then warm
+#   ./build.sh bench      benchmarks side by side (see bench/README.md)
+#
+# PYTHON=/path/to/python overrides the interpreter choice; CC the compiler.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+BUILD=$ROOT/build
+CC=${CC:-cc}
+WARN="-std=c11 -Wall -Wextra -Werror"
+mkdir -p "$BUILD"
+
+say() { printf 'build.sh: %s\n' "$*" >&2; }
+
+# An interpreter we can embed: it imports pytest and has a shared libpython.
+usable() {
+    "$1" - <<'EOF' >/dev/null 2>&1
+import sysconfig, pytest
+assert sysconfig.get_config_var("Py_ENABLE_SHARED")
+EOF
+}
+
+embeddable() {
+    "$1" -c 'import sysconfig; assert sysconfig.get_config_var("Py_ENABLE_SHARED")' >/dev/null 2>&1
+}
+
+# Create ./.venv from a base interpreter and install what is listed in $2.
+make_venv() {
+    local base=$1 reqs=$2 venv=$ROOT/.venv
+    local stamp="$venv/.pytest-fast-reqs"
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating $venv from $base"
+        "$base" -m venv "$venv"
+    fi
+    if [ ! -f "$stamp" ] || ! cmp -s "$reqs" "$stamp"; then
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
+        cp "$reqs" "$stamp"
+    fi
+}
+
+pick_python() {
+    if [ -n "${PYTHON:-}" ]; then
+        command -v "$PYTHON" >/dev/null || { say "PYTHON=$PYTHON not found"; exit 1; }
+        embeddable "$PYTHON" || { say "PYTHON=$PYTHON has no shared libpython (built without --enable-shared); cannot embed it"; exit 1; }
+        PY=$(command -v "$PYTHON"); return
+    fi
+    local cands=()
+    [ -n "${VIRTUAL_ENV:-}" ] && cands+=("$VIRTUAL_ENV/bin/python")
+    cands+=(python3)
+    for v in 13 12 11 10 9; do cands+=("python3.$v"); done
+    for c in "${cands[@]}"; do
+        if command -v "$c" >/dev/null 2>&1 && usable "$c"; then PY=$(command -v "$c"); return; fi
+    done
+    for c in "${cands[@]}"; do
+        if command -v "$c" >/dev/null 2>&1 && embeddable "$c"; then
+            say "no interpreter with pytest found: installing pytest into ./.venv (from $c)"
+            make_venv "$(command -v "$c")" "$ROOT/test/requirements-min.txt"
+            PY=$ROOT/.venv/bin/python; return
+        fi
+    done
+    say "no Python with a shared libpython found; install python3-dev (or set PYTHON=)"; exit 1
+}
+
+# Compile and link flags from the interpreter's own sysconfig: a venv has no
+# python3-config and pyenv shims may point elsewhere.
+py_flags() {
+    eval "$("$PY" - <<'EOF'
+import shlex, sys, sysconfig
+v = sysconfig.get_config_var
+libdir = v("LIBDIR")
+ver = v("LDVERSION") or v("VERSION")
+inc = sysconfig.get_paths()["include"]
+print("PY_CFLAGS=" + shlex.quote(f"-I{inc}"))
+print("PY_LDFLAGS=" + shlex.quote(f"-L{libdir} -Wl,-rpath,{libdir} -lpython{ver} {v('LIBS') or ''} {v('SYSLIBS') or ''} -lm"))
+print("PY_EXE=" + shlex.quote(sys.executable))
+EOF
+)"
+}
+
+compile() {  # compile OUT SRC EXTRA-FLAGS...
+    local out=$1 src=$2; shift 2
+    # shellcheck disable=SC2086
+    $CC $WARN "$@" -o "$out" "$src" $PY_CFLAGS -DPF_BUILD_PYTHON="\"$PY_EXE\"" $PY_LDFLAGS
+}
+
+build() {  # build [SANITIZE-FLAGS]
+    local extra=${1:-} dir=$BUILD
+    pick_python
+    py_flags
+    if [ -n "$extra" ]; then dir=$BUILD/asan; mkdir -p "$dir"; fi
+    local opt="-O2 -g"; [ -n "$extra" ] && opt="-O1 -g -fno-omit-frame-pointer $extra"
+    # shellcheck disable=SC2086
+    compile "$dir/pytest-fast" pytest_fast.c $opt
+    for t in test/unit_*.c test/codec_tool.c; do
+        # shellcheck disable=SC2086
+        compile "$dir/$(basename "${t%.c}")" "$t" $opt
+    done
+    [ -z "$extra" ] && cp "$dir/pytest-fast" "$ROOT/pytest-fast"
+    say "built $dir/pytest-fast for $PY_EXE"
+}
+
+run_tests() {  # run_tests BUILD-DIR [pytest args]
+    local dir=$1; shift
+    for t in "$dir"/unit_*; do
+        echo "== $(basename "$t")"
+        "$t"
+    done
+    PF_BUILD_DIR=$dir PF_BIN=$dir/pytest-fast "$ROOT/.venv/bin/python" -m pytest "$ROOT/test" "$@"
+}
+
+test_env() {
+    local base=""
+    if [ -n "${PYTHON:-}" ]; then base=$PYTHON; else
+        for c in ${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python} python3 python3.13 python3.12 python3.11 python3.10 python3.9; do
+            if command -v "$c" >/dev/null 2>&1 && embeddable "$c"; then base=$(command -v "$c"); break; fi
+        done
+    fi
+    [ -n "$base" ] || { say "no Python with a shared libpython found"; exit 1; }
+    # The suite's own venv: the interpreter the binary embeds and the one the
+    # test projects run under.
+    make_venv "$base" "$ROOT/test/requirements.txt"
+    PYTHON=$ROOT/.venv/bin/python
+    export PYTHON
+}
+
+cmd=${1:-build}
+case "$cmd" in
+build)
+    build
+    ;;
+test)
+    shift || true
+    test_env
+    build
+    run_tests "$BUILD" "$@"
+    ;;
+asan)
+    shift || true
+    test_env
+    build "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1} \
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
+        run_tests "$BUILD/asan" "$@"
+    ;;
+fuzz)
+    secs=${2:-600}
+    command -v clang >/dev/null || { say "fuzzing needs clang (apt-get install clang)"; exit 1; }
+    mkdir -p "$BUILD/fuzz-corpus"
+    clang -std=c11 -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+        -o "$BUILD/fuzz_decode" test/fuzz_decode.c
+    "$BUILD/fuzz_decode" -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 \
+        "$BUILD/fuzz-corpus" test/corpus
+    ;;
+demo)
+    build
+    cd "$ROOT/test/example"
+    export PYTEST_FAST_ADDRESS=$BUILD/demo.sock
+    "$ROOT/pytest-fast" --stop >/dev/null
+    echo "== first run: the daemon starts, imports the app and collects once (cold)"
+    "$ROOT/pytest-fast" --workers 2
+    echo "== second run: workers fork from the warm zygote"
+    "$ROOT/pytest-fast" --workers 2
+    "$ROOT/pytest-fast" --stop
+    ;;
+bench)
+    shift || true
+    pick_python
+    exec "$PY" "$ROOT/bench/run.py" "$@"
+    ;;
+*)
+    sed -n '2,12p' "$0" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,153 @@
+"""Shared fixtures: build artefacts, throwaway projects, the oracle.
+
+Every test that starts a daemon gets its own private socket directory and a
+marker in the environment of every process it starts; at teardown the daemon
+is stopped and no process carrying the marker may survive (no orphans).
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("PF_BUILD_DIR", ROOT / "build"))
+BIN = Path(os.environ.get("PF_BIN", ROOT / "pytest-fast"))
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "reliability: faults, load and hostile input")
+    if not BIN.exists():
+        raise pytest.UsageError(f"{BIN} does not exist: run ./build.sh first")
+
+
+def _marked_pids(marker):
+    """Processes whose environment carries the marker (ours, same uid)."""
+    pids = []
+    needle = ("PF_TEST_MARKER=" + marker).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z" and needle in env.split(b"\0"):
+            pids.append(int(entry))
+    return pids
+
+
+class Result:
+    def __init__(self, rc, out, err, dump):
+        self.rc, self.out, self.err, self.dump = rc, out, err, dump
+
+    def __repr__(self):
+        return f"<rc={self.rc}\n--- stdout\n{self.out}\n--- stderr\n{self.err}>"
+
+
+class Project:
+    """A throwaway pytest project plus the means to run it both ways."""
+
+    def __init__(self, path, sockdir, marker):
+        self.path = path
+        self.sockdir = sockdir
+        self.marker = marker
+        self.address = os.path.join(sockdir, "d.sock")
+
+    def write(self, rel, text):
+        p = self.path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text).lstrip())
+        return p
+
+    def env(self, extra=None):
+        env = dict(os.environ)
+        env.pop("PYTEST_ADDOPTS", None)
+        env.pop("PYTEST_FAST_ADDRESS", None)
+        env["PF_TEST_MARKER"] = self.marker
+        env["PYTHONPATH"] = str(HERE)
+        env.update(extra or {})
+        return env
+
+    def fast(self, *args, env=None, timeout=120, address=True, dump=True, stdin=None):
+        dump_path = self.path / ".fast-dump.json"
+        if dump_path.exists():
+            dump_path.unlink()
+        cmd = [str(BIN)]
+        if address:
+            cmd += ["--address", self.address]
+        if dump:
+            cmd += ["--dump", str(dump_path)]
+        cmd += list(args)
+        p = subprocess.run(cmd, cwd=self.path, env=self.env(env), capture_output=True, text=True,
+                           timeout=timeout, stdin=stdin if stdin is not None else subprocess.DEVNULL)
+        data = json.loads(dump_path.read_text()) if dump and dump_path.exists() else None
+        return Result(p.returncode, p.stdout, p.stderr, data)
+
+    def pytest(self, *args, env=None, timeout=120):
+        dump_path = self.path / ".oracle-dump.json"
+        if dump_path.exists():
+            dump_path.unlink()
+        e = self.env(env)
+        e["OUTCOME_DUMP"] = str(dump_path)
+        cmd = [sys.executable, "-m", "pytest", "-p", "outcome_dump", *args]
+        p = subprocess.run(cmd, cwd=self.path, env=e, capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+        data = json.loads(dump_path.read_text()) if dump_path.exists() else None
+        return Result(p.returncode, p.stdout, p.stderr, data)
+
+    def stop(self):
+        subprocess.run([str(BIN), "--address", self.address, "--stop"], env=self.env(),
+                       capture_output=True, timeout=30)
+
+    def status(self):
+        p = subprocess.run([str(BIN), "--address", self.address, "--status"], env=self.env(),
+                           capture_output=True, text=True, timeout=30)
+        return p
+
+    def log(self):
+        path = Path(self.address[: -len(".sock")] + ".log")
+        return path.read_text() if path.exists() else ""
+
+    def assert_no_orphans(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = _marked_pids(self.marker)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def project(tmp_path):
+    sockdir = tempfile.mkdtemp(prefix="pf")
+    proj = Project(tmp_path / "proj", sockdir, uuid.uuid4().hex)
+    proj.path.mkdir()
+    yield proj
+    proj.stop()
+    try:
+        proj.assert_no_orphans()
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+# The example project and the fuzz corpus are data, not part of this suite.
+collect_ignore = ["example", "corpus"]
