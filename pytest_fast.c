@@ -1064,7 +1064,7 @@ int pf_encode(pf_buf *out, const pf_value *v)
 typedef struct codec_node {
     uint32_t aux;
     uint8_t flags;
-    uint8_t height; /* container nesting, set by the final walk */
+    uint8_t height; /* container nesting: a lower bound, exact after the walk */
     pf_value v;
 } codec_node;
 
@@ -1217,7 +1217,24 @@ static pf_value *codec_node_new(codec_dec *d, pf_kind kind)
         return NULL;
     memset(n, 0, sizeof *n);
     n->v.kind = kind;
+    n->height = codec_is_container(kind);
     return &n->v;
+}
+
+/* Raise container c's nesting lower bound now that it holds item, so that
+ * absurd nesting is refused as it is built rather than after it has all
+ * been allocated.  The final walk still has the last word: items can grow
+ * deeper after they are added. */
+static int codec_nest(codec_dec *d, pf_value *c, const pf_value *item)
+{
+    unsigned h = codec_node_of(item)->height + 1u;
+    codec_node *n = codec_node_of(c);
+    if (h <= n->height)
+        return 0;
+    if (h > PF_MAX_DEPTH)
+        return codec_fail(d, "containers nested deeper than %d", PF_MAX_DEPTH);
+    n->height = (uint8_t)h;
+    return 0;
 }
 
 static int codec_intern_grow(codec_dec *d)
@@ -1376,7 +1393,8 @@ static int codec_check_key(codec_dec *d, const pf_value *key, const char *where)
 /* Python semantics: the first key object stays, the last value wins. */
 static int codec_dict_put(codec_dec *d, pf_value *dict, pf_value *key, pf_value *value)
 {
-    if (codec_check_key(d, key, "a dict key") < 0)
+    if (codec_check_key(d, key, "a dict key") < 0 || codec_nest(d, dict, key) < 0 ||
+        codec_nest(d, dict, value) < 0)
         return -1;
     size_t pos = codec_member_find(d, dict, key);
     if (pos != SIZE_MAX) {
@@ -1393,7 +1411,8 @@ static int codec_dict_put(codec_dec *d, pf_value *dict, pf_value *key, pf_value 
 
 static int codec_set_add(codec_dec *d, pf_value *set, pf_value *item)
 {
-    if (codec_check_key(d, item, set->kind == PF_SET ? "a set item" : "a frozenset item") < 0)
+    if (codec_check_key(d, item, set->kind == PF_SET ? "a set item" : "a frozenset item") < 0 ||
+        codec_nest(d, set, item) < 0)
         return -1;
     if (codec_member_find(d, set, item) != SIZE_MAX)
         return 0;
@@ -1427,6 +1446,9 @@ static int codec_additems(codec_dec *d, pf_value *set, pf_value **items, size_t 
 
 static int codec_extend(codec_dec *d, pf_value *list, pf_value **items, size_t n)
 {
+    for (size_t i = 0; i < n; i++)
+        if (codec_nest(d, list, items[i]) < 0)
+            return -1;
     if (codec_reserve(d->a, list, n) < 0)
         return codec_nomem(d);
     if (n)
@@ -1499,14 +1521,19 @@ static int codec_push_tuple(codec_dec *d, pf_value **items, size_t n)
     bool hashable = true;
     for (size_t i = 0; i < n && hashable; i++)
         hashable = codec_node_of(items[i])->flags & CODEC_HASHABLE;
-    pf_value tmp = {.kind = PF_TUPLE, .u.seq = {items, n, n}};
-    if (hashable)
-        return codec_push(d, codec_intern(d, &tmp, false));
-    pf_value *t = codec_node_new(d, PF_TUPLE);
-    if (!t || !(t->u.seq.items = codec_alloc(d->a, n * sizeof *items)))
+    pf_value tmp = {.kind = PF_TUPLE, .u.seq = {items, n, n}}, *t;
+    if (hashable) {
+        t = codec_intern(d, &tmp, false);
+    } else if ((t = codec_node_new(d, PF_TUPLE)) &&
+               (t->u.seq.items = codec_alloc(d->a, n * sizeof *items))) {
+        memcpy(t->u.seq.items, items, n * sizeof *items);
+        t->u.seq.len = t->u.seq.cap = n;
+    }
+    if (!t)
         return codec_nomem(d);
-    memcpy(t->u.seq.items, items, n * sizeof *items);
-    t->u.seq.len = t->u.seq.cap = n;
+    for (size_t i = 0; i < n; i++)
+        if (codec_nest(d, t, items[i]) < 0)
+            return -1;
     return codec_push(d, t);
 }
 
@@ -3598,6 +3625,7 @@ static const char zyg_glue[] =
     "        self.warnings = []\n"
     "        self.start = time.perf_counter()\n"
     "        self.config = None\n"
+    "        self.worker = None\n"
     "\n"
     "    def pytest_configure(self, config):\n"
     "        self.config = config\n"
@@ -3640,8 +3668,7 @@ static const char zyg_glue[] =
     "            msg, fds, forked = got\n"
     "            if forked:\n"
     "                self.role = \"leader\"\n"
-    "                self.worker = _Leader(session, msg, fds).lead()\n"
-    "                self.role = \"worker\"\n"
+    "                _Leader(session, msg, fds).lead(self)\n"
     "                return True\n"
     "\n"
     "\n"
@@ -3716,19 +3743,6 @@ static const char zyg_glue[] =
     "    return out\n"
     "\n"
     "\n"
-    "class _Report:\n"
-    "    \"\"\"Just enough of a TestReport for LFPlugin's bookkeeping.\"\"\"\n"
-    "\n"
-    "    __slots__ = (\"nodeid\", \"when\", \"outcome\")\n"
-    "\n"
-    "    def __init__(self, nodeid, when, outcome):\n"
-    "        self.nodeid, self.when, self.outcome = nodeid, when, outcome\n"
-    "\n"
-    "    passed = property(lambda self: self.outcome == \"passed\")\n"
-    "    failed = property(lambda self: self.outcome == \"failed\")\n"
-    "    skipped = property(lambda self: self.outcome == \"skipped\")\n"
-    "\n"
-    "\n"
     "class _Leader:\n"
     "    \"\"\"One run: applies its options and selection, forks its workers.\"\"\"\n"
     "\n"
@@ -3739,7 +3753,7 @@ static const char zyg_glue[] =
     "        self.fd = fds[0]\n"
     "        self.stdio = fds[1:4]\n"
     "\n"
-    "    def lead(self):\n"
+    "    def lead(self, zygote):\n"
     "        msg, config = self.msg, self.config\n"
     "        os.setpgid(0, 0)\n"
     "        _adopt_stdio(self.stdio, msg.get(\"stdin\", False))\n"
@@ -3767,9 +3781,9 @@ static const char zyg_glue[] =
     "                os._exit(0)\n"
     "            req, fds, forked = got\n"
     "            if forked:\n"
-    "                worker = _Worker(self.session, msg, req, fds, basetemp)\n"
-    "                worker.work()\n"
-    "                return worker\n"
+    "                zygote.worker = _Worker(self.session, msg, req, fds, basetemp)\n"
+    "                zygote.role = \"worker\"\n"
+    "                return zygote.worker.work()\n"
     "            if req.get(\"op\") == \"finish\":\n"
     "                self.finish(req)\n"
     "                os._exit(0)\n"
@@ -3813,8 +3827,10 @@ static const char zyg_glue[] =
     "        lf = config.pluginmanager.get_plugin(\"lfplugin\")\n"
     "        nf = config.pluginmanager.get_plugin(\"nfplugin\")\n"
     "        if lf is not None:\n"
+    "            from _pytest.reports import TestReport\n"
     "            for nodeid, when, outcome in req.get(\"reports\", ()):\n"
-    "                lf.pytest_runtest_logreport(_Report(nodeid, when, outcome))\n"
+    "                rep = TestReport(nodeid, (nodeid.split(\"::\")[0], None, nodeid), {}, outcome, None, when)\n"
+    "                lf.pytest_runtest_logreport(rep)\n"
     "            for nodeid in req.get(\"collect_errors\", ()):\n"
     "                lf.lastfailed[nodeid] = True\n"
     "            for nodeid in req.get(\"collected_ok\", ()):\n"
@@ -4085,8 +4101,35 @@ static const char zyg_glue[] =
     "        plugin.worker.finish(rc)\n"
     "    sys.stdout.flush()\n"
     "    sys.stderr.flush()\n"
-    "    _send(fd, {\"op\": \"exited\", \"rc\": int(rc)})\n"
+    "    _send(fd, {\"op\": \"exited\", \"rc\": int(rc), \"files\": _imported_files() + _project_files(),\n"
+    "               \"dirs\": _project_dirs()})\n"
     "    return int(rc)\n"
+    "\n"
+    "\n"
+    "_NORECURSE = (\"*.egg\", \".*\", \"_darcs\", \"build\", \"CVS\", \"dist\", \"node_modules\", \"venv\", \"{arch}\",\n"
+    "              \"__pycache__\")\n"
+    "\n"
+    "\n"
+    "def _walk_project(limit=20000):\n"
+    "    \"\"\"pytest stopped before collecting (a broken conftest, a usage error):\n"
+    "    whatever the user edits next under the working directory may fix it.\"\"\"\n"
+    "    import fnmatch\n"
+    "    for dirpath, dirnames, filenames in os.walk(os.getcwd()):\n"
+    "        dirnames[:] = [d for d in dirnames if not any(fnmatch.fnmatch(d, p) for p in _NORECURSE)\n"
+    "                       and not os.path.exists(os.path.join(dirpath, d, \"pyvenv.cfg\"))]\n"
+    "        yield dirpath, filenames\n"
+    "        limit -= 1 + len(filenames)\n"
+    "        if limit <= 0:\n"
+    "            return\n"
+    "\n"
+    "\n"
+    "def _project_files():\n"
+    "    return [os.path.join(d, f) for d, names in _walk_project() for f in names\n"
+    "            if f.endswith((\".py\", \".ini\", \".toml\", \".cfg\"))]\n"
+    "\n"
+    "\n"
+    "def _project_dirs():\n"
+    "    return [d for d, _ in _walk_project()]\n"
 ;
 
 static int zyg_sigpipe[2] = {-1, -1};
@@ -6238,11 +6281,14 @@ static void dmn_zygote_frame(dmn_zygote *z)
         dmn_run_next();
         return;
     }
-    if (op && !strcmp(op, "exited")) {
+    if (op && !strcmp(op, "exited") && z->state == Z_BOOTING) {
         int64_t rc = 3;
         pf_dict_int(msg, "rc", &rc);
         z->exit_rc = (int)rc;
         z->state = Z_EXITED;
+        z->arena = a;      /* its file lists decide when to try again */
+        z->ready = msg;
+        return;
     } else if (op && !strcmp(op, "forked") && dmn.run) {
         int64_t pid = 0;
         pf_dict_int(msg, "pid", &pid);
@@ -7159,8 +7205,13 @@ static int cli_main(int argc, char **argv)
  * --zygote are started by this binary itself, never by users.
  * ========================================================================== */
 
-#ifndef PF_NO_MAIN
-int main(int argc, char **argv)
+#ifdef PF_NO_MAIN
+#define PF_MAIN pf_main   /* linked into a test program, which has its own main */
+#else
+#define PF_MAIN main
+#endif
+
+int PF_MAIN(int argc, char **argv)
 {
     util_find_exe(argv[0]);
     if (argc >= 5 && !strcmp(argv[1], "--daemon")) {
@@ -7171,4 +7222,3 @@ int main(int argc, char **argv)
         return zyg_main(atoi(argv[2]), argv[3], argc - 5, argv + 5);
     return cli_main(argc, argv);
 }
-#endif

@@ -6,7 +6,8 @@
  * constants, the value tree and its pickle codec, framing, hashing and the
  * worker-count logic.  Everything else in pytest_fast.c is static.
  *
- * Compile pytest_fast.c with -DPF_NO_MAIN to link it into a test program.
+ * Compile pytest_fast.c with -DPF_NO_MAIN to link it into a test program:
+ * its entry point is then pf_main() instead of main().
  */
 #ifndef PYTEST_FAST_H
 #define PYTEST_FAST_H
@@ -197,5 +198,10 @@ int pf_cores_combine(pf_cores *c);
 
 /* Parse a worker count: a decimal integer >= 1.  0 on success, -1 else. */
 int pf_parse_workers(const char *s, int *out);
+
+/* ------------------------------------------------------------------- entry */
+
+/* The command line entry point (main, or pf_main under PF_NO_MAIN). */
+int pf_main(int argc, char **argv);
 
 #endif /* PYTEST_FAST_H */
