@@ -80,6 +80,7 @@
  * ========================================================================== */
 
 static char util_exe[PATH_MAX];       /* this binary, for re-exec */
+static char util_build[64];           /* identity of the binary file: dev:ino:mtime */
 static const char *util_role = "pytest-fast";
 
 static void util_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -237,6 +238,21 @@ static void util_find_exe(const char *argv0)
         snprintf(util_exe, sizeof util_exe, "%s", argv0);
 }
 
+/* A rebuilt binary must not talk to a daemon (or exec zygotes) of the old
+ * one: both sides compare this identity of the file they were started from. */
+static void util_find_build(void)
+{
+    struct stat st;
+#ifdef __linux__
+    int rc = stat("/proc/self/exe", &st);
+#else
+    int rc = stat(util_exe, &st);
+#endif
+    if (rc == 0)
+        snprintf(util_build, sizeof util_build, "%llx:%llx:%lld.%09ld", (unsigned long long)st.st_dev,
+                 (unsigned long long)st.st_ino, (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
+}
+
 /* A growable vector of owned strings, NULL-terminated for execve. */
 typedef struct util_strv {
     char **v;
@@ -327,11 +343,17 @@ typedef struct codec_chunk {
 _Static_assert(sizeof(codec_chunk) % CODEC_ALIGN == 0, "chunk data must stay aligned");
 _Static_assert(_Alignof(pf_value) <= CODEC_ALIGN, "values need at most CODEC_ALIGN");
 
+/* used counts the bytes handed out, which is what the limit applies to.
+ * The memory behind them is that plus a header per chunk plus the unused
+ * rest of the current chunk, and a new chunk is never made larger than
+ * what the limit leaves, so that rest cannot reach past the limit either.
+ * Counting bytes handed out (not chunk sizes) keeps the decode budget
+ * exact: see codec_node. */
 struct pf_arena {
     codec_chunk *head; /* the chunk small requests are carved from */
-    size_t used;       /* bytes obtained from malloc, headers included */
-    size_t limit;      /* 0: unlimited */
-    size_t next;       /* size of the next regular chunk */
+    size_t used;
+    size_t limit; /* 0: unlimited */
+    size_t next;  /* size of the next regular chunk */
 };
 
 pf_arena *pf_arena_new(size_t limit)
@@ -368,43 +390,41 @@ static void *codec_alloc(pf_arena *a, size_t n)
         return NULL;
     }
     n = (n + CODEC_ALIGN - 1) & ~(size_t)(CODEC_ALIGN - 1);
-    codec_chunk *c = a->head;
-    if (c && c->size - c->used >= n) {
-        void *p = c->data + c->used;
-        c->used += n;
-        return p;
-    }
-    size_t size = n > a->next / 4 ? n : a->next;
+    size_t room = SIZE_MAX;
     if (a->limit) {
-        size_t room = a->limit > a->used ? a->limit - a->used : 0;
-        room = room > sizeof *c ? room - sizeof *c : 0;
+        room = a->limit > a->used ? a->limit - a->used : 0;
         if (n > room) {
             errno = E2BIG;
             return NULL;
         }
+    }
+    codec_chunk *c = a->head;
+    if (!c || c->size - c->used < n) {
+        size_t size = n > a->next / 4 ? n : a->next;
         if (size > room)
-            size = n;
+            size = room;
+        if (!(c = malloc(sizeof *c + size))) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        c->size = size;
+        c->used = 0;
+        if (size == n && a->head) {
+            /* A chunk for one request goes behind the current one, which
+               keeps serving small requests. */
+            c->next = a->head->next;
+            a->head->next = c;
+        } else {
+            c->next = a->head;
+            a->head = c;
+            if (a->next < CODEC_CHUNK_MAX)
+                a->next *= 2;
+        }
     }
-    c = malloc(sizeof *c + size);
-    if (!c) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    c->size = size;
-    c->used = n;
-    a->used += sizeof *c + size;
-    if (size == n && a->head) {
-        /* A chunk for one request goes behind the current one, which keeps
-           serving small requests. */
-        c->next = a->head->next;
-        a->head->next = c;
-    } else {
-        c->next = a->head;
-        a->head = c;
-        if (a->next < CODEC_CHUNK_MAX)
-            a->next *= 2;
-    }
-    return c->data;
+    void *p = c->data + c->used;
+    c->used += n;
+    a->used += n;
+    return p;
 }
 
 /* ----------------------------------------------------------------- values */
@@ -1058,9 +1078,11 @@ int pf_encode(pf_buf *out, const pf_value *v)
 
 /* Every value the decoder makes carries this header.  During decoding aux
  * is the hash of a hashable value; the final walk reuses it for the
- * encoded size.  Eight bytes keep a node at 40, so that even the densest
- * output of our own encoder (one-byte empty lists) decodes within
- * PF_DECODE_FACTOR. */
+ * encoded size.  Eight bytes keep a node at 40: a one-byte opcode then
+ * costs at most 40 plus 8 in its parent's item array, so even the densest
+ * output of pf_encode (a tree of one-byte containers) fits in
+ * PF_DECODE_FACTOR (48) bytes per input byte, and the fuzzer's round trip
+ * cannot trip the budget. */
 typedef struct codec_node {
     uint32_t aux;
     uint8_t flags;
@@ -3658,6 +3680,7 @@ static const char zyg_glue[] =
     "            \"rootdir\": rootdir,\n"
     "            \"inifile\": str(config.inipath) if getattr(config, \"inipath\", None) else None,\n"
     "            \"wall\": time.perf_counter() - self.start,\n"
+    "            \"options\": _option_table(config),\n"
     "        })\n"
     "        gc.collect()\n"
     "        gc.freeze()\n"
@@ -3670,6 +3693,28 @@ static const char zyg_glue[] =
     "                self.role = \"leader\"\n"
     "                _Leader(session, msg, fds).lead(self)\n"
     "                return True\n"
+    "\n"
+    "\n"
+    "def _option_table(config):\n"
+    "    \"\"\"Every command-line option the zygote's parser knows, conftests'\n"
+    "    included, for `pytest --fast` controllers that never import them.\"\"\"\n"
+    "    parser = config._parser\n"
+    "    out = []\n"
+    "    for group in [parser._anonymous] + list(parser._groups):\n"
+    "        for opt in group.options:\n"
+    "            attrs = opt.attrs()\n"
+    "            action = attrs.get(\"action\", \"store\")\n"
+    "            out.append({\n"
+    "                \"names\": list(opt.names()),\n"
+    "                \"action\": action if isinstance(action, str) else \"store\",\n"
+    "                \"dest\": attrs.get(\"dest\"),\n"
+    "                \"default\": _plain(attrs.get(\"default\")),\n"
+    "                \"const\": _plain(attrs.get(\"const\")),\n"
+    "                \"nargs\": _plain(attrs.get(\"nargs\")),\n"
+    "                \"choices\": _plain(list(attrs[\"choices\"])) if attrs.get(\"choices\") else None,\n"
+    "                \"help\": str(attrs.get(\"help\") or \"\"),\n"
+    "            })\n"
+    "    return out\n"
     "\n"
     "\n"
     "def _warning_data(warning_message, when, nodeid, location):\n"
@@ -4661,7 +4706,8 @@ struct dmn_conn {
     char *cwd, *fp, *dump, *python;
     int workers;
     double timeout;
-    bool full, stream, color, warm_note_sent;
+    bool full, stream, color, options_only;
+    bool fresh, discard, booted;    /* --start-method fork / spawn */
     dmn_conn *next;             /* run queue */
 };
 
@@ -5002,6 +5048,9 @@ static int dmn_zygote_boot(dmn_zygote *z, dmn_conn *c, char *err, size_t errlen)
             fprintf(stderr, "pytest-fast: cannot enter %s: %s\n", c->cwd, strerror(errno));
             _exit(4);
         }
+#ifdef __linux__
+        execve("/proc/self/exe", argv.v, c->env.v);   /* the file we run from, even if rebuilt */
+#endif
         execve(util_exe, argv.v, c->env.v);
         fprintf(stderr, "pytest-fast: cannot exec %s: %s\n", util_exe, strerror(errno));
         _exit(3);
@@ -5780,6 +5829,7 @@ static void dmn_run_end(dmn_run *r)
     dmn_conn *c = r->client;
     int rc = dmn_exit_code(r);
     dmn_finish_leader(r);
+    bool discard = c && c->discard;
     if (c) {
         char err[PF_ERRLEN] = "";
         if (c->dump && dmn_write_dump(r, c->dump, err, sizeof err) < 0)
@@ -5804,6 +5854,8 @@ static void dmn_run_end(dmn_run *r)
     dmn_run_free(r);
     dmn.run = NULL;
     dmn.last_activity = util_now();
+    if (discard)
+        dmn_zygote_kill(&dmn.z);   /* --start-method spawn: nothing stays warm */
     dmn_run_next();
 }
 
@@ -5992,6 +6044,8 @@ static void dmn_run_next(void)
             reason = "environment changed";
         else if (strcmp(c->cwd, z->cwd))
             reason = "working directory changed";
+        else if (c->fresh && !c->booted)
+            reason = c->discard ? "--start-method spawn" : "--start-method fork";
         else
             reason = dmn_stale(z, why, sizeof why);
         if (reason || z->state == Z_DOWN) {
@@ -6006,6 +6060,7 @@ static void dmn_run_next(void)
                 dmn_fail_request(c, 3, err);
                 continue;
             }
+            c->booted = true;
             return;
         }
         dmn.queue = c->next;
@@ -6016,6 +6071,17 @@ static void dmn_run_next(void)
             pf_buf_put(&z->output, "", 1);
             z->output.len--;
             dmn_send_done(c, z->exit_rc, NULL, (const char *)z->output.data);
+            dmn_conn_drop(c);
+            continue;
+        }
+        if (c->options_only) {
+            /* The plugin's controller learns the options conftests add. */
+            pf_arena *a = pf_arena_new(0);
+            pf_value *d = dmn_dict(a, "options");
+            const pf_value *opts = pf_dict_get(z->ready, "options");
+            dmn_set(a, d, "options", opts ? (pf_value *)opts : pf_new_container(a, PF_LIST));
+            dmn_send(c, d);
+            pf_arena_free(a);
             dmn_conn_drop(c);
             continue;
         }
@@ -6150,8 +6216,20 @@ static void dmn_request(dmn_conn *c)
         util_log("stop requested");
         return;
     }
-    if (strcmp(op, "run") != 0) {
+    if (strcmp(op, "run") != 0 && strcmp(op, "options") != 0) {
         dmn_conn_drop(c);
+        return;
+    }
+    c->options_only = !strcmp(op, "options");
+    const char *build = pf_dict_str(req, "build");
+    if (build && strcmp(build, util_build) != 0) {
+        /* The client is a rebuilt binary: make way for a daemon of its own. */
+        pf_arena *a = pf_arena_new(0);
+        dmn_send(c, dmn_dict(a, "restart"));
+        pf_arena_free(a);
+        dmn_conn_drop(c);
+        dmn.stopping = true;
+        util_log("a client runs another build of pytest-fast; exiting so it can start its own");
         return;
     }
     util_strv args = {0};
@@ -6177,6 +6255,9 @@ static void dmn_request(dmn_conn *c)
     c->workers = (int)workers;
     const pf_value *t = pf_dict_get(req, "timeout");
     c->timeout = t && t->kind == PF_FLOAT ? t->u.f : t && t->kind == PF_INT ? (double)t->u.i : 0;
+    const char *method = pf_dict_str(req, "start_method");
+    c->fresh = method && (!strcmp(method, "fork") || !strcmp(method, "spawn"));
+    c->discard = method && !strcmp(method, "spawn");
     c->full = dmn_bool(req, "full");
     c->stream = dmn_bool(req, "stream");
     c->color = dmn_bool(req, "color");
@@ -6602,6 +6683,7 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
  * ========================================================================== */
 
 #define CLI_START_DEADLINE 30.0   /* seconds for a daemon to listen */
+#define CLI_RESTART (-1)          /* the daemon belongs to another build */
 
 static volatile sig_atomic_t cli_interrupts;
 
@@ -6615,7 +6697,7 @@ typedef struct cli_opts {
     const char *address, *python, *dump, *start_method;
     double ttl, timeout;
     int workers, runs;
-    bool full_report, status, stop, print_workers, explain, help, version;
+    bool full_report, status, stop, print_workers, explain, help, version, ensure;
     util_strv pytest_args;
 } cli_opts;
 
@@ -6648,6 +6730,9 @@ static const char cli_usage[] =
     "  --status                show the daemon's state\n"
     "  --stop                  stop the daemon\n"
     "  --print-inferred-workers  print the default worker count (-v: explain it)\n"
+    "  --ensure-daemon         start the daemon if none answers; print its address,\n"
+    "                          the environment fingerprint and the worker count\n"
+    "                          (used by `pytest --fast`)\n"
     "  --version               print versions\n"
     "  -h, --help              this help\n"
     "\n"
@@ -6735,6 +6820,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
             o->print_workers = true;
         else if (!strcmp(a, "--version"))
             o->version = true;
+        else if (!strcmp(a, "--ensure-daemon"))
+            o->ensure = true;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help"))
             o->help = true;
         else if (!strcmp(a, "--")) {
@@ -6917,7 +7004,7 @@ static void cli_progress(const pf_value *msg, bool tty)
 }
 
 /* One run: send, stream, print.  Returns pytest's exit code. */
-static int cli_run(const cli_opts *o, const char *address, const char *fp, const char *python)
+static int cli_run_once(const cli_opts *o, const char *address, const char *fp, const char *python)
 {
     char err[PF_ERRLEN] = "";
     int fd = cli_connect(address, err, sizeof err);
@@ -6940,6 +7027,7 @@ static int cli_run(const cli_opts *o, const char *address, const char *fp, const
         util_strv_push(&env, *e);
     bool tty = isatty(1);
     dmn_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
+    dmn_set(a, req, "build", pf_new_cstr(a, util_build));
     dmn_set(a, req, "args", util_strv_value(a, &o->pytest_args));
     dmn_set(a, req, "env", util_strv_value(a, &env));
     dmn_set(a, req, "cwd", pf_new_cstr(a, cwd));
@@ -7021,6 +7109,10 @@ static int cli_run(const cli_opts *o, const char *address, const char *fp, const
             progress_shown = tty;
         } else if (op && !strcmp(op, "note")) {
             fprintf(stderr, "pytest-fast: %s\n", pf_dict_str(msg, "text") ? pf_dict_str(msg, "text") : "");
+        } else if (op && !strcmp(op, "restart")) {
+            rc = CLI_RESTART;
+            pf_arena_free(m);
+            break;
         } else if (op && !strcmp(op, "done")) {
             if (progress_shown)
                 fputs("\r\033[K", stdout);
@@ -7044,6 +7136,26 @@ static int cli_run(const cli_opts *o, const char *address, const char *fp, const
     if (cancel_sent && rc != 2 && rc != 0)
         rc = 2;
     return rc;
+}
+
+/* Waits for a stopping daemon to remove its socket. */
+static void cli_await_gone(const char *address)
+{
+    struct stat st;
+    for (int i = 0; i < 500 && stat(address, &st) == 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int cli_run(const cli_opts *o, const char *address, const char *fp, const char *python)
+{
+    int rc = cli_run_once(o, address, fp, python);
+    if (rc == CLI_RESTART) {
+        cli_await_gone(address);
+        rc = cli_run_once(o, address, fp, python);
+    }
+    return rc == CLI_RESTART ? 3 : rc;
 }
 
 static int cli_status(const char *address)
@@ -7088,12 +7200,7 @@ static int cli_stop(const char *address)
         printf("no daemon at %s\n", address);
         return 0;
     }
-    /* The daemon unlinks its socket last: wait for it, briefly. */
-    struct stat st;
-    for (int i = 0; i < 200 && stat(address, &st) == 0; i++) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
+    cli_await_gone(address);
     printf("stopped the daemon at %s\n", address);
     return 0;
 }
@@ -7170,11 +7277,7 @@ static int cli_main(int argc, char **argv)
         pf_arena *a = pf_arena_new(0);
         cli_control(address, "stop", a, msg, sizeof msg);
         pf_arena_free(a);
-        struct stat st;
-        for (int i = 0; i < 200 && stat(address, &st) == 0; i++) {
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
+        cli_await_gone(address);
         static const char *const leftovers[] = {"local.pid", "local.lock", "local.log", "local.sock"};
         for (size_t i = 0; i < sizeof leftovers / sizeof *leftovers; i++) {
             char *p = util_fmt("%s/%s", dir, leftovers[i]);
@@ -7190,6 +7293,19 @@ static int cli_main(int argc, char **argv)
     } else if (id_default_address(fp, address, sizeof address, msg, sizeof msg) < 0) {
         fprintf(stderr, "pytest-fast: %s\n", msg);
         return 4;
+    }
+    if (o.ensure) {
+        char err[PF_ERRLEN] = "";
+        int fd = cli_connect(address, err, sizeof err);
+        if (fd == -1)
+            fd = cli_start(address, o.ttl, err, sizeof err);
+        if (fd < 0) {
+            fprintf(stderr, "pytest-fast: %s\n", err[0] ? err : strerror(errno));
+            return 3;
+        }
+        close(fd);
+        printf("%s\n%s\n%d\n", address, fp, o.workers);
+        return 0;
     }
     if (o.status)
         return cli_status(address);
@@ -7214,6 +7330,7 @@ static int cli_main(int argc, char **argv)
 int PF_MAIN(int argc, char **argv)
 {
     util_find_exe(argv[0]);
+    util_find_build();
     if (argc >= 5 && !strcmp(argv[1], "--daemon")) {
         double ttl = atof(argv[3]);
         return dmn_main(argv[2], ttl > 0 ? ttl : 600, atoi(argv[4]));

@@ -498,6 +498,8 @@ class Bench:
                 samples[rid] = []
         for rnd in range(warmups + reps):
             for rid, (c, (argv, env, key, addr)) in specs.items():
+                if rnd < warmups and self.args.quick and (c.family == "xdist" or c.cold):
+                    continue            # quick: warm only .pyc (plain pytest) and daemons
                 if c.cold:
                     self.stop(key)
                 res = self.run_cmd(argv, env, proj.path, os.path.join(LOGS, sid, rid + ".log"))
@@ -537,6 +539,8 @@ class Bench:
         for rnd in range(1 + reps):
             for rid, (c, (argv, env, key, addr)) in specs.items():
                 logp = os.path.join(LOGS, sid, rid + ".log")
+                if rnd == 0 and c.watch:
+                    continue            # isolated below before each of its rounds anyway
                 for k in watchers:      # a watcher pre-warms on every edit: isolate it
                     if k != key and k in self.warm:
                         self.stop(k)
@@ -586,7 +590,7 @@ class Bench:
 
     def memory(self, proj, entries, samples_n):
         log("\n== memory: total PSS of each contender's processes during a full run "
-            "(%d sampled run(s) after a warm-up)" % samples_n)
+            "(%d sampled run(s), warm)" % samples_n)
         t_start = time.perf_counter()
         rows = []
         for c in entries:
@@ -596,8 +600,8 @@ class Bench:
                 continue
             argv, env, key, addr = self.spec(c, proj)
             logp = os.path.join(LOGS, "memory", c.id + ".log")
-            self.run_cmd(argv, env, proj.path, logp)          # warm-up (daemon warm)
-            if key:
+            if key and key not in self.warm:                  # warm-up: daemon warm
+                self.run_cmd(argv, env, proj.path, logp)
                 self.warm.add(key)
             best = None
             for _ in range(samples_n):
