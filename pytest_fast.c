@@ -1486,7 +1486,7 @@ static int codec_push(codec_dec *d, pf_value *v)
     if (!v)
         return codec_nomem(d);
     if (d->sp == d->stack_cap) {
-        size_t cap = d->stack_cap ? d->stack_cap * 2 : 64;
+        size_t cap = d->stack_cap * 2;
         pf_value **s = realloc(d->stack, cap * sizeof *s);
         if (!s)
             return codec_nomem(d);
@@ -2237,18 +2237,18 @@ static int codec_walk(codec_dec *d, const pf_value *v, unsigned depth, uint64_t 
 int pf_decode(pf_arena *a, const uint8_t *data, size_t len, pf_value **out, char *err,
               size_t errlen)
 {
-    codec_dec d = {.a = a, .start = data, .p = data, .end = data + len, .err = err,
-                   .errlen = err ? errlen : 0};
+    codec_dec d = {.a = a, .err = err, .errlen = err ? errlen : 0};
     if (d.errlen)
         err[0] = '\0';
-    if (!a || !out || (!data && len)) {
+    if (!a || !out || (!data && len) || !len || len > PF_MAX_FRAME) {
         errno = EINVAL;
-        return codec_fail(&d, "invalid arguments");
+        if (!a || !out || (!data && len))
+            return codec_fail(&d, "invalid arguments");
+        return len ? codec_fail(&d, "pickle of %zu bytes is larger than %u", len, PF_MAX_FRAME)
+                   : codec_fail(&d, "empty pickle");
     }
-    if (!len)
-        return codec_fail(&d, "empty pickle");
-    if (len > PF_MAX_FRAME)
-        return codec_fail(&d, "pickle of %zu bytes is larger than %u", len, PF_MAX_FRAME);
+    d.start = d.p = data;
+    d.end = data + len;
 
     /* The budget is relative to what the arena already holds, and never
        loosens a limit the caller set. */
@@ -2264,7 +2264,10 @@ int pf_decode(pf_arena *a, const uint8_t *data, size_t len, pf_value **out, char
     d.seed = codec_mix((uint64_t)(uintptr_t)&d ^ (uint64_t)(uintptr_t)a << 17 ^ len);
 
     pf_value *root = NULL;
-    int rc = codec_run(&d, &root);
+    /* Allocated up front so that stack + base is never arithmetic on NULL. */
+    d.stack = malloc(64 * sizeof *d.stack);
+    d.stack_cap = d.stack ? 64 : 0;
+    int rc = d.stack ? codec_run(&d, &root) : codec_nomem(&d);
     if (rc == 0) {
         uint64_t size;
         unsigned height;
@@ -6018,6 +6021,33 @@ static void dmn_leader_frame(dmn_run *r, pf_arena *a, const pf_value *msg)
     (void)a;
 }
 
+/* The leader is gone before the end of its run (killed, or the zygote
+ * died): its workers die with it (PDEATHSIG), so account for them now. */
+static void dmn_leader_died(dmn_run *r)
+{
+    util_log("the run leader died; its workers die with it");
+    r->stopping = true;
+    for (int i = 0; i < r->nworkers; i++) {
+        dmn_worker *w = &r->workers[i];
+        if (w->exited)
+            continue;
+        if (w->fd >= 0)
+            dmn_worker_read(r, w);
+        if (w->nclaimed > 0 && !w->finished && !r->cancelled)
+            dmn_crash_report(r, w, (size_t)w->claimed[0], "was lost (the run leader died)");
+        w->exited = true;
+        util_close(&w->fd);
+        util_close(&w->fault);
+    }
+    if (r->exit_rc < 0 && !r->cancelled) {
+        r->exit_rc = 3;
+        free(r->exit_msg);
+        r->exit_msg = util_strdup("pytest-fast: the run leader died mid-run (see the daemon log); "
+                                  "the next run starts a fresh zygote");
+    }
+    dmn_run_check(r);
+}
+
 /* --------------------------------------------------------- request intake */
 
 static void dmn_fail_request(dmn_conn *c, int rc, const char *err)
@@ -6416,7 +6446,14 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
         dmn_record_watch(z);
     } else {
         util_log("zygote exited unexpectedly (status %d)", status);
-        dmn_zygote_reset(z);
+        if (dmn.run) {
+            /* The active run still names its items: free them after it. */
+            util_close(&z->fd);
+            util_close(&z->out);
+            z->state = Z_DOWN;
+        } else {
+            dmn_zygote_reset(z);
+        }
     }
     dmn_run_next();
 }
@@ -6576,9 +6613,7 @@ static int dmn_loop(void)
                             dmn.run = NULL;
                             dmn_run_next();
                         } else {
-                            for (int i = 0; i < r->nworkers; i++)
-                                if (!r->workers[i].exited && r->workers[i].pid <= 0)
-                                    r->workers[i].exited = true;
+                            dmn_leader_died(r);
                         }
                     }
                     break;

@@ -217,8 +217,9 @@ class MemSampler(threading.Thread):
         self.root, self.key, self.address = root_pid, key, address
         self.resident = resident        # {(pid, start)} present before the run started
         self.stop_ev = threading.Event()
-        self.best = None                # (total_kb, {pid: (pss, priv, role)})
-        self.maxpriv = {}               # (pid, start) -> (priv_kb, role, cmd)
+        self.best = None                # (total_kb, {(pid, start): (pss, priv)})
+        self.maxpriv = {}               # (pid, start) -> (priv_kb, cmd)
+        self.parents = set()            # (pid, start) seen with a child in the tree
         self.samples = 0
 
     def members(self, snap):
@@ -237,28 +238,31 @@ class MemSampler(threading.Thread):
             stack.extend(kids.get(p, ()))
         return out
 
-    def role(self, pid, start, cmd):
-        if pid == self.root:
+    def role(self, k):
+        """client: the command itself; resident: there before the run (daemon,
+        zygote/forkserver, helpers); leader: created during the run and forked others
+        (a per-run leader); worker: created during the run, never forked."""
+        if k[0] == self.root:
             return "client"
-        if (pid, start) in self.resident:
-            return "resident"           # daemon, zygote/forkserver, helpers: there before the run
-        return "worker"                 # created during the run (forked workers, run leaders)
+        if k in self.resident:
+            return "resident"
+        return "leader" if k in self.parents else "worker"
 
     def sample(self):
         snap = PROCS.snapshot()
         per, total = {}, 0
-        for pid in self.members(snap):
+        members = self.members(snap)
+        for pid in members:
+            if snap[pid][0] in members:
+                self.parents.add((snap[pid][0], snap[snap[pid][0]][1]))
             r = smaps_rollup(pid)
             if r is None:
                 continue
-            start = snap[pid][1]
-            cmd = PROCS.tag(pid, start)[2]
-            role = self.role(pid, start, cmd)
-            per[pid] = (r[0], r[1], role)
+            k = (pid, snap[pid][1])
+            per[k] = (r[0], r[1])
             total += r[0]
-            k = (pid, start)
             if r[1] > self.maxpriv.get(k, (0,))[0]:
-                self.maxpriv[k] = (r[1], role, cmd[:100])
+                self.maxpriv[k] = (r[1], PROCS.tag(*k)[2][:100])
         self.samples += 1
         if per and (self.best is None or total > self.best[0]):
             self.best = (total, per)
@@ -608,17 +612,18 @@ class Bench:
                 res = self.run_cmd(argv, env, proj.path, logp, sampler_args=(key, addr))
                 s = res["sampler"]
                 if s.best and (best is None or s.best[0] > best[0][0]):
-                    best = (s.best, s.maxpriv, s.samples, res)
+                    best = (s.best, s.samples, res, s)
             if not best:
                 row["status"] = "error"
                 row["reason"] = "no memory sample"
                 continue
-            (total, per), maxpriv, nsamp, res = best
+            (total, per), nsamp, res, s = best
             by_role = {}
-            for pid, (pss, priv, role) in per.items():
-                by_role.setdefault(role, 0)
-                by_role[role] += pss
-            wpriv = sorted(v[0] for v in maxpriv.values() if v[1] == "worker")
+            for k, (pss, priv) in per.items():
+                r = s.role(k)
+                by_role[r] = by_role.get(r, 0) + pss
+            procs = [(v[0], s.role(k), v[1]) for k, v in s.maxpriv.items()]
+            wpriv = sorted(p for p, r, _ in procs if r == "worker")
             row.update({
                 "total_pss_mb": round(total / 1024, 1),
                 "processes": len(per),
@@ -629,8 +634,8 @@ class Bench:
                 "worker_private_mb": [round(x / 1024, 1) for x in wpriv],
                 "samples_taken": nsamp, "rc": [res["rc"]], "wall": round(res["wall"], 3),
                 "processes_detail": sorted(
-                    ({"private_mb": round(v[0] / 1024, 1), "role": v[1], "cmd": v[2]}
-                     for v in maxpriv.values()), key=lambda d: -d["private_mb"])[:12],
+                    ({"private_mb": round(p / 1024, 1), "role": r, "cmd": c}
+                     for p, r, c in procs), key=lambda d: -d["private_mb"])[:12],
             })
             log("  %-34s total PSS %7.1f MB in %d procs; workers %d, private median %s MB" % (
                 c.id, row["total_pss_mb"], row["processes"], len(wpriv),
@@ -641,8 +646,10 @@ class Bench:
             "elapsed_s": round(time.perf_counter() - t_start, 1),
             "note": "Pss summed over the client, its descendants and every process carrying the "
                     "contender's daemon key (daemon, zygote/forkserver, workers), sampled every "
-                    "~10 ms from /proc/PID/smaps_rollup; worker = process created during the run "
-                    "other than the client; private = Private_Clean + Private_Dirty (max over the run)"})
+                    "~10 ms from /proc/PID/smaps_rollup. Roles: client = the command; resident = there "
+                    "before the run (daemon, zygote/forkserver); leader = created during the run "
+                    "and forked others; worker = created during the run, forked nothing. "
+                    "private = Private_Clean + Private_Dirty (max over the run)"})
 
 
 # ---------------------------------------------------------------------------- upstream io
@@ -845,6 +852,7 @@ def ratio_refs(scen):
 
 def write_markdown(data, path):
     m = data["machine"]
+    timed = [s for s in data["scenarios"] if s.get("kind") != "memory"]
     L = ["<!-- generated by bench/run.py from bench/results.json; do not edit by hand -->",
          "",
          "Machine: %s, %s cores, Python %s, pytest %s, Linux %s. `.pyc` caching on. "
@@ -856,9 +864,9 @@ def write_markdown(data, path):
          "",
          "| Scenario | Contender | median s | min s | max s | pytest ÷ this | this ÷ ours warm | notes |",
          "|---|---|---:|---:|---:|---:|---:|---|"]
-    for scen in data["scenarios"]:
-        if scen.get("kind") == "memory":
-            continue
+    if not timed:
+        L = L[:-3]
+    for scen in timed:
         ok, plain = ratio_refs(scen)
         for r in scen["rows"]:
             notes = []
