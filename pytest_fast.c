@@ -65,6 +65,24 @@
 
 #include "pytest_fast.h"
 
+/* Portability.  Linux has all of these; macOS and the BSDs lack some, and
+ * the helpers below set the same flags with fcntl instead. */
+#ifdef __APPLE__
+#define st_mtim st_mtimespec
+#define st_ctim st_ctimespec
+#endif
+#ifndef SOCK_CLOEXEC
+#define PF_NO_SOCK_FLAGS 1
+#define SOCK_CLOEXEC 0
+#define SOCK_NONBLOCK 0
+#endif
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0        /* SIGPIPE is ignored in every process that sends */
+#endif
+#ifndef MSG_CMSG_CLOEXEC
+#define MSG_CMSG_CLOEXEC 0    /* received fds are set close-on-exec afterwards */
+#endif
+
 /* Room for a message that quotes a path. */
 #define PF_ERRLEN (PATH_MAX + 512)
 
@@ -168,6 +186,45 @@ static void util_nonblock(int fd)
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0)
         fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* A connected pair of stream sockets, both close-on-exec. */
+static int util_socketpair(int sv[2])
+{
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return -1;
+#ifdef PF_NO_SOCK_FLAGS
+    util_cloexec(sv[0]);
+    util_cloexec(sv[1]);
+#endif
+    return 0;
+}
+
+static int util_socket(bool nonblock)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+#ifdef PF_NO_SOCK_FLAGS
+    if (fd >= 0) {
+        util_cloexec(fd);
+        if (nonblock)
+            util_nonblock(fd);
+    }
+#endif
+    return fd;
+}
+
+static int util_accept(int listen_fd)
+{
+#ifdef __linux__
+    return accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+#else
+    int fd = accept(listen_fd, NULL, NULL);
+    if (fd >= 0) {
+        util_cloexec(fd);
+        util_nonblock(fd);
+    }
+    return fd;
+#endif
 }
 
 static void util_close(int *fd)
@@ -3183,7 +3240,7 @@ typedef struct arg_split {
     bool collect_only;
     bool continue_on_errors;
     bool full_trace_none; /* --tb=no */
-    bool quiet;
+    int durations;        /* --durations N, -1 when not given */
     char refused[64];
 } arg_split;
 
@@ -3206,14 +3263,15 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->continue_on_errors = true;
     else if (!strcmp(name, "--tb") && value && !strcmp(value, "no"))
         s->full_trace_none = true;
-    else if (!strcmp(name, "-q") || !strcmp(name, "--quiet"))
-        s->quiet = true;
+    else if (!strcmp(name, "--durations") && value)
+        s->durations = atoi(value) >= 0 ? atoi(value) : 0;
 }
 
 /* Returns 0, or -1 with msg set for a malformed command line. */
 static int arg_classify(int argc, char **argv, arg_split *s, char *msg, size_t msglen)
 {
     bool only_positional = false;
+    s->durations = -1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (only_positional || a[0] != '-' || !a[1]) {
@@ -4530,6 +4588,11 @@ static int zyg_main(int fd, const char *python, int argc, char **argv)
     util_role = "zygote";
     if (zyg_check_version(python) < 0)
         return 4;
+#ifdef __APPLE__
+    /* The Objective-C runtime kills forked children that first touch it
+     * after fork(); the zygote forks by design (as gunicorn users do). */
+    setenv("OBJC_DISABLE_INITIALIZE_FORK_SAFETY", "YES", 0);
+#endif
     if (PyImport_AppendInittab("_pytest_fast", zyg_module_init) < 0)
         return 3;
     PyConfig config;
@@ -5010,7 +5073,7 @@ static int dmn_zygote_boot(dmn_zygote *z, dmn_conn *c, char *err, size_t errlen)
 {
     dmn_zygote_kill(z);
     int sv[2], out[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 || pipe(out) < 0) {
+    if (util_socketpair(sv) < 0 || pipe(out) < 0) {
         snprintf(err, errlen, "cannot create the zygote's channels: %s", strerror(errno));
         return -1;
     }
@@ -5473,7 +5536,7 @@ static void dmn_fault_read(dmn_worker *w)
 static int dmn_fork_worker(dmn_run *r, dmn_worker *w)
 {
     int sv[2], fp[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+    if (util_socketpair(sv) < 0)
         return -1;
     if (pipe(fp) < 0) {
         close(sv[0]);
@@ -5713,9 +5776,11 @@ static char *dmn_render(dmn_run *r, int rc)
             if (r->severity[pos] == 3)
                 pf_buf_printf(&b, "    ? %s\n", dmn.z.items[r->sel[pos]].nodeid);
     }
-    if (c->full && r->ntop) {
-        pf_buf_printf(&b, "  DURATIONS (top %zu, ≥5ms — per phase):\n", r->ntop);
-        for (size_t i = 0; i < r->ntop; i++)
+    size_t ntop = c->split.durations > 0 && (size_t)c->split.durations < r->ntop ? (size_t)c->split.durations
+                                                                                  : r->ntop;
+    if ((c->full || c->split.durations >= 0) && ntop) {
+        pf_buf_printf(&b, "  DURATIONS (top %zu, ≥5ms — per phase):\n", ntop);
+        for (size_t i = 0; i < ntop; i++)
             pf_buf_printf(&b, "    %8.3fs  %-9s%s\n", r->top[i].seconds, r->top[i].when,
                           dmn.z.items[r->sel[r->top[i].pos]].nodeid);
     }
@@ -5965,7 +6030,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     dmn_run_check(r);
 }
 
-static void dmn_leader_frame(dmn_run *r, pf_arena *a, const pf_value *msg)
+static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
 {
     const char *op = pf_dict_str(msg, "op");
     if (!op)
@@ -6018,7 +6083,6 @@ static void dmn_leader_frame(dmn_run *r, pf_arena *a, const pf_value *msg)
             }
         dmn_run_check(r);
     }
-    (void)a;
 }
 
 /* The leader is gone before the end of its run (killed, or the zygote
@@ -6134,7 +6198,7 @@ static void dmn_run_next(void)
         z->runs_since_boot++;
         dmn.runs++;
         int sv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        if (util_socketpair(sv) < 0) {
             dmn_fail_request(c, 3, "cannot create a socketpair for the run");
             dmn_run_free(r);
             continue;
@@ -6318,12 +6382,50 @@ static void dmn_request(dmn_conn *c)
     dmn_run_next();
 }
 
+/* Frames from the run's leader; its EOF before the end means it died. */
+static void dmn_leader_read(dmn_run *r)
+{
+    for (;;) {
+        int st = pf_reader_feed(&r->leader_rd, r->leader_fd);
+        if (st == PF_READ_AGAIN)
+            return;
+        if (st == PF_READ_FRAME) {
+            pf_value *msg;
+            char err[160];
+            int ok = pf_decode(r->keep, r->leader_rd.body.data, r->leader_rd.need, &msg, err, sizeof err);
+            pf_reader_reset(&r->leader_rd);
+            if (ok == 0 && msg->kind == PF_DICT) {
+                dmn_leader_frame(r, msg);
+                if (dmn.run != r)
+                    return;
+            } else {
+                util_log("bad frame from the run leader: %s", err);
+            }
+            continue;
+        }
+        util_close(&r->leader_fd);
+        if (r->selected) {
+            dmn_leader_died(r);
+            return;
+        }
+        dmn_conn *c = r->client;
+        r->client = NULL;
+        if (c)
+            dmn_fail_request(c, 3, "pytest-fast: the run leader died before selecting tests "
+                                   "(see the daemon log)");
+        dmn_run_free(r);
+        dmn.run = NULL;
+        dmn_run_next();
+        return;
+    }
+}
+
 /* ------------------------------------------------------------------- loop */
 
 static void dmn_accept(void)
 {
     for (;;) {
-        int fd = accept4(dmn.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        int fd = util_accept(dmn.listen_fd);
         if (fd < 0)
             return;
         uid_t uid = (uid_t)-1;
@@ -6583,42 +6685,8 @@ static int dmn_loop(void)
                 if (p[w0 + 2 * (size_t)i + 1].revents && r->workers[i].fault >= 0)
                     dmn_fault_read(&r->workers[i]);
             }
-            if (dmn.run == r && p[lead].revents && r->leader_fd >= 0) {
-                for (;;) {
-                    int st = pf_reader_feed(&r->leader_rd, r->leader_fd);
-                    if (st == PF_READ_FRAME) {
-                        pf_arena *a = r->keep;
-                        pf_value *msg;
-                        char err[160];
-                        if (pf_decode(a, r->leader_rd.body.data, r->leader_rd.need, &msg, err, sizeof err) == 0 &&
-                            msg->kind == PF_DICT) {
-                            pf_reader_reset(&r->leader_rd);
-                            dmn_leader_frame(r, a, msg);
-                            if (dmn.run != r)
-                                break;
-                            continue;
-                        }
-                        pf_reader_reset(&r->leader_rd);
-                        continue;
-                    }
-                    if (st != PF_READ_AGAIN && dmn.run == r) {
-                        util_close(&r->leader_fd);
-                        if (!r->selected) {
-                            dmn_conn *c = r->client;
-                            r->client = NULL;
-                            if (c)
-                                dmn_fail_request(c, 3, "pytest-fast: the run leader died before selecting "
-                                                       "tests (see the daemon log)");
-                            dmn_run_free(r);
-                            dmn.run = NULL;
-                            dmn_run_next();
-                        } else {
-                            dmn_leader_died(r);
-                        }
-                    }
-                    break;
-                }
-            }
+            if (dmn.run == r && p[lead].revents && r->leader_fd >= 0)
+                dmn_leader_read(r);
         }
         if (dmn.run) {
             dmn_check_timeouts(dmn.run, now);
@@ -6678,7 +6746,7 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
         dprintf(ready_fd, "%s\n", msg);
         return 1;
     }
-    dmn.listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    dmn.listen_fd = util_socket(true);
     unlink(address);
     mode_t old = umask(0177);
     int rc = dmn.listen_fd < 0 ? -1 : bind(dmn.listen_fd, (struct sockaddr *)&sun, sizeof sun);
@@ -6889,7 +6957,7 @@ static int cli_connect(const char *address, char *err, size_t errlen)
     struct sockaddr_un sun;
     if (id_sockaddr(address, &sun, err, errlen) < 0)
         return -2;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = util_socket(false);
     if (fd < 0)
         return -2;
     if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
@@ -7240,6 +7308,37 @@ static int cli_stop(const char *address)
     return 0;
 }
 
+/* Ask the interpreter which pytest it has (only for --version: the client
+ * otherwise never starts Python). */
+static void cli_pytest_version(const char *python, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "not importable by that interpreter");
+    int p[2];
+    if (pipe(p) < 0)
+        return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        char *argv[] = {(char *)python, (char *)"-c", (char *)"import pytest; print(pytest.__version__)", NULL};
+        execv(python, argv);
+        _exit(127);
+    }
+    close(p[1]);
+    char buf[128];
+    ssize_t n = pid > 0 ? read(p[0], buf, sizeof buf - 1) : -1;
+    close(p[0]);
+    int status = 1;
+    if (pid > 0)
+        waitpid(pid, &status, 0);
+    if (n > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        buf[n] = 0;
+        buf[strcspn(buf, "\n")] = 0;
+        snprintf(out, outlen, "%s", buf);
+    }
+}
+
 static int cli_main(int argc, char **argv)
 {
     cli_opts o;
@@ -7257,8 +7356,10 @@ static int cli_main(int argc, char **argv)
         return 4;
     }
     if (o.version) {
-        printf("pytest-fast %s (protocol %d)\nlinked libpython %s\ninterpreter %s\n", PF_VERSION,
-               PF_PROTOCOL, PY_VERSION, python);
+        char pytest_version[128];
+        cli_pytest_version(python, pytest_version, sizeof pytest_version);
+        printf("pytest-fast %s (protocol %d)\nlinked libpython %s\ninterpreter %s\npytest %s\n",
+               PF_VERSION, PF_PROTOCOL, Py_GetVersion(), python, pytest_version);
         return 0;
     }
     if (!o.workers || o.print_workers) {
@@ -7293,12 +7394,10 @@ static int cli_main(int argc, char **argv)
     char fp[65];
     id_fingerprint(root, python, environ, fp);
     char address[PATH_MAX], msg[PF_ERRLEN];
-    char localdir[] = "/tmp/pytest-fast-local-XXXXXX";
-    bool local = o.runs > 0;
-    if (local) {
+    if (o.runs > 0) {
+        /* Local mode: a private daemon in a fresh 0700 directory, gone after. */
         const char *tmp = util_getenv("TMPDIR");
         char *tmpl = util_fmt("%s/pytest-fast-local-XXXXXX", tmp ? tmp : "/tmp");
-        snprintf(localdir, sizeof localdir, "%s", "");
         char *dir = mkdtemp(tmpl);
         if (!dir) {
             fprintf(stderr, "pytest-fast: cannot create a private directory: %s\n", strerror(errno));

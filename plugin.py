@@ -1,0 +1,467 @@
+"""pytest --fast: run the session's tests in the pytest-fast daemon.
+
+Registered through the ``pytest11`` entry point (or ``-p plugin``); inert
+unless ``--fast`` is given.  The pytest process stays the controller, so all
+reporting is pytest's own: the daemon's warm zygote collects (once) and its
+forked workers run the tests; this plugin
+
+* keeps the controller from importing any conftest.py (and so the app): it
+  sets ``noconftest`` before pytest's own ``pytest_load_initial_conftests``
+  runs, and declares the options the conftests add, as the daemon reports
+  them, so that they still parse;
+* replaces collection by the daemon's selection (``pytest_collection``) and
+  the test loop by republishing the serialized reports the daemon streams
+  (``pytest_runtestloop``), through the same hooks xdist's controller uses.
+
+Frames are a 4-byte big-endian length and a pickle; replies are decoded by an
+unpickler that refuses every global.
+"""
+from __future__ import annotations
+
+import argparse
+import builtins
+import io
+import os
+import pickle
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import warnings
+from typing import Any, Iterator, NoReturn, Sequence
+
+import pytest
+
+PROTO = 1
+MAX_FRAME = 256 << 20
+# Only the zygote embeds this builtin module: there the plugin stays inert.
+IN_ZYGOTE = "_pytest_fast" in sys.modules
+PLUGIN_NAMES = {__name__, __name__.rpartition(".")[2]}
+VALUED = ("--fast-address", "--fast-workers", "--fast-ttl", "--fast-timeout")
+# Options whose effect lives in the test process, where the controller is not.
+NEEDS_TEST_PROCESS = {
+    "usepdb": "--pdb",
+    "trace": "--trace",
+    "stepwise": "--stepwise",
+    "stepwise_skip": "--stepwise-skip",
+    "setupshow": "--setup-show",
+    "setuponly": "--setup-only",
+    "setupplan": "--setup-plan",
+    "cov_source": "--cov",
+    "log_cli_level": "--log-cli-level",
+}
+EXIT_PREFIX = "_pytest.outcomes.Exit: "
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pytest-fast", "pytest-fast (resident fork-based accelerator)")
+    group.addoption("--fast", action="store_true", default=False,
+                    help="run the tests in the pytest-fast daemon's warm workers")
+    group.addoption("--fast-address", metavar="PATH", default=None,
+                    help="daemon socket (or $PYTEST_FAST_ADDRESS; default: one per project, "
+                         "shared with the pytest-fast CLI)")
+    group.addoption("--fast-workers", metavar="N", default=None,
+                    help="parallel workers (or $PYTEST_FAST_WORKERS; default: performance cores)")
+    group.addoption("--fast-ttl", metavar="SECONDS", default=None,
+                    help="idle time before the daemon exits (or $PYTEST_FAST_TTL; default 600)")
+    group.addoption("--fast-timeout", metavar="SECONDS", default=None,
+                    help="per-test timeout, 0 = off (or $PYTEST_FAST_TIMEOUT)")
+    group.addoption("--fast-watch", action="store_true", default=False,
+                    help="pre-warm the daemon on file changes (not available yet)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
+                                  args: list[str]) -> None:
+    ns = early_config.known_args_namespace
+    if IN_ZYGOTE or not getattr(ns, "fast", False):
+        return
+    _refuse_unsupported(early_config, ns)
+    timeout = _timeout(ns.fast_timeout)
+    daemon = Daemon.ensure(early_config, ns)
+    # pytest's own (trylast) implementation now imports no conftest.py.
+    ns.noconftest = True
+    reply = daemon.request("options", early_config, timeout)
+    if reply["op"] != "options":
+        _early_exit(reply)
+    _declare_options(parser, reply["options"])
+    early_config.pluginmanager.register(Controller(early_config, daemon, timeout),
+                                        "pytest-fast-controller")
+
+
+def _refuse_unsupported(config: pytest.Config, ns: argparse.Namespace) -> None:
+    if ns.fast_watch:
+        raise pytest.UsageError("--fast-watch is not available yet in pytest-fast")
+    if getattr(ns, "numprocesses", None) not in (None, 0) or getattr(ns, "dist", "no") != "no":
+        raise pytest.UsageError("--fast runs its own workers: use --fast-workers N "
+                                "instead of pytest-xdist's -n/--numprocesses/--dist")
+    for dest, name in NEEDS_TEST_PROCESS.items():
+        if getattr(ns, dest, None):
+            raise pytest.UsageError(f"{name} needs the test process and cannot be used with "
+                                    f"--fast; run plain pytest for it")
+    try:
+        live_log = config.getini("log_cli")
+    except ValueError:
+        live_log = False
+    if live_log:
+        raise pytest.UsageError("live logging (log_cli) needs the test process and cannot be "
+                                "used with --fast; run plain pytest for it")
+
+
+def _timeout(given: str | None) -> float:
+    text = given if given is not None else os.environ.get("PYTEST_FAST_TIMEOUT")
+    if text is None:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise pytest.UsageError(f"invalid timeout '{text}': expected seconds >= 0")
+    return value
+
+
+def _declare_options(parser: pytest.Parser, table: Sequence[dict[str, Any]]) -> None:
+    """Declare the options the zygote's parser has and ours lacks (those of
+    conftests), with their arity, so that they parse here.  Their values are
+    only used by the daemon, which parses the same arguments itself."""
+    groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", ())]
+    if groups[0] is None:
+        raise pytest.UsageError("pytest-fast: this pytest's Parser has no _anonymous option "
+                                "group; conftest options cannot be declared (please report)")
+    known = {name for group in groups if group is not None
+             for opt in group.options for name in opt.names()}
+    for opt in table:
+        names = [n for n in opt["names"] if n not in known]
+        if not names or len(names) != len(opt["names"]):
+            continue
+        known.update(names)
+        try:
+            parser.addoption(*names, **_arity(opt))
+        except (ValueError, argparse.ArgumentError):
+            continue  # e.g. a reserved lowercase short option: not ours to declare
+
+
+def _arity(opt: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dest": opt["dest"], "default": opt["default"],
+                              "help": opt.get("help") or argparse.SUPPRESS}
+    action, nargs = opt.get("action"), opt.get("nargs")
+    if action in ("count", "store_true", "store_false", "store_const", "append_const"):
+        kwargs["action"] = action
+        if action in ("store_const", "append_const"):
+            kwargs["const"] = opt.get("const")
+    elif nargs == 0:
+        kwargs.update(action="store_const", const=opt.get("const"))
+    else:
+        kwargs["action"] = action if action in ("append", "extend") else "store"
+        if nargs is not None:
+            kwargs["nargs"] = nargs
+    return kwargs
+
+
+def _early_exit(reply: dict[str, Any]) -> NoReturn:
+    """The daemon ended the request before running anything (a usage error,
+    a conftest that fails to import, --help): say what pytest said."""
+    rc = int(reply.get("rc", 3))
+    text = str(reply.get("error") or reply.get("summary") or "").rstrip("\n")
+    if rc == pytest.ExitCode.USAGE_ERROR and text.startswith("ERROR: "):
+        raise pytest.UsageError(text[len("ERROR: "):])
+    (sys.stdout if rc == 0 else sys.stderr).write(text + "\n" if text else "")
+    raise SystemExit(rc)
+
+
+class _DataOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> NoReturn:
+        raise pickle.UnpicklingError(f"pytest-fast: refusing global {module}.{name}")
+
+
+class Daemon:
+    """The address, environment fingerprint and worker count of a running
+    daemon, from `pytest-fast --ensure-daemon`, and requests to it."""
+
+    def __init__(self, address: str, fingerprint: str, workers: int) -> None:
+        self.address = address
+        self.fingerprint = fingerprint
+        self.workers = workers
+        self.sock: socket.socket | None = None
+        self.notes: list[str] = []
+
+    @classmethod
+    def ensure(cls, config: pytest.Config, ns: argparse.Namespace) -> Daemon:
+        cmd = [_binary(), "--ensure-daemon", "--python", sys.executable]
+        for flag, value in (("--address", ns.fast_address), ("--workers", ns.fast_workers),
+                            ("--ttl", ns.fast_ttl)):
+            if value is not None:
+                cmd += [flag, value]
+        proc = subprocess.run(cmd, cwd=config.invocation_params.dir, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+        lines = proc.stdout.splitlines()
+        if proc.returncode != 0 or len(lines) < 3:
+            text = proc.stderr.strip() or f"{cmd[0]} --ensure-daemon failed ({proc.returncode})"
+            if text.startswith("pytest-fast: "):
+                text = text[len("pytest-fast: "):]
+            raise pytest.UsageError(f"pytest-fast: {text}")
+        return cls(lines[0], lines[1], int(lines[2]))
+
+    def request(self, op: str, config: pytest.Config, timeout: float) -> dict[str, Any]:
+        """Send one request; return its first reply that is not a note."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.address)
+        except OSError as exc:
+            sock.close()
+            raise pytest.UsageError(f"pytest-fast: cannot connect to {self.address}: {exc}")
+        self.sock = sock
+        tw = config.get_terminal_writer() if op == "run" else None
+        req = {
+            "op": op, "proto": PROTO, "args": forwarded_args(config.invocation_params.args),
+            "env": [f"{k}={v}" for k, v in os.environ.items()],
+            "cwd": str(config.invocation_params.dir), "fp": self.fingerprint,
+            "python": sys.executable, "workers": self.workers, "timeout": timeout,
+            "stream": True, "color": bool(tw and tw.hasmarkup),
+        }
+        body = pickle.dumps(req, protocol=5)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        frame = [struct.pack(">I", len(body)) + body]
+        if op == "run":
+            socket.send_fds(sock, frame, [0, 1, 2])
+        else:
+            sock.sendall(frame[0])
+        for msg in self.frames():
+            if msg.get("op") != "note":
+                return msg
+            self.notes.append(str(msg.get("text", "")))
+        raise AssertionError("unreachable")
+
+    def frames(self) -> Iterator[dict[str, Any]]:
+        assert self.sock is not None
+        stream = self.sock.makefile("rb")
+        while True:
+            head = stream.read(4)
+            (size,) = struct.unpack(">I", head) if len(head) == 4 else (-1,)
+            body = stream.read(size) if 0 <= size <= MAX_FRAME else b""
+            if size < 0 or len(body) != size:
+                self.close()
+                raise pytest.UsageError("pytest-fast: the daemon closed the connection "
+                                        "mid-run (see its log; `pytest-fast --status`)")
+            msg = _DataOnly(io.BytesIO(body)).load()
+            if not isinstance(msg, dict):
+                raise pytest.UsageError("pytest-fast: malformed frame from the daemon")
+            yield msg
+
+    def cancel(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.send(b"x")
+            except OSError:
+                pass
+            self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def _binary() -> str:
+    explicit = os.environ.get("PYTEST_FAST_BIN")
+    if explicit:
+        return explicit
+    beside = os.path.join(os.path.dirname(sys.executable), "pytest-fast")
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("pytest-fast")
+    if found:
+        return found
+    raise pytest.UsageError("--fast needs the pytest-fast binary: build it with ./build.sh "
+                            "in the pytest-fast checkout and put it on PATH (or set "
+                            "PYTEST_FAST_BIN), or install pytest-fast into this environment")
+
+
+def forwarded_args(args: Sequence[str]) -> list[str]:
+    """The invocation's pytest arguments minus this plugin's own."""
+    out: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg == "--":
+            out.append(arg)
+            out.extend(it)
+            break
+        if arg in ("--fast", "--fast-watch"):
+            continue
+        if arg.split("=", 1)[0] in VALUED:
+            if "=" not in arg:
+                next(it, None)
+            continue
+        if arg == "-p":
+            value = next(it, None)
+            if value not in PLUGIN_NAMES and value is not None:
+                out += [arg, value]
+            continue
+        if arg.startswith("-p") and not arg.startswith("--") and arg[2:] in PLUGIN_NAMES:
+            continue
+        out.append(arg)
+    return out
+
+
+class RemoteItem(pytest.Item):
+    """A test the daemon collected and runs; the controller only reports it."""
+
+    pf_location: tuple[str, int | None, str] = ("", None, "")
+
+    @property
+    def location(self) -> tuple[str, int | None, str]:  # type: ignore[override]
+        return self.pf_location
+
+    def reportinfo(self) -> tuple[str, int | None, str]:
+        return self.pf_location
+
+    def runtest(self) -> None:
+        raise RuntimeError("pytest-fast: this test runs in the daemon, not here")
+
+    def __repr__(self) -> str:
+        return f"<Function {self.nodeid}>"
+
+
+def _remote_item(session: pytest.Session, nodeid: str, fspath: str, lineno: int | None,
+                 domain: str) -> RemoteItem:
+    name = nodeid.rpartition("::")[2] or nodeid
+    item = RemoteItem.from_parent(session, name=name, nodeid=nodeid,
+                                  path=session.config.rootpath / fspath)
+    item.pf_location = (fspath, lineno, domain)
+    return item
+
+
+class Controller:
+    """Stands in for collection and the test loop while --fast is on."""
+
+    def __init__(self, config: pytest.Config, daemon: Daemon, timeout: float) -> None:
+        self.config = config
+        self.daemon = daemon
+        self.timeout = timeout
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and self.daemon.workers > 1:
+            reporter.showfspath = False  # as xdist: parallel results interleave files
+
+    def _notes(self) -> None:
+        for text in self.daemon.notes:
+            sys.stderr.write(f"pytest-fast: {text}\n")
+        self.daemon.notes = []
+
+    def pytest_collection(self, session: pytest.Session) -> bool:
+        config = self.config
+        self._notes()
+        reply = self.daemon.request("run", config, self.timeout)
+        self._notes()
+        if reply["op"] != "collected":
+            self.daemon.close()
+            self._ended_early(reply)
+        hook = config.hook
+        for data in reply["errors"]:
+            hook.pytest_collectreport(report=self._report(data))
+        for data in reply["warnings"]:
+            self._warning(data)
+        items = [_remote_item(session, *loc) for loc in reply["items"]]
+        deselected = [_remote_item(session, "<deselected>", "", None, "")
+                      for _ in range(int(reply["deselected"]))]
+        hook.pytest_collectreport(report=pytest.CollectReport(
+            nodeid="", outcome="passed", longrepr=None, result=[*items, *deselected]))
+        if deselected:
+            hook.pytest_deselected(items=deselected)
+        session.items = items
+        session.testscollected = len(items)
+        hook.pytest_collection_finish(session=session)
+        return True
+
+    def _ended_early(self, reply: dict[str, Any]) -> NoReturn:
+        rc = int(reply.get("rc", 3))
+        text = str(reply.get("error") or reply.get("summary") or "").rstrip("\n")
+        if rc == pytest.ExitCode.USAGE_ERROR and text.startswith("ERROR: "):
+            raise pytest.UsageError(text[len("ERROR: "):])
+        if text:
+            sys.stderr.write(text + "\n")
+        pytest.exit(f"pytest-fast: the daemon ended the run ({rc})", returncode=rc)
+
+    def _report(self, data: dict[str, Any]) -> Any:
+        return self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+
+    def _warning(self, data: dict[str, Any]) -> None:
+        category = _warning_class(str(data.get("category") or "UserWarning"))
+        try:
+            message: Warning | str = category(data["message"])
+        except Exception:
+            message = str(data["message"])
+        record = warnings.WarningMessage(message, category, str(data.get("filename") or ""),
+                                         int(data.get("lineno") or 0))
+        location = data.get("location")
+        self.config.hook.pytest_warning_recorded.call_historic(kwargs=dict(
+            warning_message=record, when=data.get("when") or "runtest",
+            nodeid=data.get("nodeid") or "", location=tuple(location) if location else None))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        hook = self.config.hook
+        collect_errors = session.testsfailed
+        done: dict[str, Any] = {}
+        reported: set[str] = set()
+        try:
+            for msg in self.daemon.frames():
+                op = msg.get("op")
+                if op == "done":
+                    done = msg
+                    break
+                if op == "note":
+                    sys.stderr.write(f"pytest-fast: {msg.get('text', '')}\n")
+                elif op == "report" and msg["reports"]:
+                    reports = [self._report(data) for data in msg["reports"]]
+                    nodeid, location = reports[0].nodeid, reports[0].location
+                    reported.add(nodeid)
+                    hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+                    for rep in reports:
+                        hook.pytest_runtest_logreport(report=rep)
+                    hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+                    for data in msg.get("warnings") or ():
+                        self._warning(data)
+                    if session.shouldstop and not session.shouldfail:
+                        self.daemon.cancel()  # a plugin asked to stop: do not wait
+                        raise session.Interrupted(session.shouldstop)
+        except BaseException:
+            self.daemon.cancel()
+            raise
+        self.daemon.close()
+        return self._finish(session, done, reported, collect_errors)
+
+    def _finish(self, session: pytest.Session, done: dict[str, Any], reported: set[str],
+                collect_errors: int) -> bool:
+        rc = int(done.get("rc", 0))
+        exit_msg = done.get("exit_msg")
+        if done.get("error"):
+            sys.stderr.write(f"pytest-fast: {done['error']}\n")
+        if collect_errors and not self.config.option.continue_on_collection_errors:
+            n = collect_errors
+            raise session.Interrupted(f"{n} error{'s' if n != 1 else ''} during collection")
+        if self.config.option.collectonly:
+            return True
+        if exit_msg and exit_msg.startswith(EXIT_PREFIX):
+            pytest.exit(exit_msg[len(EXIT_PREFIX):], returncode=rc)
+        if session.shouldfail:
+            raise session.Failed(session.shouldfail)
+        missing = [item.nodeid for item in session.items if item.nodeid not in reported]
+        if missing or rc not in (0, 1, 5):
+            pytest.exit(f"pytest-fast: the daemon ended the run with exit code {rc} and "
+                              f"{len(missing)} selected test(s) not run, e.g. {missing[:3]} "
+                              f"(see its log; `pytest-fast --status`)",
+                              returncode=rc if rc not in (0, 1) else 3)
+        return True
+
+
+def _warning_class(name: str) -> type[Warning]:
+    found = getattr(builtins, name, None) or getattr(pytest, name, None)
+    if isinstance(found, type) and issubclass(found, Warning):
+        return found
+    return type(name, (UserWarning,), {"__module__": "pytest_fast.remote"})
