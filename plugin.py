@@ -33,6 +33,11 @@ from typing import Any, Iterator, NoReturn, Sequence
 
 import pytest
 
+try:
+    from _pytest.reports import CollectErrorRepr
+except ImportError:  # only cosmetic: the short summary line of a collection error
+    CollectErrorRepr = None  # type: ignore[assignment,misc]
+
 PROTO = 1
 MAX_FRAME = 256 << 20
 # Only the zygote embeds this builtin module: there the plugin stays inert.
@@ -185,6 +190,7 @@ class Daemon:
         self.fingerprint = fingerprint
         self.workers = workers
         self.sock: socket.socket | None = None
+        self.reader: io.BufferedReader | None = None
         self.notes: list[str] = []
 
     @classmethod
@@ -213,6 +219,7 @@ class Daemon:
             sock.close()
             raise pytest.UsageError(f"pytest-fast: cannot connect to {self.address}: {exc}")
         self.sock = sock
+        self.reader = sock.makefile("rb")
         tw = config.get_terminal_writer() if op == "run" else None
         req = {
             "op": op, "proto": PROTO, "args": forwarded_args(config.invocation_params.args),
@@ -236,8 +243,8 @@ class Daemon:
         raise AssertionError("unreachable")
 
     def frames(self) -> Iterator[dict[str, Any]]:
-        assert self.sock is not None
-        stream = self.sock.makefile("rb")
+        stream = self.reader
+        assert stream is not None
         while True:
             head = stream.read(4)
             (size,) = struct.unpack(">I", head) if len(head) == 4 else (-1,)
@@ -261,8 +268,10 @@ class Daemon:
 
     def close(self) -> None:
         if self.sock is not None:
+            assert self.reader is not None
+            self.reader.close()
             self.sock.close()
-            self.sock = None
+            self.sock = self.reader = None
 
 
 def _binary() -> str:
@@ -360,23 +369,34 @@ class Controller:
         self._notes()
         if reply["op"] != "collected":
             self.daemon.close()
+            self._collected(session, [], 0)
             self._ended_early(reply)
-        hook = config.hook
         for data in reply["errors"]:
-            hook.pytest_collectreport(report=self._report(data))
+            config.hook.pytest_collectreport(report=self._report(data))
         for data in reply["warnings"]:
             self._warning(data)
         items = [_remote_item(session, *loc) for loc in reply["items"]]
-        deselected = [_remote_item(session, "<deselected>", "", None, "")
-                      for _ in range(int(reply["deselected"]))]
+        self._collected(session, items, int(reply["deselected"]))
+        return True
+
+    def _collected(self, session: pytest.Session, items: list[RemoteItem], deselected: int) -> None:
+        """Tell the other plugins what pytest's own collection would have."""
+        hook = self.config.hook
+        dropped = [_remote_item(session, "<deselected>", "", None, "") for _ in range(deselected)]
         hook.pytest_collectreport(report=pytest.CollectReport(
-            nodeid="", outcome="passed", longrepr=None, result=[*items, *deselected]))
-        if deselected:
-            hook.pytest_deselected(items=deselected)
+            nodeid="", outcome="passed", longrepr=None, result=[*items, *dropped]))
+        if dropped:
+            hook.pytest_deselected(items=dropped)
+        # The daemon applied --lf/--ff/--nf already; the cache plugins here
+        # still need to see the selection for their status line and cache.
+        pm = self.config.pluginmanager
+        keep = [p for p in map(pm.get_plugin, ("lfplugin", "nfplugin")) if p is not None]
+        others = [p for p in pm.get_plugins() if p not in keep]
+        pm.subset_hook_caller("pytest_collection_modifyitems", remove_plugins=others)(
+            session=session, config=self.config, items=list(items))
         session.items = items
         session.testscollected = len(items)
         hook.pytest_collection_finish(session=session)
-        return True
 
     def _ended_early(self, reply: dict[str, Any]) -> NoReturn:
         rc = int(reply.get("rc", 3))
@@ -388,7 +408,10 @@ class Controller:
         pytest.exit(f"pytest-fast: the daemon ended the run ({rc})", returncode=rc)
 
     def _report(self, data: dict[str, Any]) -> Any:
-        return self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        rep = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        if isinstance(rep, pytest.CollectReport) and isinstance(rep.longrepr, str) and CollectErrorRepr:
+            rep.longrepr = CollectErrorRepr(rep.longrepr)  # what it was before serialization
+        return rep
 
     def _warning(self, data: dict[str, Any]) -> None:
         category = _warning_class(str(data.get("category") or "UserWarning"))

@@ -385,7 +385,7 @@ static bool util_value_strv(const pf_value *v, util_strv *out)
  * the input length, and is freed before it returns.
  * ========================================================================== */
 
-/* ---------------------------------------------------------------- arena */
+/* ------------------------------------------------------------------ arena */
 
 #define CODEC_ALIGN 8u
 #define CODEC_CHUNK_MIN 4096u
@@ -728,7 +728,7 @@ bool pf_value_equal(const pf_value *a, const pf_value *b)
     return codec_equal(a, b, 0);
 }
 
-/* ------------------------------------------------------------------ pf_buf */
+/* ----------------------------------------------------------------- pf_buf */
 
 int pf_buf_reserve(pf_buf *b, size_t extra)
 {
@@ -928,7 +928,7 @@ static const char *const codec_opnames[256] = {
     [CODEC_OP_READONLY_BUFFER] = "READONLY_BUFFER",
 };
 
-/* --------------------------------------------------------------- encoder */
+/* ---------------------------------------------------------------- encoder */
 
 static void codec_le(uint8_t *p, uint64_t v, unsigned n)
 {
@@ -1131,7 +1131,7 @@ int pf_encode(pf_buf *out, const pf_value *v)
     return 0;
 }
 
-/* --------------------------------------------------------------- decoder */
+/* ---------------------------------------------------------------- decoder */
 
 /* Every value the decoder makes carries this header.  During decoding aux
  * is the hash of a hashable value; the final walk reuses it for the
@@ -1221,7 +1221,8 @@ static int codec_nomem(codec_dec *d)
 }
 
 /* fmix64 from MurmurHash3: cheap, and every input bit affects every output
- * bit.  Keyed by a per-decode seed, so inputs cannot be crafted to collide. */
+ * bit.  Hashes start from a per-decode seed, so whoever writes the input
+ * cannot plan collisions to make the tables quadratic. */
 static uint64_t codec_mix(uint64_t h)
 {
     h ^= h >> 33;
@@ -1616,7 +1617,7 @@ static int codec_push_tuple(codec_dec *d, pf_value **items, size_t n)
     return codec_push(d, t);
 }
 
-/* ------------------------------------------------------------ memo */
+/* ------------------------------------------------------------------- memo */
 
 static int codec_memo_put(codec_dec *d, uint64_t idx)
 {
@@ -1649,7 +1650,7 @@ static int codec_memo_get(codec_dec *d, uint64_t idx)
     return codec_push(d, d->memo[idx]);
 }
 
-/* ---------------------------------------------------------- input */
+/* ------------------------------------------------------------------ input */
 
 static const uint8_t *codec_take(codec_dec *d, size_t n)
 {
@@ -1929,8 +1930,8 @@ static int codec_text_index(codec_dec *d, const uint8_t *s, size_t n, uint64_t *
     return 0;
 }
 
-/* Code-carrying opcodes.  For the import opcodes the message names what
- * the pickle wanted, when that is printable. */
+/* Code-carrying opcodes.  For the import opcodes the message also names
+ * what the pickle wanted (non-printable bytes shown as '?'). */
 static int codec_refuse(codec_dec *d, int op)
 {
     char what[80] = "";
@@ -1959,7 +1960,7 @@ static int codec_refuse(codec_dec *d, int op)
                       *what ? ")" : "");
 }
 
-/* ------------------------------------------------------------- main loop */
+/* -------------------------------------------------------------- main loop */
 
 static int codec_run(codec_dec *d, pf_value **out)
 {
@@ -2131,7 +2132,8 @@ static int codec_run(codec_dec *d, pf_value **out)
                                    op == CODEC_OP_BINUNICODE8
                                ? PF_STR
                                : PF_BYTES;
-            if (codec_take_len(d, width, &n) < 0 || codec_push_blob(d, kind, codec_take(d, n), n) < 0)
+            if (codec_take_len(d, width, &n) < 0 ||
+                codec_push_blob(d, kind, codec_take(d, n), n) < 0)
                 return -1;
             break;
         }
@@ -2168,7 +2170,9 @@ static int codec_run(codec_dec *d, pf_value **out)
         case CODEC_OP_FROZENSET: {
             if (codec_pop_mark(d, &base, &n) < 0)
                 return -1;
-            pf_kind kind = op == CODEC_OP_LIST ? PF_LIST : op == CODEC_OP_DICT ? PF_DICT : PF_FROZENSET;
+            pf_kind kind = op == CODEC_OP_LIST   ? PF_LIST
+                           : op == CODEC_OP_DICT ? PF_DICT
+                                                 : PF_FROZENSET;
             if (!(t = codec_node_new(d, kind)))
                 return codec_nomem(d);
             int rc = kind == PF_LIST   ? codec_extend(d, t, d->stack + base, n)
@@ -2205,7 +2209,9 @@ static int codec_run(codec_dec *d, pf_value **out)
         case CODEC_OP_ADDITEMS: {
             if (codec_pop_mark(d, &base, &n) < 0)
                 return -1;
-            pf_kind kind = op == CODEC_OP_APPENDS ? PF_LIST : op == CODEC_OP_SETITEMS ? PF_DICT : PF_SET;
+            pf_kind kind = op == CODEC_OP_APPENDS    ? PF_LIST
+                           : op == CODEC_OP_SETITEMS ? PF_DICT
+                                                     : PF_SET;
             if (!(t = codec_target(d, base, kind)))
                 return -1;
             int rc = kind == PF_LIST   ? codec_extend(d, t, d->stack + base, n)
@@ -2240,7 +2246,7 @@ static int codec_run(codec_dec *d, pf_value **out)
     return codec_fail(d, "truncated: no STOP in %zu bytes", (size_t)(d->end - d->start));
 }
 
-/* ------------------------------------------------------------ final walk */
+/* ------------------------------------------------------------- final walk */
 
 /* Visit every node once (memoised by colour), rejecting cycles and nesting
  * beyond PF_MAX_DEPTH, and computing the exact size pf_encode would write,
@@ -2291,6 +2297,8 @@ static int codec_walk(codec_dec *d, const pf_value *v, unsigned depth, uint64_t 
     return 0;
 }
 
+/* On failure the arena keeps whatever the attempt allocated (within the
+ * budget) until it is freed. */
 int pf_decode(pf_arena *a, const uint8_t *data, size_t len, pf_value **out, char *err,
               size_t errlen)
 {
@@ -3357,7 +3365,7 @@ static bool id_volatile_var(const char *kv)
     static const char *const names[] = {
         "PYTEST_FAST_ADDRESS=", "PYTEST_FAST_WORKERS=", "PYTEST_FAST_TTL=",
         "PYTEST_FAST_TIMEOUT=", "PYTEST_FAST_BIN=", "PYTEST_FAST_WATCH_POLL=",
-        "PYTEST_FAST_WATCH_DEBOUNCE=",
+        "PYTEST_FAST_WATCH_DEBOUNCE=", "PYTEST_FAST_WATCH=",
     };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (!strncmp(kv, names[i], strlen(names[i])))
@@ -3722,6 +3730,21 @@ static const char zyg_glue[] =
     "    def pytest_warning_recorded(self, warning_message, when, nodeid, location):\n"
     "        self.warnings.append(_warning_data(warning_message, when, nodeid, location))\n"
     "\n"
+    "    def pytest_collection(self, session):\n"
+    "        \"\"\"Replay what the preloads warned, inside pytest's warning capture.\"\"\"\n"
+    "        import warnings\n"
+    "        seen = set()\n"
+    "        for w in _PRELOAD_WARNINGS:\n"
+    "            key = (str(w.message), w.category, w.filename, w.lineno)\n"
+    "            if key in seen:\n"
+    "                continue\n"
+    "            seen.add(key)\n"
+    "            try:\n"
+    "                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)\n"
+    "            except Warning:\n"
+    "                pass   # -W error: the real import raised it already at preload\n"
+    "        return None\n"
+    "\n"
     "    def pytest_runtestloop(self, session):\n"
     "        config = session.config\n"
     "        items = session.items\n"
@@ -3736,12 +3759,13 @@ static const char zyg_glue[] =
     "            \"items\": locs,\n"
     "            \"errors\": self.collect_errors,\n"
     "            \"warnings\": self.warnings,\n"
-    "            \"files\": _imported_files(),\n"
+    "            \"files\": _imported_files(exclude=_PRELOADED),\n"
     "            \"dirs\": _collection_dirs(config, session),\n"
     "            \"rootdir\": rootdir,\n"
     "            \"inifile\": str(config.inipath) if getattr(config, \"inipath\", None) else None,\n"
     "            \"wall\": time.perf_counter() - self.start,\n"
     "            \"options\": _option_table(config),\n"
+    "            \"preload\": _plan(config),\n"
     "        })\n"
     "        gc.collect()\n"
     "        gc.freeze()\n"
@@ -3802,11 +3826,13 @@ static const char zyg_glue[] =
     "    return tuple(out)\n"
     "\n"
     "\n"
-    "def _imported_files():\n"
+    "def _imported_files(exclude=()):\n"
     "    skip = _stdlib_dirs()\n"
     "    site = tuple(os.path.realpath(p) + os.sep for p in sys.path if \"site-packages\" in p or \"dist-packages\" in p)\n"
     "    files = set()\n"
-    "    for mod in list(sys.modules.values()):\n"
+    "    for name, mod in list(sys.modules.items()):\n"
+    "        if name in exclude:\n"
+    "            continue\n"
     "        f = getattr(mod, \"__file__\", None)\n"
     "        if not f:\n"
     "            continue\n"
@@ -4190,18 +4216,30 @@ static const char zyg_glue[] =
     "\n"
     "\n"
     "def main(fd, args):\n"
+    "    plan = _c.recv(fd)\n"
+    "    level = plan[\"level\"] if isinstance(plan, dict) else 2\n"
+    "    # What `python -m pytest` does: the working directory is importable.\n"
+    "    sys.path.insert(0, os.getcwd())\n"
+    "    while level < 2:\n"
+    "        # A site or project zygote: preload, report, then wait to be forked\n"
+    "        # into the level above.\n"
+    "        new, failed = _preload(plan[\"modules\"])\n"
+    "        _send(fd, {\"op\": \"level\", \"level\": level, \"files\": _module_files(new), \"failed\": failed,\n"
+    "                   \"dirs\": _site_dirs() if level == 0 else []})\n"
+    "        fd, plan = _await_fork(fd)\n"
+    "        level = plan[\"level\"]\n"
     "    try:\n"
     "        import pytest\n"
     "    except ImportError as exc:\n"
     "        sys.stderr.write(\"pytest-fast: pytest is not importable by %s (%s).\\n\"\n"
     "                         \"Install it there: %s -m pip install pytest\\n\"\n"
     "                         % (sys.executable, exc, sys.executable))\n"
+    "        _send(fd, {\"op\": \"exited\", \"rc\": 4, \"files\": [], \"dirs\": []})\n"
     "        return 4\n"
-    "    # What `python -m pytest` does: the working directory is importable.\n"
-    "    sys.path.insert(0, os.getcwd())\n"
     "    sys.argv = [os.path.join(os.path.dirname(pytest.__file__), \"__main__.py\")] + list(args)\n"
     "    plugin = _Zygote(fd)\n"
     "    _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)\n"
+    "    _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)\n"
     "    rc = pytest.main(list(args), plugins=[plugin])\n"
     "    if plugin.role == \"worker\":\n"
     "        plugin.worker.finish(rc)\n"
@@ -4210,6 +4248,87 @@ static const char zyg_glue[] =
     "    _send(fd, {\"op\": \"exited\", \"rc\": int(rc), \"files\": _imported_files() + _project_files(),\n"
     "               \"dirs\": _project_dirs()})\n"
     "    return int(rc)\n"
+    "\n"
+    "\n"
+    "def _await_fork(fd):\n"
+    "    while True:\n"
+    "        got = _c.serve(fd)\n"
+    "        if got is None:\n"
+    "            os._exit(0)\n"
+    "        msg, fds, forked = got\n"
+    "        if forked:\n"
+    "            return fds[0], msg\n"
+    "\n"
+    "\n"
+    "# Modules the lower levels imported, and the warnings they raised: pytest\n"
+    "# did not see those imports, so the warnings are replayed at collection.\n"
+    "_PRELOADED = set()\n"
+    "_PRELOAD_WARNINGS = []\n"
+    "\n"
+    "\n"
+    "def _preload(names):\n"
+    "    import importlib\n"
+    "    import warnings\n"
+    "    before = set(sys.modules)\n"
+    "    failed = 0\n"
+    "    with warnings.catch_warnings(record=True) as caught:\n"
+    "        warnings.simplefilter(\"always\")\n"
+    "        for name in names:\n"
+    "            if name in sys.modules:\n"
+    "                continue\n"
+    "            try:\n"
+    "                importlib.import_module(name)\n"
+    "            except BaseException:\n"
+    "                failed += 1   # left to the normal import\n"
+    "    _PRELOAD_WARNINGS.extend(caught)\n"
+    "    new = [name for name in sys.modules if name not in before]\n"
+    "    _PRELOADED.update(new)\n"
+    "    return new, failed\n"
+    "\n"
+    "\n"
+    "def _module_files(names):\n"
+    "    files = set()\n"
+    "    for name in names:\n"
+    "        f = getattr(sys.modules.get(name), \"__file__\", None)\n"
+    "        if f:\n"
+    "            files.add(os.path.realpath(f))\n"
+    "    return sorted(files)\n"
+    "\n"
+    "\n"
+    "def _site_dirs():\n"
+    "    \"\"\"Where `pip install` lands: a changed listing restarts the site level.\"\"\"\n"
+    "    return sorted({os.path.realpath(p) for p in sys.path\n"
+    "                   if p and os.path.isdir(p) and p.rstrip(os.sep).endswith((\"site-packages\", \"dist-packages\"))})\n"
+    "\n"
+    "\n"
+    "def _plan(config):\n"
+    "    \"\"\"The modules this collection imported, in first-import order, split\n"
+    "    into what the site and project levels may preload next time.  Modules\n"
+    "    pytest rewrites (test modules, conftests, plugins) are never preloaded.\"\"\"\n"
+    "    import fnmatch\n"
+    "    site_dirs = tuple(p + os.sep for p in _site_dirs())\n"
+    "    std = _stdlib_dirs()\n"
+    "    try:\n"
+    "        patterns = list(config.getini(\"python_files\"))\n"
+    "    except Exception:\n"
+    "        patterns = [\"test_*.py\", \"*_test.py\"]\n"
+    "    site, project = [], []\n"
+    "    for name, mod in list(sys.modules.items()):\n"
+    "        if name in (\"__main__\", \"__mp_main__\") or name.startswith(\"_pytest_fast\"):\n"
+    "            continue\n"
+    "        if type(getattr(mod, \"__loader__\", None)).__name__ == \"AssertionRewritingHook\":\n"
+    "            continue\n"
+    "        f = getattr(mod, \"__file__\", None)\n"
+    "        if not f:\n"
+    "            site.append(name)\n"
+    "            continue\n"
+    "        f = os.path.realpath(f)\n"
+    "        base = os.path.basename(f)\n"
+    "        if f.startswith(site_dirs) or f.startswith(std):\n"
+    "            site.append(name)\n"
+    "        elif base != \"conftest.py\" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):\n"
+    "            project.append(name)\n"
+    "    return {\"site\": site, \"project\": project}\n"
     "\n"
     "\n"
     "_NORECURSE = (\"*.egg\", \".*\", \"_darcs\", \"build\", \"CVS\", \"dist\", \"node_modules\", \"venv\", \"{arch}\",\n"
@@ -4668,25 +4787,39 @@ typedef struct dmn_watch {
     char listing[65];   /* directories: hash of the names that matter */
 } dmn_watch;
 
+/* Zygote levels: each is forked from the one below and is stale on its own,
+ * so an edit restarts only the lowest level that loaded the changed file. */
+enum { L_SITE, L_PROJECT, L_COLLECTED };
+static const char *const dmn_level_names[] = {"site", "project", "collected"};
+#define DMN_NODES 12
+
+/* What a zygote tree was booted for: the collection arguments, the
+ * environment, the directory and the interpreter of the client. */
+typedef struct dmn_ident {
+    util_strv args, env;
+    char *cwd, *python, *fp;
+} dmn_ident;
+
 typedef struct dmn_zygote {
-    int state;
+    int state;                  /* Z_DOWN: a free slot */
+    int level;
+    struct dmn_zygote *parent;  /* forked from; NULL for the exec'ed root */
     pid_t pid;
-    int fd;                 /* control socketpair */
-    int out;                /* its stdout+stderr, a pipe */
+    int fd;                     /* control socketpair */
+    int out;                    /* root only: stdout+stderr of its whole tree */
     pf_reader rd;
-    pf_buf output;
+    pf_buf output;              /* collected level: what pytest printed booting */
     int exit_rc;
     double boot_start, boot_wall;
-    unsigned boots;
     unsigned runs_since_boot;
-    util_strv args;         /* collection arguments */
-    char fp[65];
-    char *cwd;
-    pf_arena *arena;        /* holds the ready message */
+    dmn_ident id;
+    char plan[65];              /* site/project: the identity it preloaded for */
+    bool planned;               /* ... from a non-empty list */
+    pf_arena *arena;            /* holds its ready message */
     const pf_value *ready;
     dmn_item *items;
     size_t nitems;
-    const pf_value *errors; /* [(nodeid, path, text, serialized), ...] */
+    const pf_value *errors;     /* [(nodeid, path, text, serialized), ...] */
     size_t nwarnings;
     dmn_watch *watch;
     size_t nwatch;
@@ -4726,6 +4859,7 @@ typedef struct dmn_duration {
 
 typedef struct dmn_run {
     dmn_conn *client;
+    dmn_zygote *z;              /* the collected zygote serving this run */
     double start, ready_at, end;
     pid_t leader_pid;
     int leader_fd;
@@ -4800,7 +4934,19 @@ static struct {
     dmn_conn *conns[DMN_MAX_CONNS];
     int nconns;
     dmn_conn *queue;
-    dmn_zygote z;
+    dmn_zygote nodes[DMN_NODES];
+    dmn_zygote *cur;            /* serves runs */
+    dmn_zygote *prev;           /* kept while cur is a regression */
+    bool booting;
+    bool boot_from_layers;
+    dmn_ident boot_id;
+    dmn_zygote *bchain[3];      /* the tree being built, by level */
+    unsigned level_boots[3];
+    bool layers_broken;
+    util_strv plan[2];          /* preload lists: site, project */
+    char plan_key[65];
+    bool watching;
+    double watch_poll, watch_debounce, stale_since, next_poll;
     dmn_run *run;
     unsigned runs;
     bool stopping;
@@ -4905,7 +5051,8 @@ static bool dmn_listing(const char *dir, char out[65])
         }
         bool py = len > 3 && !strcmp(n + len - 3, ".py");
         bool cfg = !strcmp(n, "pytest.ini") || !strcmp(n, "pyproject.toml") ||
-                   !strcmp(n, "tox.ini") || !strcmp(n, "setup.cfg");
+                   !strcmp(n, "tox.ini") || !strcmp(n, "setup.cfg") ||
+                   (len > 4 && !strcmp(n + len - 4, ".pth"));
         if (isdir || py || cfg) {
             char *tagged = util_fmt("%c%s", isdir ? 'd' : 'f', n);
             util_strv_push(&names, tagged);
@@ -4973,7 +5120,7 @@ static const char *dmn_stale(dmn_zygote *z, char *why, size_t len)
                                       now.size == w->size && now.ino == w->ino));
         if (same)
             continue;
-        const char *rel = dmn_relpath(w->path, z->cwd);
+        const char *rel = dmn_relpath(w->path, z->id.cwd);
         if (w->dir && now.present && w->present) {
             char listing[65];
             if (dmn_listing(w->path, listing) && !strcmp(listing, w->listing)) {
@@ -5001,11 +5148,13 @@ static void dmn_record_watch(dmn_zygote *z)
     for (size_t i = 0; dirs && pf_is_seq(dirs) && i < dirs->u.seq.len; i++)
         if (dirs->u.seq.items[i]->kind == PF_STR)
             dmn_watch_add(z, dirs->u.seq.items[i]->u.s.ptr, true);
+    if (z->level != L_COLLECTED)
+        return;
     const char *ini = pf_dict_str(z->ready, "inifile");
     if (ini)
         dmn_watch_add(z, ini, false);
     const char *root = util_getenv("PYTEST_FAST_ROOT");
-    root = root ? root : z->cwd;
+    root = root ? root : z->id.cwd;
     const char *wfiles = getenv("PYTEST_FAST_WATCH_FILES");
     const char *wdirs = getenv("PYTEST_FAST_WATCH_DIRS");
     const char *lists[2] = {wfiles ? wfiles : "pyproject.toml,pytest.ini,tox.ini,setup.cfg",
@@ -5034,70 +5183,298 @@ static void dmn_record_watch(dmn_zygote *z)
 
 /* ----------------------------------------------------------------- zygote */
 
-static void dmn_zygote_reset(dmn_zygote *z)
+static void dmn_run_next(void);
+
+static void dmn_ident_free(dmn_ident *id)
+{
+    util_strv_free(&id->args);
+    util_strv_free(&id->env);
+    free(id->cwd);
+    free(id->python);
+    free(id->fp);
+    memset(id, 0, sizeof *id);
+}
+
+static char *dmn_strdup0(const char *s)
+{
+    return s ? util_strdup(s) : NULL;
+}
+
+static void dmn_ident_copy(dmn_ident *dst, const dmn_ident *src)
+{
+    for (size_t i = 0; i < src->args.n; i++)
+        util_strv_push(&dst->args, src->args.v[i]);
+    for (size_t i = 0; i < src->env.n; i++)
+        util_strv_push(&dst->env, src->env.v[i]);
+    dst->cwd = dmn_strdup0(src->cwd);
+    dst->python = dmn_strdup0(src->python);
+    dst->fp = dmn_strdup0(src->fp);
+}
+
+static bool dmn_streq(const char *a, const char *b)
+{
+    return a && b ? strcmp(a, b) == 0 : a == b;
+}
+
+/* Why a tree booted for `have` cannot serve `want`, or NULL. */
+static const char *dmn_ident_differs(const dmn_ident *have, const dmn_ident *want)
+{
+    if (!util_strv_equal(&have->args, &want->args))
+        return "collection arguments changed";
+    if (want->fp && !dmn_streq(have->fp, want->fp))
+        return "environment changed";
+    if (!dmn_streq(have->cwd, want->cwd))
+        return "working directory changed";
+    if (!dmn_streq(have->python, want->python))
+        return "interpreter changed";
+    return NULL;
+}
+
+static bool dmn_layers_wanted(const dmn_ident *id)
+{
+    for (size_t i = 0; i < id->env.n; i++)
+        if (!strcmp(id->env.v[i], "PYTEST_FAST_LAYERS=0"))
+            return false;
+    return !dmn.layers_broken;
+}
+
+static bool dmn_is_ancestor(const dmn_zygote *anc, const dmn_zygote *z)
+{
+    for (; z; z = z->parent)
+        if (z == anc)
+            return true;
+    return false;
+}
+
+static void dmn_node_free(dmn_zygote *z)
 {
     util_close(&z->fd);
     util_close(&z->out);
     pf_reader_free(&z->rd);
-    pf_reader_init(&z->rd);
+    pf_buf_free(&z->output);
     pf_arena_free(z->arena);
-    z->arena = NULL;
-    z->ready = NULL;
-    z->errors = NULL;
     free(z->items);
-    z->items = NULL;
-    z->nitems = 0;
     for (size_t i = 0; i < z->nwatch; i++)
         free(z->watch[i].path);
     free(z->watch);
-    z->watch = NULL;
-    z->nwatch = 0;
+    dmn_ident_free(&z->id);
+    memset(z, 0, sizeof *z);
+    z->fd = z->out = -1;
     z->state = Z_DOWN;
 }
 
-static void dmn_zygote_kill(dmn_zygote *z)
+/* A node is in use while it, or a node forked from it, serves the active
+ * run, is current, is kept for a revert, or is being built. */
+static bool dmn_node_in_use(const dmn_zygote *z)
 {
-    if (z->pid > 0) {
-        kill(-z->pid, SIGKILL);
-        kill(z->pid, SIGKILL);
-        waitpid(z->pid, NULL, 0);
-        z->pid = 0;
-    }
-    dmn_zygote_reset(z);
+    const dmn_zygote *users[] = {dmn.run ? dmn.run->z : NULL, dmn.cur, dmn.prev,
+                                 dmn.bchain[0], dmn.bchain[1], dmn.bchain[2]};
+    for (size_t i = 0; i < sizeof users / sizeof *users; i++)
+        if (users[i] && dmn_is_ancestor(z, users[i]))
+            return true;
+    return false;
 }
 
-/* exec `pytest-fast --zygote` with the requesting client's environment and
- * working directory: pytest finds its rootdir and ini from the cwd, and
- * conftests read the environment at import time. */
-static int dmn_zygote_boot(dmn_zygote *z, dmn_conn *c, char *err, size_t errlen)
+/* Kill a node; its descendants die with it (PDEATHSIG, or EOF on their
+ * control socket where there is no PDEATHSIG). */
+static void dmn_node_kill(dmn_zygote *z)
 {
-    dmn_zygote_kill(z);
+    if (z->state == Z_DOWN)
+        return;
+    for (int i = 0; i < DMN_NODES; i++)
+        if (&dmn.nodes[i] != z && dmn.nodes[i].state != Z_DOWN && dmn_is_ancestor(z, &dmn.nodes[i]))
+            dmn_node_kill(&dmn.nodes[i]);
+    if (z->pid > 0) {
+        kill(z->pid, SIGKILL);
+        if (!z->parent)
+            waitpid(z->pid, NULL, 0);
+    }
+    if (dmn.cur == z)
+        dmn.cur = NULL;
+    if (dmn.prev == z)
+        dmn.prev = NULL;
+    dmn_node_free(z);
+}
+
+/* Kill every node nothing uses any more. */
+static void dmn_node_gc(void)
+{
+    for (int i = 0; i < DMN_NODES; i++)
+        if (dmn.nodes[i].state != Z_DOWN && !dmn_node_in_use(&dmn.nodes[i]))
+            dmn_node_kill(&dmn.nodes[i]);
+}
+
+static dmn_zygote *dmn_node_new(int level, dmn_zygote *parent, const dmn_ident *id)
+{
+    for (int i = 0; i < DMN_NODES; i++) {
+        dmn_zygote *z = &dmn.nodes[i];
+        if (z->state != Z_DOWN)
+            continue;
+        dmn_node_free(z);
+        pf_reader_init(&z->rd);
+        z->level = level;
+        z->parent = parent;
+        z->state = Z_BOOTING;
+        z->boot_start = util_now();
+        dmn_ident_copy(&z->id, id);
+        dmn.level_boots[level]++;
+        return z;
+    }
+    return NULL;
+}
+
+static void dmn_plan_hash(const util_strv *plan, char out[65])
+{
+    pf_sha256 c;
+    pf_sha256_init(&c);
+    for (size_t i = 0; i < plan->n; i++)
+        pf_sha256_update(&c, plan->v[i], strlen(plan->v[i]) + 1);
+    uint8_t d[32];
+    pf_sha256_final(&c, d);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+/* The preload lists are kept per identity in "<address>.layers": line 1
+ * names the identity, then "s module" and "p module" lines in import order. */
+static void dmn_plan_key(const dmn_ident *id, char out[65])
+{
+    util_strv parts = {0};
+    util_strv_push(&parts, id->python ? id->python : "");
+    util_strv_push(&parts, id->fp ? id->fp : "");
+    util_strv_push(&parts, id->cwd ? id->cwd : "");
+    for (size_t i = 0; i < id->args.n; i++)
+        util_strv_push(&parts, id->args.v[i]);
+    dmn_plan_hash(&parts, out);
+    util_strv_free(&parts);
+}
+
+static void dmn_plan_load(const dmn_ident *id)
+{
+    char key[65];
+    dmn_plan_key(id, key);
+    if (!strcmp(key, dmn.plan_key))
+        return;
+    util_strv_free(&dmn.plan[0]);
+    util_strv_free(&dmn.plan[1]);
+    snprintf(dmn.plan_key, sizeof dmn.plan_key, "%s", key);
+    char *path = id_sibling(dmn.address, ".layers");
+    char *text = util_read_file(path, 16u << 20);
+    free(path);
+    if (!text)
+        return;
+    char *line = text, *next;
+    bool ours = false;
+    for (; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = 0;
+        if (line == text) {
+            ours = !strncmp(line, "pytest-fast-layers 1 ", 21) && !strcmp(line + 21, key);
+            if (!ours)
+                break;
+        } else if ((line[0] == 's' || line[0] == 'p') && line[1] == ' ' && line[2]) {
+            util_strv_push(&dmn.plan[line[0] == 's' ? 0 : 1], line + 2);
+        }
+    }
+    free(text);
+}
+
+/* After a collection: what it imported, split by level, for the next boot. */
+static void dmn_plan_save(dmn_zygote *z)
+{
+    const pf_value *pre = pf_dict_get(z->ready, "preload");
+    if (!pre)
+        return;
+    util_strv lists[2] = {{0}, {0}};
+    if (!util_value_strv(pf_dict_get(pre, "site"), &lists[0]) ||
+        !util_value_strv(pf_dict_get(pre, "project"), &lists[1])) {
+        util_strv_free(&lists[0]);
+        util_strv_free(&lists[1]);
+        return;
+    }
+    dmn_plan_key(&z->id, dmn.plan_key);
+    for (int l = 0; l < 2; l++) {
+        util_strv_free(&dmn.plan[l]);
+        dmn.plan[l] = lists[l];
+    }
+    char *path = id_sibling(dmn.address, ".layers");
+    char *tmp = util_fmt("%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (f) {
+        fprintf(f, "pytest-fast-layers 1 %s\n", dmn.plan_key);
+        for (int l = 0; l < 2; l++)
+            for (size_t i = 0; i < dmn.plan[l].n; i++)
+                fprintf(f, "%c %s\n", l ? 'p' : 's', dmn.plan[l].v[i]);
+        if (fclose(f) == 0)
+            rename(tmp, path);
+        else
+            unlink(tmp);
+    } else if (fd >= 0) {
+        close(fd);
+    }
+    free(tmp);
+    free(path);
+}
+
+/* A site or project zygote stays usable for its identity; once a plan
+ * exists, one that was booted before it (with nothing to preload) is not. */
+static void dmn_plan_stamp(dmn_zygote *z)
+{
+    if (z->level == L_COLLECTED)
+        return;
+    snprintf(z->plan, sizeof z->plan, "%s", dmn.plan_key);
+    z->planned = dmn.plan[z->level].n > 0;
+}
+
+static bool dmn_plan_fits(const dmn_zygote *z)
+{
+    return !strcmp(z->plan, dmn.plan_key) && z->planned == (dmn.plan[z->level].n > 0);
+}
+
+static pf_value *dmn_plan_value(pf_arena *a, int level)
+{
+    return level < L_COLLECTED ? util_strv_value(a, &dmn.plan[level]) : pf_new_container(a, PF_LIST);
+}
+
+/* exec `pytest-fast --zygote` with the client's environment and working
+ * directory (pytest finds its rootdir and ini from the cwd; conftests read
+ * the environment at import time), then hand it its level and plan. */
+static dmn_zygote *dmn_exec_root(int level, const dmn_ident *id, char *err, size_t errlen)
+{
     int sv[2], out[2];
-    if (util_socketpair(sv) < 0 || pipe(out) < 0) {
+    if (util_socketpair(sv) < 0) {
         snprintf(err, errlen, "cannot create the zygote's channels: %s", strerror(errno));
-        return -1;
+        return NULL;
+    }
+    if (pipe(out) < 0) {
+        snprintf(err, errlen, "cannot create the zygote's channels: %s", strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        return NULL;
     }
     util_cloexec(out[0]);
+    dmn_zygote *z = dmn_node_new(level, NULL, id);
+    if (!z) {
+        snprintf(err, errlen, "too many zygotes alive");
+        close(sv[0]);
+        close(sv[1]);
+        close(out[0]);
+        close(out[1]);
+        return NULL;
+    }
     util_strv argv = {0};
     util_strv_push(&argv, util_exe);
     util_strv_push(&argv, "--zygote");
     char fdbuf[16];
     snprintf(fdbuf, sizeof fdbuf, "%d", sv[1]);
     util_strv_push(&argv, fdbuf);
-    util_strv_push(&argv, c->python ? c->python : id_python(NULL));
+    util_strv_push(&argv, id->python ? id->python : id_python(NULL));
     util_strv_push(&argv, "--");
-    for (size_t i = 0; i < c->split.collect.n; i++)
-        util_strv_push(&argv, c->split.collect.v[i]);
+    for (size_t i = 0; i < id->args.n; i++)
+        util_strv_push(&argv, id->args.v[i]);
     pid_t pid = fork();
-    if (pid < 0) {
-        snprintf(err, errlen, "cannot fork the zygote: %s", strerror(errno));
-        close(sv[0]);
-        close(sv[1]);
-        close(out[0]);
-        close(out[1]);
-        util_strv_free(&argv);
-        return -1;
-    }
     if (pid == 0) {
         setpgid(0, 0);
 #ifdef __linux__
@@ -5110,56 +5487,102 @@ static int dmn_zygote_boot(dmn_zygote *z, dmn_conn *c, char *err, size_t errlen)
         dup2(out[1], 2);
         int fl = fcntl(sv[1], F_GETFD);
         fcntl(sv[1], F_SETFD, fl & ~FD_CLOEXEC);
-        if (chdir(c->cwd) < 0) {
-            fprintf(stderr, "pytest-fast: cannot enter %s: %s\n", c->cwd, strerror(errno));
+        if (chdir(id->cwd) < 0) {
+            fprintf(stderr, "pytest-fast: cannot enter %s: %s\n", id->cwd, strerror(errno));
             _exit(4);
         }
 #ifdef __linux__
-        execve("/proc/self/exe", argv.v, c->env.v);   /* the file we run from, even if rebuilt */
+        execve("/proc/self/exe", argv.v, id->env.v);   /* the file we run from, even if rebuilt */
 #endif
-        execve(util_exe, argv.v, c->env.v);
+        execve(util_exe, argv.v, id->env.v);
         fprintf(stderr, "pytest-fast: cannot exec %s: %s\n", util_exe, strerror(errno));
         _exit(3);
     }
     util_strv_free(&argv);
     close(sv[1]);
     close(out[1]);
+    if (pid < 0) {
+        snprintf(err, errlen, "cannot fork the zygote: %s", strerror(errno));
+        close(sv[0]);
+        close(out[0]);
+        dmn_node_free(z);
+        return NULL;
+    }
     util_nonblock(sv[0]);
     util_nonblock(out[0]);
     z->pid = pid;
     z->fd = sv[0];
     z->out = out[0];
-    z->output.len = 0;
-    z->state = Z_BOOTING;
-    z->boot_start = util_now();
-    z->boots++;
-    z->runs_since_boot = 0;
-    z->exit_rc = 0;
-    util_strv_free(&z->args);
-    for (size_t i = 0; i < c->split.collect.n; i++)
-        util_strv_push(&z->args, c->split.collect.v[i]);
-    snprintf(z->fp, sizeof z->fp, "%s", c->fp ? c->fp : "");
-    free(z->cwd);
-    z->cwd = util_strdup(c->cwd);
-    util_log("booting zygote %d (collect once) in %s", (int)pid, c->cwd);
-    return 0;
+    pf_arena *a = pf_arena_new(0);
+    pf_value *plan = dmn_dict(a, "plan");
+    dmn_set(a, plan, "level", pf_new_int(a, level));
+    dmn_set(a, plan, "modules", dmn_plan_value(a, level));
+    pf_send_value(z->fd, plan);
+    pf_arena_free(a);
+    dmn_plan_stamp(z);
+    util_log("booting the %s zygote %d in %s", dmn_level_names[level], (int)pid, id->cwd);
+    return z;
 }
 
-static void dmn_zygote_output(dmn_zygote *z)
+/* Ask a ready node to fork the next level; the pid arrives later. */
+static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
+{
+    int sv[2];
+    if (util_socketpair(sv) < 0)
+        return NULL;
+    dmn_zygote *z = dmn_node_new(level, parent, &parent->id);
+    if (!z) {
+        close(sv[0]);
+        close(sv[1]);
+        return NULL;
+    }
+    pf_arena *a = pf_arena_new(0);
+    pf_value *msg = dmn_dict(a, "fork");
+    dmn_set(a, msg, "level", pf_new_int(a, level));
+    dmn_set(a, msg, "modules", dmn_plan_value(a, level));
+    pf_buf b = {0};
+    int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(parent->fd, b.data, b.len, &sv[1], 1) : -1;
+    pf_buf_free(&b);
+    pf_arena_free(a);
+    close(sv[1]);
+    if (rc < 0) {
+        close(sv[0]);
+        dmn_node_free(z);
+        return NULL;
+    }
+    util_nonblock(sv[0]);
+    z->fd = sv[0];
+    dmn_plan_stamp(z);
+    util_log("forking the %s zygote from the %s zygote %d", dmn_level_names[level],
+             dmn_level_names[parent->level], (int)parent->pid);
+    return z;
+}
+
+/* The root of a node's tree: it owns the shared output pipe. */
+static dmn_zygote *dmn_root(dmn_zygote *z)
+{
+    while (z->parent)
+        z = z->parent;
+    return z;
+}
+
+static void dmn_zygote_output(dmn_zygote *root)
 {
     char buf[8192];
+    /* A booting collected level owns what its tree prints; else the log. */
+    dmn_zygote *to = dmn.bchain[2] && dmn_root(dmn.bchain[2]) == root ? dmn.bchain[2] : NULL;
     for (;;) {
-        ssize_t n = read(z->out, buf, sizeof buf);
+        ssize_t n = read(root->out, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
             if (n == 0)
-                util_close(&z->out);
+                util_close(&root->out);
             return;
         }
         fwrite(buf, 1, (size_t)n, stderr);   /* the daemon log keeps it all */
-        if (z->output.len < DMN_OUTPUT_CAP)
-            pf_buf_put(&z->output, buf, (size_t)n);
+        if (to && to->output.len < DMN_OUTPUT_CAP)
+            pf_buf_put(&to->output, buf, (size_t)n);
     }
 }
 
@@ -5187,16 +5610,267 @@ static void dmn_zygote_ready(dmn_zygote *z, pf_arena *a, const pf_value *msg)
     const pf_value *w = pf_dict_get(msg, "warnings");
     z->nwarnings = w && pf_is_seq(w) ? w->u.seq.len : 0;
     const char *root = pf_dict_str(msg, "rootdir");
-    snprintf(z->rootdir, sizeof z->rootdir, "%s", root ? root : z->cwd);
+    snprintf(z->rootdir, sizeof z->rootdir, "%s", root ? root : z->id.cwd);
     dmn_record_watch(z);
-    util_log("zygote ready: %zu items, %zu collection errors, %zu watched paths, %.2fs",
+    util_log("collected zygote ready: %zu items, %zu collection errors, %zu watched paths, %.2fs",
              z->nitems, z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0,
              z->nwatch, z->boot_wall);
 }
 
 static size_t dmn_nerrors(const dmn_zygote *z)
 {
-    return z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0;
+    return z && z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0;
+}
+
+/* Lowest stale level of z's chain (checking from the bottom), or -1. */
+static int dmn_chain_stale(dmn_zygote *z, char *why, size_t len)
+{
+    dmn_zygote *chain[3];
+    int n = 0;
+    for (dmn_zygote *p = z; p && n < 3; p = p->parent)
+        chain[n++] = p;
+    for (int i = n - 1; i >= 0; i--)
+        if (dmn_stale(chain[i], why, len))
+            return chain[i]->level;
+    return -1;
+}
+
+static void dmn_boot_done(dmn_zygote *z);
+
+/* Move the tree being built one step on: exec or fork the next level
+ * once the one below it is ready. */
+static void dmn_boot_advance(void)
+{
+    dmn_zygote **b = dmn.bchain;
+    if (!dmn.booting)
+        return;
+    char err[PF_ERRLEN] = "";
+    for (int l = dmn.boot_from_layers ? L_SITE : L_COLLECTED; l <= L_COLLECTED; l++) {
+        if (!b[l]) {
+            b[l] = l == L_SITE || !dmn.boot_from_layers ? dmn_exec_root(l, &dmn.boot_id, err, sizeof err)
+                                                        : dmn_fork_node(b[l - 1], l);
+            if (!b[l]) {
+                util_log("cannot start the %s zygote: %s", dmn_level_names[l], err);
+                break;
+            }
+            return;
+        }
+        if (b[l]->state == Z_BOOTING)
+            return;
+        if (l < L_COLLECTED && b[l]->state != Z_READY) {
+            /* A preload crashed the interpreter: never layer again here. */
+            util_log("the %s zygote failed; layers are off for this daemon", dmn_level_names[l]);
+            dmn.layers_broken = true;
+            dmn.boot_from_layers = false;
+            b[0] = b[1] = NULL;
+            dmn_boot_advance();
+            return;
+        }
+    }
+    dmn.booting = false;
+    dmn_zygote *done = b[L_COLLECTED];
+    b[0] = b[1] = b[2] = NULL;
+    dmn_ident_free(&dmn.boot_id);
+    if (done)
+        dmn_boot_done(done);
+    else
+        dmn_node_gc();
+}
+
+/* Start building a collected zygote for id, reusing the ready levels of
+ * the current tree below `from`. */
+static void dmn_boot_start(const dmn_ident *id, int from)
+{
+    dmn.booting = true;
+    dmn_ident_copy(&dmn.boot_id, id);
+    dmn.boot_from_layers = dmn_layers_wanted(id);
+    dmn.bchain[0] = dmn.bchain[1] = dmn.bchain[2] = NULL;
+    if (dmn.boot_from_layers) {
+        dmn_plan_load(id);
+        dmn_zygote *chain[3] = {NULL, NULL, NULL};
+        for (dmn_zygote *p = dmn.cur; p; p = p->parent)
+            chain[p->level] = p;
+        for (int l = L_SITE; l < from && l < L_COLLECTED; l++) {
+            if (!chain[l] || chain[l]->state != Z_READY || !dmn_plan_fits(chain[l]))
+                break;
+            dmn.bchain[l] = chain[l];
+        }
+    }
+    dmn_boot_advance();
+}
+
+/* A collected zygote finished booting: it serves from now on.  One that
+ * is broken where the current one worked does not replace it: the old
+ * tree stays alive, so that reverting the edit is warm at once. */
+static void dmn_boot_done(dmn_zygote *z)
+{
+    dmn_zygote *old = dmn.cur;
+    bool regressed = old && old->state == Z_READY &&
+                     (z->state != Z_READY || dmn_nerrors(z) > dmn_nerrors(old));
+    if (old != z)
+        dmn.prev = regressed ? old : NULL;
+    dmn.cur = z;
+    if (z->state == Z_READY)
+        dmn_plan_save(z);
+    dmn_node_gc();
+    dmn_run_next();
+}
+
+/* A frame from a zygote node.  Site and project levels say "level" when
+ * their preloads are done; the collected level says "ready" (or "exited"
+ * when pytest stopped before collecting); parents report their children
+ * with "forked" and "reaped". */
+static void dmn_zygote_died(dmn_zygote *z, int status);
+
+static dmn_zygote *dmn_node_by_pid(pid_t pid)
+{
+    for (int i = 0; i < DMN_NODES; i++)
+        if (dmn.nodes[i].state != Z_DOWN && dmn.nodes[i].pid == pid)
+            return &dmn.nodes[i];
+    return NULL;
+}
+
+static void dmn_zygote_frame(dmn_zygote *z)
+{
+    pf_arena *a = pf_arena_new(0);
+    pf_value *msg;
+    char err[160];
+    if (pf_decode(a, z->rd.body.data, z->rd.need, &msg, err, sizeof err) < 0 || msg->kind != PF_DICT) {
+        util_log("bad frame from a zygote: %s", err);
+        pf_arena_free(a);
+        return;
+    }
+    const char *op = pf_dict_str(msg, "op");
+    int64_t pid = 0;
+    pf_dict_int(msg, "pid", &pid);
+    if (op && !strcmp(op, "level") && z->state == Z_BOOTING && z->level < L_COLLECTED) {
+        z->arena = a;
+        z->ready = msg;
+        z->state = Z_READY;
+        z->boot_wall = util_now() - z->boot_start;
+        dmn_record_watch(z);
+        int64_t failed = 0;
+        pf_dict_int(msg, "failed", &failed);
+        util_log("%s zygote ready in %.2fs: %zu watched paths, %lld preloads left to the normal import",
+                 dmn_level_names[z->level], z->boot_wall, z->nwatch, (long long)failed);
+        dmn_boot_advance();
+        return;
+    }
+    if (op && !strcmp(op, "ready") && z->state == Z_BOOTING && z->level == L_COLLECTED) {
+        dmn_zygote_ready(z, a, msg);
+        dmn_boot_advance();
+        return;
+    }
+    if (op && !strcmp(op, "exited") && z->state == Z_BOOTING) {
+        int64_t rc = 3;
+        pf_dict_int(msg, "rc", &rc);
+        z->exit_rc = (int)rc;
+        z->state = Z_EXITED;
+        z->arena = a;      /* its file lists decide when to try again */
+        z->ready = msg;
+        dmn_record_watch(z);
+        dmn_boot_advance();
+        return;
+    }
+    if (op && !strcmp(op, "forked")) {
+        if (z->level == L_COLLECTED) {
+            if (dmn.run && dmn.run->z == z)
+                dmn.run->leader_pid = (pid_t)pid;
+        } else {
+            for (int i = 0; i < DMN_NODES; i++)
+                if (dmn.nodes[i].state == Z_BOOTING && dmn.nodes[i].parent == z && !dmn.nodes[i].pid)
+                    dmn.nodes[i].pid = (pid_t)pid;
+        }
+    } else if (op && !strcmp(op, "reaped")) {
+        int64_t status = 0;
+        pf_dict_int(msg, "status", &status);
+        dmn_zygote *child = z->level < L_COLLECTED ? dmn_node_by_pid((pid_t)pid) : NULL;
+        if (child)
+            dmn_zygote_died(child, (int)status);
+        else if (dmn.run && dmn.run->z == z && pid == dmn.run->leader_pid)
+            dmn.run->leader_pid = 0;
+    }
+    pf_arena_free(a);
+}
+
+static void dmn_zygote_read(dmn_zygote *z)
+{
+    for (;;) {
+        int st = pf_reader_feed(&z->rd, z->fd);
+        if (st == PF_READ_FRAME) {
+            dmn_zygote_frame(z);
+            if (z->state == Z_DOWN)
+                return;
+            pf_reader_reset(&z->rd);
+            continue;
+        }
+        if (st == PF_READ_AGAIN)
+            return;
+        util_close(&z->fd);
+        /* A forked node's socket closes when it dies; its parent may not
+         * be there to report it. */
+        if (z->parent)
+            dmn_zygote_died(z, 0);
+        return;
+    }
+}
+
+/* A zygote process ended: before it was ready (pytest said why on the
+ * output, or the interpreter crashed), or later (killed, crashed). */
+static void dmn_zygote_died(dmn_zygote *z, int status)
+{
+    if (z->state == Z_DOWN)
+        return;
+    while (z->fd >= 0) {
+        int st = pf_reader_feed(&z->rd, z->fd);
+        if (st != PF_READ_FRAME) {
+            util_close(&z->fd);
+            break;
+        }
+        dmn_zygote_frame(z);
+        if (z->state == Z_DOWN)
+            return;
+        pf_reader_reset(&z->rd);
+    }
+    if (!z->parent && z->out >= 0)
+        dmn_zygote_output(z);
+    z->pid = 0;
+    if (z->state == Z_BOOTING && z->level == L_COLLECTED) {
+        z->exit_rc = WIFEXITED(status) && WEXITSTATUS(status) ? WEXITSTATUS(status) : 3;
+        if (WIFSIGNALED(status) || !z->output.len)
+            pf_buf_printf(&z->output, "\npytest-fast: the zygote %s before collecting\n",
+                          WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "exited");
+        z->state = Z_EXITED;
+        dmn_record_watch(z);
+        dmn_boot_advance();
+        return;
+    }
+    if (z->state == Z_BOOTING) {
+        z->state = Z_EXITED;
+        dmn_boot_advance();
+        return;
+    }
+    if (z->state == Z_EXITED)
+        return;
+    util_log("the %s zygote exited unexpectedly (status %d)", dmn_level_names[z->level], status);
+    /* Everything above it dies with it; the active run (if it stands on
+     * it) keeps the items until it ends. */
+    for (int i = 0; i < DMN_NODES; i++) {
+        dmn_zygote *n = &dmn.nodes[i];
+        if (n->state != Z_DOWN && dmn_is_ancestor(z, n)) {
+            util_close(&n->fd);
+            n->pid = 0;
+            n->state = Z_EXITED;
+            n->exit_rc = -1;   /* dead, not a pytest verdict: never serves again */
+        }
+    }
+    if (dmn.cur && dmn.cur->exit_rc == -1)
+        dmn.cur = NULL;
+    if (dmn.prev && dmn.prev->exit_rc == -1)
+        dmn.prev = NULL;
+    if (!dmn.run)
+        dmn_node_gc();
+    dmn_run_next();
 }
 
 /* ------------------------------------------------------------------- runs */
@@ -5323,7 +5997,7 @@ static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const cha
 static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *reason)
 {
     pf_arena *a = r->keep;
-    const dmn_item *it = &dmn.z.items[r->sel[pos]];
+    const dmn_item *it = &r->z->items[r->sel[pos]];
     char *head = util_fmt("worker 'gw%d' %s while running %s", w->wid, reason, it->nodeid);
     pf_buf text = {0};
     pf_buf_printf(&text, "%s", head);
@@ -5397,7 +6071,7 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
         return;
     }
     size_t pos = (size_t)w->claimed[0];
-    const dmn_item *it = &dmn.z.items[r->sel[pos]];
+    const dmn_item *it = &r->z->items[r->sel[pos]];
     double now = util_now();
     w->busy += now - w->item_start;
     w->item_start = now;
@@ -5700,7 +6374,7 @@ static bool dmn_error_in_scope(const dmn_run *r, size_t i)
 static size_t dmn_scoped_errors(const dmn_run *r)
 {
     size_t n = 0;
-    for (size_t i = 0; i < dmn_nerrors(&dmn.z); i++)
+    for (size_t i = 0; i < dmn_nerrors(r->z); i++)
         n += dmn_error_in_scope(r, i);
     return n;
 }
@@ -5714,23 +6388,23 @@ static char *dmn_render(dmn_run *r, int rc)
     double warmup = r->ready_at ? r->ready_at - r->start : wall;
     size_t nerr = dmn_scoped_errors(r);
     pf_buf_printf(&b, "\n%s\n  FORKSERVER DAEMON  —  %dw  —  run #%u (%s)\n%s\n", dmn_rule,
-                  r->nworkers, dmn.runs, dmn.z.runs_since_boot <= 1 ? "cold" : "warm", dmn_rule);
+                  r->nworkers, dmn.runs, r->z->runs_since_boot <= 1 ? "cold" : "warm", dmn_rule);
     pf_buf_printf(&b, "  results : ");
     dmn_stats_line(&b, r, nerr, wall);
     pf_buf_printf(&b, "  (n=%zu/%zu)\n", r->done, r->nsel);
     if (nerr) {
         pf_buf_printf(&b, "  COLLECT ERRORS (%zu) — files not collected, their tests DID NOT RUN:\n", nerr);
-        for (size_t i = 0; i < dmn_nerrors(&dmn.z); i++) {
+        for (size_t i = 0; i < dmn_nerrors(r->z); i++) {
             if (!dmn_error_in_scope(r, i))
                 continue;
-            const pf_value *e = dmn.z.errors->u.seq.items[i];
+            const pf_value *e = r->z->errors->u.seq.items[i];
             pf_buf_printf(&b, "    ✗ %s\n", dmn_str_at(e, 0) ? dmn_str_at(e, 0) : "?");
             if (!c->split.full_trace_none && dmn_str_at(e, 2))
                 dmn_indent(&b, dmn_str_at(e, 2), "      ");
         }
     }
     pf_buf_printf(&b, "  warmup  : %6.2fs   (%s)\n", warmup,
-                  dmn.z.runs_since_boot <= 1 ? "boot: import + collect, then fork" : "fork; the collection was warm");
+                  r->z->runs_since_boot <= 1 ? "boot: import + collect, then fork" : "fork; the collection was warm");
     pf_buf_printf(&b, "  RUN     : %6.2fs   ← wall\n", runwall);
     double busy = 0, maxw = 0, minw = 0;
     for (int i = 0; i < r->nworkers; i++) {
@@ -5752,7 +6426,7 @@ static char *dmn_render(dmn_run *r, int rc)
             dmn_failure *f = &r->failures[i];
             if (dmn_category(f->category) < 4)
                 continue;
-            const char *nodeid = dmn.z.items[r->sel[f->pos]].nodeid;
+            const char *nodeid = r->z->items[r->sel[f->pos]].nodeid;
             if (strcmp(f->when, "call"))
                 pf_buf_printf(&b, "    ✗ %s  (%s in %s)\n", nodeid, f->category, f->when);
             else
@@ -5774,7 +6448,7 @@ static char *dmn_render(dmn_run *r, int rc)
         pf_buf_printf(&b, "  XPASS (%zu) — stale xfail entries (now pass, drop them):\n", r->counts[3]);
         for (size_t pos = 0; pos < r->nsel; pos++)
             if (r->severity[pos] == 3)
-                pf_buf_printf(&b, "    ? %s\n", dmn.z.items[r->sel[pos]].nodeid);
+                pf_buf_printf(&b, "    ? %s\n", r->z->items[r->sel[pos]].nodeid);
     }
     size_t ntop = c->split.durations > 0 && (size_t)c->split.durations < r->ntop ? (size_t)c->split.durations
                                                                                   : r->ntop;
@@ -5782,7 +6456,7 @@ static char *dmn_render(dmn_run *r, int rc)
         pf_buf_printf(&b, "  DURATIONS (top %zu, ≥5ms — per phase):\n", ntop);
         for (size_t i = 0; i < ntop; i++)
             pf_buf_printf(&b, "    %8.3fs  %-9s%s\n", r->top[i].seconds, r->top[i].when,
-                          dmn.z.items[r->sel[r->top[i].pos]].nodeid);
+                          r->z->items[r->sel[r->top[i].pos]].nodeid);
     }
     if (r->exit_msg)
         pf_buf_printf(&b, "  !!!!!!!!!! %s !!!!!!!!!!\n", r->exit_msg);
@@ -5824,11 +6498,11 @@ static int dmn_write_dump(dmn_run *r, const char *path, char *err, size_t errlen
     }
     fputc('{', f);
     bool first = true;
-    for (size_t i = 0; i < dmn_nerrors(&dmn.z); i++) {
+    for (size_t i = 0; i < dmn_nerrors(r->z); i++) {
         if (!dmn_error_in_scope(r, i))
             continue;
         fputs(first ? "\n  " : ",\n  ", f);
-        dmn_json_str(f, dmn_str_at(dmn.z.errors->u.seq.items[i], 0));
+        dmn_json_str(f, dmn_str_at(r->z->errors->u.seq.items[i], 0));
         fputs(": \"error\"", f);
         first = false;
     }
@@ -5836,7 +6510,7 @@ static int dmn_write_dump(dmn_run *r, const char *path, char *err, size_t errlen
         if (r->severity[pos] < 0)
             continue;
         fputs(first ? "\n  " : ",\n  ", f);
-        dmn_json_str(f, dmn.z.items[r->sel[pos]].nodeid);
+        dmn_json_str(f, r->z->items[r->sel[pos]].nodeid);
         fprintf(f, ": \"%s\"", dmn_categories[(int)r->severity[pos]]);
         first = false;
     }
@@ -5879,17 +6553,15 @@ static void dmn_finish_leader(dmn_run *r)
         pf_value *msg = dmn_dict(a, "finish");
         dmn_set(a, msg, "reports", r->lf);
         pf_value *errs = pf_new_container(a, PF_LIST);
-        for (size_t i = 0; i < dmn_nerrors(&dmn.z); i++)
+        for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i))
-                pf_append(a, errs, pf_new_cstr(a, dmn_str_at(dmn.z.errors->u.seq.items[i], 0)));
+                pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
         dmn_set(a, msg, "collect_errors", errs);
         pf_send_value(r->leader_fd, msg);
         pf_arena_free(a);
     }
     util_close(&r->leader_fd);
 }
-
-static void dmn_run_next(void);
 
 static void dmn_run_end(dmn_run *r)
 {
@@ -5923,7 +6595,10 @@ static void dmn_run_end(dmn_run *r)
     dmn.run = NULL;
     dmn.last_activity = util_now();
     if (discard)
-        dmn_zygote_kill(&dmn.z);   /* --start-method spawn: nothing stays warm */
+    {
+        dmn.cur = dmn.prev = NULL;   /* --start-method spawn: nothing stays warm */
+        dmn_node_gc();
+    }
     dmn_run_next();
 }
 
@@ -5955,7 +6630,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     size_t n = 0;
     for (size_t i = 0; i < r->nsel; i++) {
         const pf_value *v = idx->u.seq.items[i];
-        if (v->kind == PF_INT && v->u.i >= 0 && (size_t)v->u.i < dmn.z.nitems)
+        if (v->kind == PF_INT && v->u.i >= 0 && (size_t)v->u.i < r->z->nitems)
             r->sel[n++] = (size_t)v->u.i;
     }
     r->nsel = n;
@@ -5966,7 +6641,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         pf_value *d = dmn_dict(a, "collected");
         pf_value *items = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < r->nsel; i++) {
-            const dmn_item *it = &dmn.z.items[r->sel[i]];
+            const dmn_item *it = &r->z->items[r->sel[i]];
             pf_value *t = pf_new_container(a, PF_TUPLE);
             pf_append(a, t, pf_new_cstr(a, it->nodeid));
             pf_append(a, t, pf_new_cstr(a, it->fspath));
@@ -5977,27 +6652,27 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         dmn_set(a, d, "items", items);
         dmn_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
         pf_value *errs = pf_new_container(a, PF_LIST);
-        for (size_t i = 0; i < dmn_nerrors(&dmn.z); i++)
+        for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i)) {
-                const pf_value *e = dmn.z.errors->u.seq.items[i];
+                const pf_value *e = r->z->errors->u.seq.items[i];
                 if (pf_is_seq(e) && e->u.seq.len == 4)
                     pf_append(a, errs, e->u.seq.items[3]);
             }
         dmn_set(a, d, "errors", errs);
-        const pf_value *warns = pf_dict_get(dmn.z.ready, "warnings");
+        const pf_value *warns = pf_dict_get(r->z->ready, "warnings");
         dmn_set(a, d, "warnings", warns ? (pf_value *)warns : pf_new_container(a, PF_LIST));
-        dmn_set(a, d, "cold", pf_new_bool(a, dmn.z.runs_since_boot <= 1));
+        dmn_set(a, d, "cold", pf_new_bool(a, r->z->runs_since_boot <= 1));
         dmn_send(c, d);
         pf_arena_free(a);
     }
-    r->warnings += dmn.z.nwarnings;
+    r->warnings += r->z->nwarnings;
     if (c && c->split.collect_only && !c->stream) {
         pf_buf b = {0};
         for (size_t i = 0; i < r->nsel; i++)
-            pf_buf_printf(&b, "%s\n", dmn.z.items[r->sel[i]].nodeid);
-        for (size_t i = 0; i < dmn_nerrors(&dmn.z); i++)
+            pf_buf_printf(&b, "%s\n", r->z->items[r->sel[i]].nodeid);
+        for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i))
-                pf_buf_printf(&b, "ERROR %s\n", dmn_str_at(dmn.z.errors->u.seq.items[i], 0));
+                pf_buf_printf(&b, "ERROR %s\n", dmn_str_at(r->z->errors->u.seq.items[i], 0));
         pf_buf_printf(&b, "\n%zu test%s collected", r->nsel, r->nsel == 1 ? "" : "s");
         if (r->deselected)
             pf_buf_printf(&b, ", %zu deselected", r->deselected);
@@ -6120,43 +6795,81 @@ static void dmn_fail_request(dmn_conn *c, int rc, const char *err)
     dmn_conn_drop(c);
 }
 
+/* A node that can serve a run: collected and ready, or a boot that ended
+ * with pytest's own verdict (usage error, broken conftest) for these files. */
+static bool dmn_serves(const dmn_zygote *z)
+{
+    return z && z->level == L_COLLECTED && (z->state == Z_READY || (z->state == Z_EXITED && z->exit_rc >= 0));
+}
+
+/* The identity a request asks for, borrowing the connection's strings. */
+static dmn_ident dmn_conn_ident(dmn_conn *c)
+{
+    dmn_ident id = {c->split.collect, c->env, c->cwd, c->python, c->fp};
+    return id;
+}
+
+/* Choose the zygote for the request at the head of the queue: the current
+ * one if its files are unchanged, the previous one if an edit was reverted;
+ * otherwise re-build from the lowest stale level and say why. */
+static dmn_zygote *dmn_pick(dmn_conn *c)
+{
+    dmn_ident want = dmn_conn_ident(c);
+    char why[PF_ERRLEN];
+    const char *reason = NULL;
+    int from = L_SITE;
+    if (c->fresh && !c->booted) {
+        reason = c->discard ? "--start-method spawn" : "--start-method fork";
+    } else {
+        dmn_zygote *cands[2] = {dmn.cur, dmn.prev};
+        for (int i = 0; i < 2; i++) {
+            dmn_zygote *z = cands[i];
+            if (!dmn_serves(z))
+                continue;
+            const char *differs = dmn_ident_differs(&z->id, &want);
+            if (differs) {
+                reason = reason ? reason : differs;
+                continue;
+            }
+            int level = dmn_chain_stale(z, why, sizeof why);
+            if (level < 0) {
+                if (z != dmn.cur) {
+                    dmn.prev = dmn.cur;
+                    dmn.cur = z;
+                }
+                return z;
+            }
+            if (i == 0) {
+                from = level;
+                reason = why;
+            }
+        }
+        if (!reason && dmn.level_boots[L_COLLECTED])
+            reason = "the previous zygote exited";
+    }
+    if (reason) {
+        char *note = from > L_SITE || dmn_layers_wanted(&want)
+                         ? util_fmt("re-collecting (%s): %s", dmn_level_names[from], reason)
+                         : util_fmt("re-collecting: %s", reason);
+        util_log("%s", note);
+        dmn_send_note(c, note);
+        free(note);
+    }
+    if (c->fresh)
+        from = L_SITE;
+    c->booted = true;
+    dmn_boot_start(&want, from);
+    return NULL;
+}
+
 /* Start the run at the head of the queue once the zygote is fit for it. */
 static void dmn_run_next(void)
 {
-    while (!dmn.run && dmn.queue) {
+    while (!dmn.run && dmn.queue && !dmn.booting) {
         dmn_conn *c = dmn.queue;
-        dmn_zygote *z = &dmn.z;
-        char why[PF_ERRLEN], err[PF_ERRLEN];
-        const char *reason = NULL;
-        if (z->state == Z_BOOTING)
-            return;
-        if (z->state == Z_DOWN)
-            reason = z->boots ? "the previous zygote exited" : NULL;
-        else if (!util_strv_equal(&z->args, &c->split.collect))
-            reason = "collection arguments changed";
-        else if (c->fp && strcmp(c->fp, z->fp))
-            reason = "environment changed";
-        else if (strcmp(c->cwd, z->cwd))
-            reason = "working directory changed";
-        else if (c->fresh && !c->booted)
-            reason = c->discard ? "--start-method spawn" : "--start-method fork";
-        else
-            reason = dmn_stale(z, why, sizeof why);
-        if (reason || z->state == Z_DOWN) {
-            if (reason) {
-                char *note = util_fmt("re-collecting: %s", reason);
-                util_log("%s", note);
-                dmn_send_note(c, note);
-                free(note);
-            }
-            if (dmn_zygote_boot(z, c, err, sizeof err) < 0) {
-                dmn.queue = c->next;
-                dmn_fail_request(c, 3, err);
-                continue;
-            }
-            c->booted = true;
-            return;
-        }
+        dmn_zygote *z = dmn_pick(c);
+        if (!z)
+            return;     /* a boot is under way; it calls back when done */
         dmn.queue = c->next;
         c->next = NULL;
         if (z->state == Z_EXITED) {
@@ -6181,6 +6894,7 @@ static void dmn_run_next(void)
         }
         dmn_run *r = util_alloc(sizeof *r);
         r->client = c;
+        r->z = z;
         r->start = util_now();
         r->exit_rc = -1;
         r->leader_fd = -1;
@@ -6231,7 +6945,8 @@ static void dmn_run_next(void)
             z->runs_since_boot--;
             dmn.runs--;
             util_log("the zygote does not answer (%s); restarting it", strerror(errno));
-            dmn_zygote_kill(z);
+            dmn_node_kill(dmn_root(z));
+            c->next = dmn.queue;
             dmn.queue = c;
             continue;
         }
@@ -6239,6 +6954,32 @@ static void dmn_run_next(void)
         r->leader_fd = sv[0];
         dmn.run = r;
     }
+}
+
+static const char *dmn_env(const util_strv *env, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < env->n; i++)
+        if (!strncmp(env->v[i], name, n) && env->v[i][n] == '=')
+            return env->v[i] + n + 1;
+    return NULL;
+}
+
+/* --with-watcher or PYTEST_FAST_WATCH=1 turns the watcher on for good;
+ * PYTEST_FAST_WATCH_POLL / _DEBOUNCE (seconds) tune it. */
+static void dmn_watch_config(dmn_conn *c, bool asked)
+{
+    const char *on = dmn_env(&c->env, "PYTEST_FAST_WATCH");
+    if (!asked && !(on && strcmp(on, "0") && *on))
+        return;
+    const char *poll = dmn_env(&c->env, "PYTEST_FAST_WATCH_POLL");
+    const char *debounce = dmn_env(&c->env, "PYTEST_FAST_WATCH_DEBOUNCE");
+    double v;
+    dmn.watch_poll = poll && (v = atof(poll)) > 0 ? v : 0.5;
+    dmn.watch_debounce = debounce && (v = atof(debounce)) >= 0 ? v : 0.7;
+    if (!dmn.watching)
+        util_log("watching for changes (poll %.2fs, debounce %.2fs)", dmn.watch_poll, dmn.watch_debounce);
+    dmn.watching = true;
 }
 
 static bool dmn_bool(const pf_value *req, const char *key)
@@ -6281,11 +7022,18 @@ static void dmn_request(dmn_conn *c)
         pf_arena *a = pf_arena_new(0);
         pf_value *d = dmn_dict(a, "status");
         static const char *const states[] = {"down", "booting", "ready", "exited"};
+        dmn_zygote *z = dmn.cur;
         dmn_set(a, d, "pid", pf_new_int(a, getpid()));
-        dmn_set(a, d, "zygote", pf_new_cstr(a, states[dmn.z.state]));
-        dmn_set(a, d, "zygote_pid", pf_new_int(a, dmn.z.pid));
-        dmn_set(a, d, "items", pf_new_int(a, (int64_t)dmn.z.nitems));
-        dmn_set(a, d, "boots", pf_new_int(a, dmn.z.boots));
+        dmn_set(a, d, "zygote", pf_new_cstr(a, dmn.booting ? "booting" : z ? states[z->state] : "down"));
+        dmn_set(a, d, "zygote_pid", pf_new_int(a, z ? z->pid : 0));
+        dmn_set(a, d, "items", pf_new_int(a, z ? (int64_t)z->nitems : 0));
+        dmn_set(a, d, "boots", pf_new_int(a, dmn.level_boots[L_COLLECTED]));
+        pf_value *levels = pf_new_container(a, PF_DICT);
+        for (int l = L_SITE; l <= L_COLLECTED; l++)
+            dmn_set(a, levels, dmn_level_names[l], pf_new_int(a, dmn.level_boots[l]));
+        dmn_set(a, d, "level_boots", levels);
+        dmn_set(a, d, "layers", pf_new_bool(a, z && z->parent != NULL));
+        dmn_set(a, d, "watching", pf_new_bool(a, dmn.watching));
         dmn_set(a, d, "runs", pf_new_int(a, dmn.runs));
         dmn_set(a, d, "running", pf_new_bool(a, dmn.run != NULL));
         size_t queued = 0;
@@ -6295,7 +7043,7 @@ static void dmn_request(dmn_conn *c)
         dmn_set(a, d, "ttl", pf_new_float(a, dmn.ttl));
         dmn_set(a, d, "idle", pf_new_float(a, dmn.run ? 0 : util_now() - dmn.last_activity));
         dmn_set(a, d, "address", pf_new_cstr(a, dmn.address));
-        dmn_set(a, d, "rootdir", pf_new_cstr(a, dmn.z.rootdir));
+        dmn_set(a, d, "rootdir", pf_new_cstr(a, z ? z->rootdir : ""));
         dmn_send(c, d);
         pf_arena_free(a);
         dmn_conn_drop(c);
@@ -6353,6 +7101,7 @@ static void dmn_request(dmn_conn *c)
     c->fresh = method && (!strcmp(method, "fork") || !strcmp(method, "spawn"));
     c->discard = method && !strcmp(method, "spawn");
     c->full = dmn_bool(req, "full");
+    dmn_watch_config(c, dmn_bool(req, "watch"));
     c->stream = dmn_bool(req, "stream");
     c->color = dmn_bool(req, "color");
     const char *fp = pf_dict_str(req, "fp");
@@ -6478,88 +7227,6 @@ static void dmn_conn_readable(dmn_conn *c)
         dmn_conn_drop(c);
 }
 
-static void dmn_zygote_frame(dmn_zygote *z)
-{
-    pf_arena *a = pf_arena_new(0);
-    pf_value *msg;
-    char err[160];
-    if (pf_decode(a, z->rd.body.data, z->rd.need, &msg, err, sizeof err) < 0 || msg->kind != PF_DICT) {
-        util_log("bad frame from the zygote: %s", err);
-        pf_arena_free(a);
-        return;
-    }
-    const char *op = pf_dict_str(msg, "op");
-    if (op && !strcmp(op, "ready") && z->state == Z_BOOTING) {
-        dmn_zygote_ready(z, a, msg);
-        dmn_run_next();
-        return;
-    }
-    if (op && !strcmp(op, "exited") && z->state == Z_BOOTING) {
-        int64_t rc = 3;
-        pf_dict_int(msg, "rc", &rc);
-        z->exit_rc = (int)rc;
-        z->state = Z_EXITED;
-        z->arena = a;      /* its file lists decide when to try again */
-        z->ready = msg;
-        return;
-    } else if (op && !strcmp(op, "forked") && dmn.run) {
-        int64_t pid = 0;
-        pf_dict_int(msg, "pid", &pid);
-        dmn.run->leader_pid = (pid_t)pid;
-    } else if (op && !strcmp(op, "reaped") && dmn.run) {
-        int64_t pid = 0;
-        pf_dict_int(msg, "pid", &pid);
-        if (pid == dmn.run->leader_pid)
-            dmn.run->leader_pid = 0;
-    }
-    pf_arena_free(a);
-}
-
-/* The zygote process ended: before collecting (pytest said why on its
- * output), or later (killed, crashed). */
-static void dmn_zygote_died(dmn_zygote *z, int status)
-{
-    if (z->fd >= 0)
-        for (;;) {
-            int st = pf_reader_feed(&z->rd, z->fd);
-            if (st != PF_READ_FRAME)
-                break;
-            dmn_zygote_frame(z);
-            pf_reader_reset(&z->rd);
-        }
-    if (z->out >= 0)
-        dmn_zygote_output(z);
-    z->pid = 0;
-    bool was_booting = z->state == Z_BOOTING;
-    if (z->state == Z_EXITED || was_booting) {
-        if (was_booting) {
-            z->exit_rc = WIFEXITED(status) ? WEXITSTATUS(status) : 3;
-            if (z->exit_rc == 0)
-                z->exit_rc = 3;
-            char note[96];
-            snprintf(note, sizeof note, "\npytest-fast: the zygote %s before collecting\n",
-                     WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "exited");
-            if (WIFSIGNALED(status) || !z->output.len)
-                pf_buf_printf(&z->output, "%s", note);
-        }
-        util_close(&z->fd);
-        util_close(&z->out);
-        z->state = Z_EXITED;
-        dmn_record_watch(z);
-    } else {
-        util_log("zygote exited unexpectedly (status %d)", status);
-        if (dmn.run) {
-            /* The active run still names its items: free them after it. */
-            util_close(&z->fd);
-            util_close(&z->out);
-            z->state = Z_DOWN;
-        } else {
-            dmn_zygote_reset(z);
-        }
-    }
-    dmn_run_next();
-}
-
 static void dmn_check_timeouts(dmn_run *r, double now)
 {
     double limit = r->client ? r->client->timeout : 0;
@@ -6593,6 +7260,44 @@ static void dmn_send_progress(dmn_run *r, double now)
     r->progress_sent = r->done;
 }
 
+/* The pre-warm watcher: while idle, poll the current tree's files; once a
+ * change has settled for the debounce time, re-build the stale levels in
+ * the background so the next run finds a fresh zygote.  It never counts
+ * as activity, so it does not keep an idle daemon past its TTL. */
+static void dmn_watch_tick(double now)
+{
+    if (dmn.booting || dmn.queue || now < dmn.next_poll)
+        return;
+    dmn.next_poll = now + dmn.watch_poll;
+    char why[PF_ERRLEN];
+    dmn_zygote *z = dmn.cur;
+    if (!z || !dmn_serves(z))
+        return;
+    int level = dmn_chain_stale(z, why, sizeof why);
+    if (level >= 0 && dmn.prev && dmn_serves(dmn.prev) && dmn_chain_stale(dmn.prev, why, sizeof why) < 0) {
+        dmn_zygote *fresh = dmn.prev;   /* the edit was reverted */
+        dmn.prev = dmn.cur;
+        dmn.cur = fresh;
+        return;
+    }
+    if (level < 0) {
+        dmn.stale_since = 0;
+        return;
+    }
+    if (!dmn.stale_since) {
+        dmn.stale_since = now;
+        return;
+    }
+    if (now - dmn.stale_since < dmn.watch_debounce)
+        return;
+    dmn.stale_since = 0;
+    util_log("pre-warming (%s): %s", dmn_level_names[level], why);
+    dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
+    dmn_ident_copy(&id, &z->id);
+    dmn_boot_start(&id, level);
+    dmn_ident_free(&id);
+}
+
 static void dmn_shutdown(void)
 {
     if (dmn.run) {
@@ -6600,7 +7305,9 @@ static void dmn_shutdown(void)
         if (dmn.run->client)
             dmn_send_done(dmn.run->client, 2, NULL, "pytest-fast: the daemon is shutting down");
     }
-    dmn_zygote_kill(&dmn.z);
+    for (int i = 0; i < DMN_NODES; i++)
+        if (!dmn.nodes[i].parent)
+            dmn_node_kill(&dmn.nodes[i]);
     unlink(dmn.address);
     unlink(dmn.pidfile);
     util_log("bye");
@@ -6624,8 +7331,10 @@ static int dmn_loop(void)
         for (int i = 0; i < dmn.nconns; i++)
             p[n++] = (struct pollfd){dmn.conns[i]->fd, (short)(dmn.conns[i]->queued && !dmn.conns[i]->req ? 0 : POLLIN), 0};
         size_t zy = n;
-        p[n++] = (struct pollfd){dmn.z.fd, POLLIN, 0};
-        p[n++] = (struct pollfd){dmn.z.out, POLLIN, 0};
+        for (int i = 0; i < DMN_NODES; i++) {
+            p[n++] = (struct pollfd){dmn.nodes[i].fd, POLLIN, 0};
+            p[n++] = (struct pollfd){dmn.nodes[i].out, POLLIN, 0};
+        }
         size_t lead = n, w0 = n + 1;
         dmn_run *r = dmn.run;
         p[n++] = (struct pollfd){r ? r->leader_fd : -1, POLLIN, 0};
@@ -6638,13 +7347,15 @@ static int dmn_loop(void)
         }
         double now = util_now();
         int timeout = 1000;
-        if (!r && !dmn.queue && dmn.z.state != Z_BOOTING) {
+        if (!r && !dmn.queue && !dmn.booting) {
             double left = dmn.ttl - (now - dmn.last_activity);
             if (left <= 0) {
                 util_log("idle for %.0fs — shutting down", dmn.ttl);
                 break;
             }
             timeout = left < 1 ? (int)(left * 1000) + 1 : 1000;
+            if (dmn.watching && timeout > (int)(dmn.watch_poll * 1000))
+                timeout = (int)(dmn.watch_poll * 1000) + 1;
         } else if (r) {
             timeout = 100;
         }
@@ -6657,27 +7368,20 @@ static int dmn_loop(void)
             break;
         }
         now = util_now();
-        /* Reap the zygote first: its death explains the EOFs below. */
-        if (dmn.z.pid > 0) {
+        /* Reap exec'ed zygotes first: a death explains the EOFs below. */
+        for (int i = 0; i < DMN_NODES; i++) {
+            dmn_zygote *z = &dmn.nodes[i];
             int status;
-            if (waitpid(dmn.z.pid, &status, WNOHANG) == dmn.z.pid)
-                dmn_zygote_died(&dmn.z, status);
+            if (z->state != Z_DOWN && !z->parent && z->pid > 0 && waitpid(z->pid, &status, WNOHANG) == z->pid)
+                dmn_zygote_died(z, status);
         }
-        if (rc > 0 && p[zy].revents && dmn.z.fd >= 0) {
-            for (;;) {
-                int st = pf_reader_feed(&dmn.z.rd, dmn.z.fd);
-                if (st == PF_READ_FRAME) {
-                    dmn_zygote_frame(&dmn.z);
-                    pf_reader_reset(&dmn.z.rd);
-                    continue;
-                }
-                if (st != PF_READ_AGAIN)
-                    util_close(&dmn.z.fd);
-                break;
-            }
+        for (int i = 0; rc > 0 && i < DMN_NODES; i++) {
+            dmn_zygote *z = &dmn.nodes[i];
+            if (p[zy + 2 * (size_t)i].revents && z->fd >= 0 && p[zy + 2 * (size_t)i].fd == z->fd)
+                dmn_zygote_read(z);
+            if (p[zy + 2 * (size_t)i + 1].revents && z->out >= 0 && p[zy + 2 * (size_t)i + 1].fd == z->out)
+                dmn_zygote_output(z);
         }
-        if (rc > 0 && p[zy + 1].revents && dmn.z.out >= 0)
-            dmn_zygote_output(&dmn.z);
         if (r && dmn.run == r && rc > 0) {
             for (int i = 0; i < nw && dmn.run == r; i++) {
                 if (p[w0 + 2 * (size_t)i].revents && r->workers[i].fd >= 0)
@@ -6691,6 +7395,8 @@ static int dmn_loop(void)
         if (dmn.run) {
             dmn_check_timeouts(dmn.run, now);
             dmn_send_progress(dmn.run, now);
+        } else if (dmn.watching) {
+            dmn_watch_tick(now);
         }
         if (rc > 0 && p[0].revents)
             dmn_accept();
@@ -6730,8 +7436,8 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
     dmn.address = address;
     dmn.ttl = ttl;
     dmn.pidfile = id_sibling(address, ".pid");
-    dmn.z.fd = dmn.z.out = -1;
-    pf_reader_init(&dmn.z.rd);
+    for (int i = 0; i < DMN_NODES; i++)
+        dmn_node_free(&dmn.nodes[i]);
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -6800,7 +7506,7 @@ typedef struct cli_opts {
     const char *address, *python, *dump, *start_method;
     double ttl, timeout;
     int workers, runs;
-    bool full_report, status, stop, print_workers, explain, help, version, ensure;
+    bool full_report, status, stop, print_workers, explain, help, version, ensure, watch;
     util_strv pytest_args;
 } cli_opts;
 
@@ -6822,6 +7528,9 @@ static const char cli_usage[] =
     "  --timeout SECONDS       per-test timeout, 0 = off (or $PYTEST_FAST_TIMEOUT); a\n"
     "                          test over it fails with its Python traceback\n"
     "  --full-report           ship full per-phase reports: adds a DURATIONS table\n"
+    "  --with-watcher          pre-warm: the daemon re-collects in the background as\n"
+    "                          soon as files change (or $PYTEST_FAST_WATCH=1; tune\n"
+    "                          with $PYTEST_FAST_WATCH_POLL / _DEBOUNCE seconds)\n"
     "  --dump PATH             write {nodeid: outcome} JSON after the run\n"
     "  --python PATH           interpreter whose environment runs the tests (default:\n"
     "                          $VIRTUAL_ENV/bin/python, $PYTEST_FAST_PYTHON, else the\n"
@@ -6925,6 +7634,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
             o->version = true;
         else if (!strcmp(a, "--ensure-daemon"))
             o->ensure = true;
+        else if (!strcmp(a, "--with-watcher"))
+            o->watch = true;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help"))
             o->help = true;
         else if (!strcmp(a, "--")) {
@@ -7139,6 +7850,7 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     dmn_set(a, req, "workers", pf_new_int(a, o->workers));
     dmn_set(a, req, "timeout", pf_new_float(a, o->timeout));
     dmn_set(a, req, "full", pf_new_bool(a, o->full_report));
+    dmn_set(a, req, "watch", pf_new_bool(a, o->watch));
     dmn_set(a, req, "color", pf_new_bool(a, tty && !getenv("NO_COLOR")));
     if (o->start_method)
         dmn_set(a, req, "start_method", pf_new_cstr(a, o->start_method));
@@ -7286,6 +7998,14 @@ static int cli_status(const char *address)
     printf("runs     : %lld done, %s, %lld queued\n", (long long)runs,
            pf_dict_get(s, "running") && pf_dict_get(s, "running")->u.b ? "one running" : "idle",
            (long long)queued);
+    const pf_value *lb = pf_dict_get(s, "level_boots");
+    int64_t site = 0, project = 0, collected = 0;
+    if (lb && pf_dict_int(lb, "site", &site) && pf_dict_int(lb, "project", &project) &&
+        pf_dict_int(lb, "collected", &collected))
+        printf("layers   : %s; boots: site %lld, project %lld, collected %lld\n",
+               pf_dict_get(s, "layers") && pf_dict_get(s, "layers")->u.b ? "on" : "off",
+               (long long)site, (long long)project, (long long)collected);
+    printf("watcher  : %s\n", pf_dict_get(s, "watching") && pf_dict_get(s, "watching")->u.b ? "on" : "off");
     printf("rootdir  : %s\n", pf_dict_str(s, "rootdir") ? pf_dict_str(s, "rootdir") : "");
     if (idle && idle->kind == PF_FLOAT)
         printf("idle     : %.0fs\n", idle->u.f);

@@ -115,17 +115,19 @@ class Gen:
 
     def str_(self):
         r = self.r
-        n = r.choice([0, 1, 2, 5, 10, 20, 255, 256, 300]) if r.random() < 0.9 else r.randrange(30)
+        n = r.choice([255, 256, 300]) if r.random() < 0.05 else r.randrange(12)
         ranges = [(0x20, 0x7F), (0, 0x20), (0x80, 0x800), (0x800, 0xD800), (0xD800, 0xE000),
                   (0xE000, 0x10000), (0x10000, 0x110000)]
         out = []
         for _ in range(n):
-            lo, hi = r.choice(ranges)
-            out.append(chr(r.randrange(lo, hi)))
+            lo, hi = ranges[r.getrandbits(8) % len(ranges)]
+            out.append(chr(lo + r.getrandbits(21) % (hi - lo)))
         return "".join(out)
 
     def bytes_(self):
-        return bytes(self.r.getrandbits(8) for _ in range(self.r.choice([0, 1, 7, 255, 256, 300])))
+        r = self.r
+        n = r.choice([255, 256, 300]) if r.random() < 0.05 else r.randrange(12)
+        return r.getrandbits(8 * n).to_bytes(n, "little")
 
     def scalar(self, hashable=False):
         r = self.r
