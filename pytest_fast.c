@@ -1158,6 +1158,13 @@ enum {
 #define CODEC_LINEAR_MAX 8u   /* dicts and sets this small are scanned */
 #define CODEC_MAX_DIGITS 4300 /* text ints, like Python's int_max_str_digits */
 
+/* The hash rides in the slot so that probing past other values does not
+ * have to touch their nodes. */
+typedef struct codec_slot {
+    pf_value *v; /* NULL: empty */
+    uint32_t hash;
+} codec_slot;
+
 typedef struct codec_member {
     const pf_value *owner; /* NULL: empty slot */
     size_t pos;
@@ -1176,7 +1183,7 @@ typedef struct codec_dec {
     unsigned nmarks;
     pf_value **memo;
     size_t memo_len, memo_count; /* slots; filled slots (Python's len(memo)) */
-    pf_value **intern;           /* open addressing, NULL = empty */
+    codec_slot *intern; /* open addressing */
     size_t intern_cap, intern_count;
     codec_member *member; /* (container, position) of dict keys / set items */
     size_t member_cap, member_count;
@@ -1320,19 +1327,18 @@ static int codec_nest(codec_dec *d, pf_value *c, const pf_value *item)
 static int codec_intern_grow(codec_dec *d)
 {
     size_t cap = d->intern_cap ? d->intern_cap * 2 : 64;
-    pf_value **t = calloc(cap, sizeof *t);
+    codec_slot *t = calloc(cap, sizeof *t);
     if (!t) {
         errno = ENOMEM;
         return -1;
     }
     for (size_t i = 0; i < d->intern_cap; i++) {
-        pf_value *v = d->intern[i];
-        if (!v)
+        if (!d->intern[i].v)
             continue;
-        size_t j = codec_node_of(v)->aux & (cap - 1);
-        while (t[j])
+        size_t j = d->intern[i].hash & (cap - 1);
+        while (t[j].v)
             j = (j + 1) & (cap - 1);
-        t[j] = v;
+        t[j] = d->intern[i];
     }
     free(d->intern);
     d->intern = t;
@@ -1352,11 +1358,9 @@ static pf_value *codec_intern(codec_dec *d, pf_value *v, bool owned)
         return NULL;
     uint32_t h = codec_hash(d, v);
     size_t mask = d->intern_cap - 1, i = h & mask;
-    for (; d->intern[i]; i = (i + 1) & mask) {
-        pf_value *c = d->intern[i];
-        if (codec_node_of(c)->aux == h && codec_same(c, v))
-            return c;
-    }
+    for (; d->intern[i].v; i = (i + 1) & mask)
+        if (d->intern[i].hash == h && codec_same(d->intern[i].v, v))
+            return d->intern[i].v;
     pf_value *c = v;
     if (!owned) {
         if (!(c = codec_node_new(d, v->kind)))
@@ -1374,7 +1378,7 @@ static pf_value *codec_intern(codec_dec *d, pf_value *v, bool owned)
     }
     codec_node_of(c)->aux = h;
     codec_node_of(c)->flags |= CODEC_HASHABLE;
-    d->intern[i] = c;
+    d->intern[i] = (codec_slot){c, h};
     d->intern_count++;
     return c;
 }
@@ -4811,7 +4815,6 @@ typedef struct dmn_zygote {
     pf_buf output;              /* collected level: what pytest printed booting */
     int exit_rc;
     double boot_start, boot_wall;
-    unsigned runs_since_boot;
     dmn_ident id;
     char plan[65];              /* site/project: the identity it preloaded for */
     bool planned;               /* ... from a non-empty list */
@@ -4908,6 +4911,7 @@ struct dmn_conn {
     double timeout;
     bool full, stream, color, options_only;
     bool fresh, discard, booted;    /* --start-method fork / spawn */
+    bool waited;                    /* this run waited for a collection: cold */
     dmn_conn *next;             /* run queue */
 };
 
@@ -6388,7 +6392,7 @@ static char *dmn_render(dmn_run *r, int rc)
     double warmup = r->ready_at ? r->ready_at - r->start : wall;
     size_t nerr = dmn_scoped_errors(r);
     pf_buf_printf(&b, "\n%s\n  FORKSERVER DAEMON  —  %dw  —  run #%u (%s)\n%s\n", dmn_rule,
-                  r->nworkers, dmn.runs, r->z->runs_since_boot <= 1 ? "cold" : "warm", dmn_rule);
+                  r->nworkers, dmn.runs, c->waited ? "cold" : "warm", dmn_rule);
     pf_buf_printf(&b, "  results : ");
     dmn_stats_line(&b, r, nerr, wall);
     pf_buf_printf(&b, "  (n=%zu/%zu)\n", r->done, r->nsel);
@@ -6404,7 +6408,7 @@ static char *dmn_render(dmn_run *r, int rc)
         }
     }
     pf_buf_printf(&b, "  warmup  : %6.2fs   (%s)\n", warmup,
-                  r->z->runs_since_boot <= 1 ? "boot: import + collect, then fork" : "fork; the collection was warm");
+                  c->waited ? "waited for a collection, then fork" : "fork; the collection was warm");
     pf_buf_printf(&b, "  RUN     : %6.2fs   ← wall\n", runwall);
     double busy = 0, maxw = 0, minw = 0;
     for (int i = 0; i < r->nworkers; i++) {
@@ -6661,7 +6665,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         dmn_set(a, d, "errors", errs);
         const pf_value *warns = pf_dict_get(r->z->ready, "warnings");
         dmn_set(a, d, "warnings", warns ? (pf_value *)warns : pf_new_container(a, PF_LIST));
-        dmn_set(a, d, "cold", pf_new_bool(a, r->z->runs_since_boot <= 1));
+        dmn_set(a, d, "cold", pf_new_bool(a, c->waited));
         dmn_send(c, d);
         pf_arena_free(a);
     }
@@ -6865,11 +6869,15 @@ static dmn_zygote *dmn_pick(dmn_conn *c)
 /* Start the run at the head of the queue once the zygote is fit for it. */
 static void dmn_run_next(void)
 {
+    if (dmn.booting && dmn.queue)
+        dmn.queue->waited = true;
     while (!dmn.run && dmn.queue && !dmn.booting) {
         dmn_conn *c = dmn.queue;
         dmn_zygote *z = dmn_pick(c);
-        if (!z)
+        if (!z) {
+            c->waited = true;
             return;     /* a boot is under way; it calls back when done */
+        }
         dmn.queue = c->next;
         c->next = NULL;
         if (z->state == Z_EXITED) {
@@ -6909,7 +6917,6 @@ static void dmn_run_next(void)
             close(rfd);
         for (int i = 0; i < 16; i++)
             snprintf(r->runid + 2 * i, 3, "%02x", rnd[i]);
-        z->runs_since_boot++;
         dmn.runs++;
         int sv[2];
         if (util_socketpair(sv) < 0) {
@@ -6942,7 +6949,6 @@ static void dmn_run_next(void)
         if (rc < 0) {
             close(sv[0]);
             dmn_run_free(r);
-            z->runs_since_boot--;
             dmn.runs--;
             util_log("the zygote does not answer (%s); restarting it", strerror(errno));
             dmn_node_kill(dmn_root(z));

@@ -1403,7 +1403,6 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
     probe = StatusProbe(project.address)
     probe.start()
     stalled = slowloris(project.address, rng)
-    stalled_at = time.monotonic()
     stop_drip = threading.Event()
     dripper = []
     dt = threading.Thread(target=lambda: dripper.extend(drip(project.address, stop_drip)), daemon=True)
@@ -1418,25 +1417,30 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
         assert status(project)["running"] and c.p.poll() is None, c
         sync.release()
         assert c.wait(60) == 1 and c.dump == want, c
+        # phase 3: phase 1 again; the allocator's high-water mark is reached,
+        # so what RSS still grows now is a leak
+        rss_mid = rss_kib(dpid)
+        again = fuzz_blast(project.address, cases[:n_idle])
+        rss_end = rss_kib(dpid)
     finally:
         stop_drip.set()
         probe.stop.set()
         probe.join()
     dt.join()
     took = time.monotonic() - t0
-    frames = idle["frames"] + busy["frames"]
-    replies = idle["replies"] + busy["replies"]
-    expected_replies = sum(1 for case in cases if case[3])
+    frames = idle["frames"] + busy["frames"] + again["frames"]
+    replies = idle["replies"] + busy["replies"] + again["replies"]
+    expected_replies = sum(1 for case in cases if case[3]) + sum(1 for case in cases[:n_idle] if case[3])
     print(f"fuzz: seed {FUZZ_SEED}, {frames} frames on {len(cases)} connections in {took:.1f}s, "
           f"{replies} status replies, {probe.count} probes (worst {probe.worst:.3f}s), "
           f"{len(stalled)} slowloris + {len(dripper)} drip connections")
-    errors = idle["errors"] + busy["errors"]
+    errors = idle["errors"] + busy["errors"] + again["errors"]
     assert not errors, errors[:20]
     assert frames >= 10000 or FUZZ_FRAMES < 10000, frames
     assert replies == expected_replies
     assert not probe.failures and probe.worst < CLEAR_WITHIN, (probe.failures[:5], probe.worst)
-    # stalled peers are dropped (the daemon gives a request 5 s to arrive)
-    wait_all_closed(stalled + dripper, stalled_at + 30)
+    for sock in stalled + dripper:      # (their being dropped is test_stalled_connections_are_dropped)
+        sock.close()
     st = status(project)
     assert st["pid"] == dpid and st["zygote_pid"] == st0["zygote_pid"], (st0, st)
     assert st["runs"] == st0["runs"] + 1 and st["boots"] == st0["boots"], ("a fuzz frame ran or re-collected",
@@ -1444,11 +1448,68 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
     assert not os.path.exists(pwned), "a REDUCE/GLOBAL payload executed"
     assert "malformed request" in project.log()
     wait_for(lambda: fd_count(dpid) <= fd0, 10, f"the daemon's fds to return to {fd0} (have {fd_count(dpid)})")
-    rss1 = rss_kib(dpid)
-    print(f"daemon fds {fd0} -> {fd_count(dpid)}, RSS {rss0} -> {rss1} KiB")
-    assert rss1 - rss0 < 64 * 1024, (rss0, rss1)
+    print(f"daemon fds {fd0} -> {fd_count(dpid)}, RSS KiB: before {rss0}, after phases 1+2 {rss_mid}, "
+          f"after phase 3 {rss_end}")
+    assert rss_mid - rss0 < 64 * 1024 and rss_end - rss_mid < 4 * 1024, (rss0, rss_mid, rss_end)
     r = project.fast("--workers", "2")
     assert r.dump == want and r.rc == 1 and "(warm)" in r.out, r
+
+
+STALL_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "engine: stalled connections are never dropped. dmn_loop() marks requests older than "
+    "DMN_REQUEST_TIMEOUT (5 s) by setting pollfd.revents = POLLHUP *before* poll(), which overwrites "
+    "revents; the drop branch after poll() never sees it, so a peer that sends half a header keeps its "
+    "slot (and fd) forever, and DMN_MAX_CONNS (512) such peers lock every client out"))
+
+
+@STALL_XFAIL
+def test_stalled_connections_are_dropped(project):
+    project.write("tests/test_a.py", "def test_a():\n    pass\n")
+    assert project.fast().rc == 0
+    dpid = status(project)["pid"]
+    fd0 = fd_count(dpid)
+    rng = random.Random(FUZZ_SEED)
+    t0 = time.monotonic()
+    stalled = slowloris(project.address, rng, n=20)
+    stop = threading.Event()
+    dripper = []
+    t = threading.Thread(target=lambda: dripper.extend(drip(project.address, stop, n=2)), daemon=True)
+    t.start()
+    try:
+        assert status(project)["pid"] == dpid          # others are served meanwhile
+        # the daemon gives a request 5 s (DMN_REQUEST_TIMEOUT) to arrive; allow 15
+        wait_all_closed(stalled, t0 + 15)
+        wait_for(lambda: dripper, 15, "the drip feeders to be cut off")
+        wait_all_closed(dripper, t0 + 15)
+    finally:
+        stop.set()
+        for sock in stalled + dripper:
+            sock.close()
+    wait_for(lambda: fd_count(dpid) <= fd0, 5, "the daemon's fds to return to the baseline")
+    r = project.fast()
+    assert r.rc == 0 and "(warm)" in r.out, r
+
+
+@STALL_XFAIL
+def test_connection_flood_does_not_lock_out_clients(project):
+    """More stalled connections than DMN_MAX_CONNS: once the stale ones are
+    dropped, a real client gets through again."""
+    project.write("tests/test_a.py", "def test_a():\n    pass\n")
+    assert project.fast().rc == 0
+    flood = []
+    try:
+        for _ in range(600):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(project.address)
+            s.send(b"\0")
+            flood.append(s)
+        wait_for(lambda: request(project.address, {"op": "status", "proto": 1}, 2), 20,
+                 "a status answer through the flood")
+        r = project.fast()
+        assert r.rc == 0, r
+    finally:
+        for s in flood:
+            s.close()
 
 
 # ==================================================================== load

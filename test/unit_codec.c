@@ -17,7 +17,8 @@
 static int passed, failed;
 
 #define CHECK(cond) check_((cond), #cond, __LINE__)
-#define CHECK_MSG(cond, ...) (check_((cond), #cond, __LINE__) ? (void)0 : (void)fprintf(stderr, "    " __VA_ARGS__))
+#define CHECK_MSG(cond, ...) \
+    (check_((cond), #cond, __LINE__) ? (void)0 : (void)fprintf(stderr, "    " __VA_ARGS__))
 
 static bool check_(bool ok, const char *what, int line)
 {

@@ -1,0 +1,176 @@
+"""The edit loop: the layered zygote restarts only the level holding a
+changed file, and the watcher pre-warms a fresh zygote before the next run.
+Results after every edit must equal plain pytest's."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BIN, ROOT
+from test_engine import PARITY, write_all
+
+APP = {
+    "app/__init__.py": "",
+    "app/core.py": """
+        import json
+        import decimal
+
+        RATE = decimal.Decimal("1.5")
+
+        def convert(x):
+            return json.loads(json.dumps(float(RATE * x)))
+    """,
+    "tests/conftest.py": """
+        import pytest
+        from app import core
+
+        @pytest.fixture
+        def rate():
+            return core.RATE
+    """,
+    "tests/test_core.py": """
+        from app.core import convert
+
+        def test_convert(rate):
+            assert convert(2) == 3.0
+
+        def test_rate(rate):
+            assert rate > 1
+    """,
+}
+
+
+def boots(project):
+    """(site, project, collected) boot counters from --status."""
+    out = project.status().stdout
+    m = re.search(r"boots: site (\d+), project (\d+), collected (\d+)", out)
+    assert m, out
+    return tuple(int(x) for x in m.groups())
+
+
+def touch_edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_each_level_restarts_alone(project, tmp_path):
+    write_all(project, APP)
+    r = project.fast()
+    assert r.dump == project.pytest().dump, r
+    project.fast()                       # a second boot: lower levels get their preload plan
+    touch_edit(project.path / "app/core.py", "RATE", "RATE")   # same text, new mtime: a change
+    project.fast()
+    start = boots(project)
+
+    touch_edit(project.path / "tests/test_core.py", "rate > 1", "rate > 0")
+    r = project.fast()
+    assert "re-collecting (collected)" in r.err, r
+    assert r.dump == project.pytest().dump
+    assert boots(project) == (start[0], start[1], start[2] + 1)
+
+    touch_edit(project.path / "app/core.py", '"1.5"', '"2.5"')
+    r = project.fast()
+    assert "re-collecting (project)" in r.err, r
+    assert r.dump == project.pytest().dump
+    assert r.dump["tests/test_core.py::test_convert"] == "failed"
+    assert boots(project) == (start[0], start[1] + 1, start[2] + 2)
+
+    # an installed package changes: the site level restarts (here: a module
+    # the project imports appears on PYTHONPATH's site-packages-like dir)
+    site = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(site)], check=True)
+    env = {"VIRTUAL_ENV": str(site)}
+    r = project.fast(env=env)
+    assert r.rc == 1, r
+    venv_boots = boots_env(project, env)
+    sp = next((site / "lib").glob("python*/site-packages"))
+    (sp / "newly_installed.py").write_text("X = 1\n")
+    r = project.fast(env=env)
+    assert "re-collecting (site)" in r.err, r
+    after = boots_env(project, env)
+    assert after == (venv_boots[0] + 1, venv_boots[1] + 1, venv_boots[2] + 1)
+
+
+def boots_env(project, env):
+    p = subprocess.run([str(BIN), "--address", project.address, "--status"], env=project.env(env),
+                       capture_output=True, text=True)
+    m = re.search(r"boots: site (\d+), project (\d+), collected (\d+)", p.stdout)
+    assert m, p.stdout
+    return tuple(int(x) for x in m.groups())
+
+
+@pytest.mark.parametrize("layers", ["1", "0"])
+def test_parity_with_layers_on_and_off(project, layers):
+    write_all(project, PARITY)
+    env = {"PYTEST_FAST_LAYERS": layers}
+    oracle = project.pytest()
+    for _ in range(3):   # cold, then warm with a plan, then warm
+        r = project.fast("--workers", "2", env=env)
+        assert r.dump == oracle.dump and r.rc == oracle.rc, r
+    status = subprocess.run([str(BIN), "--address", project.address, "--status"],
+                            env=project.env(env), capture_output=True, text=True).stdout
+    assert ("layers   : on" if layers == "1" else "layers   : off") in status, status
+
+
+def test_make_app_with_layers_off_matches(project):
+    subprocess.run([sys.executable, str(ROOT / "bench" / "make_app.py"), str(project.path)],
+                   check=True, capture_output=True)
+    oracle = project.pytest()
+    on = project.fast("--workers", "2")
+    off = project.fast("--workers", "2", env={"PYTEST_FAST_LAYERS": "0"})
+    assert on.dump == off.dump == oracle.dump
+    assert on.rc == off.rc == oracle.rc
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_watcher_prewarms_and_survives_broken_edits(project):
+    write_all(project, APP)
+    env = {"PYTEST_FAST_WATCH_POLL": "0.05", "PYTEST_FAST_WATCH_DEBOUNCE": "0.1"}
+    r = project.fast("--with-watcher", env=env)
+    assert r.rc == 0, r
+    assert "watcher  : on" in project.status().stdout
+    before = boots(project)
+
+    touch_edit(project.path / "tests/test_core.py", "rate > 1", "rate > 0")
+    wait_for(lambda: boots(project)[2] > before[2] and "zygote   : ready" in project.status().stdout,
+             what="the watcher's pre-warm")
+    r = project.fast(env=env)
+    assert "re-collecting" not in r.err, r
+    assert "(warm)" in r.out
+    assert r.dump == project.pytest().dump
+
+    # a broken edit: the old zygote keeps serving --status; the run reports
+    # the collection error exactly as pytest does (exit 2)
+    good = boots(project)
+    (project.path / "tests/test_core.py").write_text("def test_broken(:\n")
+    wait_for(lambda: boots(project)[2] > good[2] and "zygote   : booting" not in project.status().stdout,
+             what="the watcher's attempt")
+    assert project.status().returncode == 0
+    r = project.fast(env=env)
+    o = project.pytest()
+    assert r.rc == o.rc == 2, r
+    assert r.dump == o.dump
+    assert "SyntaxError" in r.out or "invalid syntax" in r.out
+
+    # a conftest that raises: pytest's own exit code and message
+    (project.path / "tests/test_core.py").write_text(APP["tests/test_core.py"].replace("        ", ""))
+    (project.path / "tests/conftest.py").write_text("raise RuntimeError('conftest is broken')\n")
+    wait_for(lambda: "zygote   : booting" not in project.status().stdout and boots(project)[2] > good[2] + 1,
+             what="the watcher's attempt on the broken conftest")
+    r = project.fast(env=env)
+    o = project.pytest()
+    assert r.rc == o.rc, (r, o)
+    assert "conftest is broken" in r.err + r.out
