@@ -4935,6 +4935,7 @@ static struct {
     char *pidfile;
     int listen_fd;
     double ttl, last_activity;
+    double last_run;            /* when the last run ended */
     dmn_conn *conns[DMN_MAX_CONNS];
     int nconns;
     dmn_conn *queue;
@@ -6597,7 +6598,7 @@ static void dmn_run_end(dmn_run *r)
              r->end - r->start);
     dmn_run_free(r);
     dmn.run = NULL;
-    dmn.last_activity = util_now();
+    dmn.last_activity = dmn.last_run = util_now();
     if (discard)
     {
         dmn.cur = dmn.prev = NULL;   /* --start-method spawn: nothing stays warm */
@@ -6823,6 +6824,8 @@ static dmn_zygote *dmn_pick(dmn_conn *c)
     const char *reason = NULL;
     int from = L_SITE;
     if (c->fresh && !c->booted) {
+        if (dmn.booting)
+            return NULL;
         reason = c->discard ? "--start-method spawn" : "--start-method fork";
     } else {
         dmn_zygote *cands[2] = {dmn.cur, dmn.prev};
@@ -6851,6 +6854,8 @@ static dmn_zygote *dmn_pick(dmn_conn *c)
         if (!reason && dmn.level_boots[L_COLLECTED])
             reason = "the previous zygote exited";
     }
+    if (dmn.booting)
+        return NULL;    /* wait for the boot under way instead of starting another */
     if (reason) {
         char *note = from > L_SITE || dmn_layers_wanted(&want)
                          ? util_fmt("re-collecting (%s): %s", dmn_level_names[from], reason)
@@ -6869,9 +6874,7 @@ static dmn_zygote *dmn_pick(dmn_conn *c)
 /* Start the run at the head of the queue once the zygote is fit for it. */
 static void dmn_run_next(void)
 {
-    if (dmn.booting && dmn.queue)
-        dmn.queue->waited = true;
-    while (!dmn.run && dmn.queue && !dmn.booting) {
+    while (!dmn.run && dmn.queue) {
         dmn_conn *c = dmn.queue;
         dmn_zygote *z = dmn_pick(c);
         if (!z) {
@@ -7039,6 +7042,7 @@ static void dmn_request(dmn_conn *c)
             dmn_set(a, levels, dmn_level_names[l], pf_new_int(a, dmn.level_boots[l]));
         dmn_set(a, d, "level_boots", levels);
         dmn_set(a, d, "layers", pf_new_bool(a, z && z->parent != NULL));
+        dmn_set(a, d, "planned", pf_new_bool(a, z && z->parent && z->parent->planned));
         dmn_set(a, d, "watching", pf_new_bool(a, dmn.watching));
         dmn_set(a, d, "runs", pf_new_int(a, dmn.runs));
         dmn_set(a, d, "running", pf_new_bool(a, dmn.run != NULL));
@@ -7270,6 +7274,25 @@ static void dmn_send_progress(dmn_run *r, double now)
  * change has settled for the debounce time, re-build the stale levels in
  * the background so the next run finds a fresh zygote.  It never counts
  * as activity, so it does not keep an idle daemon past its TTL. */
+/* The first collection of an identity finds nothing to preload, so its
+ * site and project levels are empty.  Once idle, re-build the tree with
+ * the plan it produced, so the first edit already restarts one level. */
+static void dmn_layers_tick(double now)
+{
+    dmn_zygote *z = dmn.cur;
+    if (dmn.booting || dmn.queue || !z || z->state != Z_READY || !z->parent ||
+        now - dmn.last_run < 1.0)
+        return;
+    dmn_zygote *project = z->parent;
+    if (project->planned || !dmn.plan[L_PROJECT].n || strcmp(project->plan, dmn.plan_key) != 0)
+        return;
+    util_log("preparing the site and project levels in the background");
+    dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
+    dmn_ident_copy(&id, &z->id);
+    dmn_boot_start(&id, L_SITE);
+    dmn_ident_free(&id);
+}
+
 static void dmn_watch_tick(double now)
 {
     if (dmn.booting || dmn.queue || now < dmn.next_poll)
@@ -7401,8 +7424,10 @@ static int dmn_loop(void)
         if (dmn.run) {
             dmn_check_timeouts(dmn.run, now);
             dmn_send_progress(dmn.run, now);
-        } else if (dmn.watching) {
-            dmn_watch_tick(now);
+        } else {
+            if (dmn.watching)
+                dmn_watch_tick(now);
+            dmn_layers_tick(now);
         }
         if (rc > 0 && p[0].revents)
             dmn_accept();
@@ -8009,7 +8034,9 @@ static int cli_status(const char *address)
     if (lb && pf_dict_int(lb, "site", &site) && pf_dict_int(lb, "project", &project) &&
         pf_dict_int(lb, "collected", &collected))
         printf("layers   : %s; boots: site %lld, project %lld, collected %lld\n",
-               pf_dict_get(s, "layers") && pf_dict_get(s, "layers")->u.b ? "on" : "off",
+               !(pf_dict_get(s, "layers") && pf_dict_get(s, "layers")->u.b) ? "off"
+               : pf_dict_get(s, "planned") && pf_dict_get(s, "planned")->u.b ? "on (preloading)"
+                                                                            : "on (no plan yet)",
                (long long)site, (long long)project, (long long)collected);
     printf("watcher  : %s\n", pf_dict_get(s, "watching") && pf_dict_get(s, "watching")->u.b ? "on" : "off");
     printf("rootdir  : %s\n", pf_dict_str(s, "rootdir") ? pf_dict_str(s, "rootdir") : "");

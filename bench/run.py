@@ -60,6 +60,7 @@ CPU_LOOP = 1_200_000                    # ~50 ms of pure-Python work on a 2020s 
 CPU_TESTS = (8, 5)                      # files x tests per file
 TRIVIAL_TESTS = (50, 100)               # files x tests per file = 5,000
 SINGLE_NODEID = "tests/test_r3.py::test_get"   # uses the session-scoped TestClient
+BUSY = 0.25                             # foreign load (cores) above which results are flagged
 
 
 def log(msg=""):
@@ -189,6 +190,19 @@ def kill_pids(pids, grace=5.0):
         except OSError:
             pass
     wait_gone(left, 5.0)
+
+
+def foreign_load(seconds=1.0):
+    """Cores' worth of CPU used system-wide during a 1 s window in which the bench itself is
+    idle (between scenarios its daemons sit in accept()): other users of the machine."""
+    def read():
+        v = [int(x) for x in (_read("/proc/stat") or "cpu 0 0 0 0 0").splitlines()[0].split()[1:9]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)
+    t1, i1 = read()
+    time.sleep(seconds)                 # a measurement window, not synchronisation
+    t2, i2 = read()
+    total = t2 - t1
+    return round((total - (i2 - i1)) / total * (os.cpu_count() or 1), 2) if total > 0 else 0.0
 
 
 # ------------------------------------------------------------------------- memory sampler
@@ -437,6 +451,12 @@ class Bench:
             self.stop(key)
         kill_pids(PROCS.ours())
 
+    def load_check(self):
+        v = foreign_load()
+        if v > BUSY:
+            log("  !! %.2f cores busy outside the bench right now: timings will be noisy" % v)
+        return v
+
     # -- bookkeeping
     def new_row(self, c, extra=None):
         row = {"contender": c.id, "label": c.label, "family": c.family, "mode": c.mode,
@@ -490,6 +510,7 @@ class Bench:
         """entries: [(contender, workers, extra_row_fields)]; round-robin, warm-ups dropped."""
         log("\n== %s: %s (%d warm-up + %d rounds)" % (sid, title, warmups, reps))
         t_start = time.perf_counter()
+        load = self.load_check()
         rows, samples, specs = [], {}, {}
         for c, w, extra in entries:
             rid = c.id if w is None else "%s@w%d" % (c.id, w)
@@ -517,7 +538,8 @@ class Bench:
             if row["status"] == "ok":
                 self.finish_row(row, samples[row["id"]])
         scen = {"id": sid, "title": title, "project": proj.name, "repetitions": reps,
-                "warmups": warmups, "pytest_args": list(pytest_args), "rows": rows,
+                "warmups": warmups, "foreign_load_cores": load,
+                "pytest_args": list(pytest_args), "rows": rows,
                 "elapsed_s": round(time.perf_counter() - t_start, 1)}
         if note:
             scen["note"] = note
@@ -531,6 +553,7 @@ class Bench:
         marker, so a stale (unreloaded) result is detected and recorded."""
         log("\n== %s: %s (warm-up + %d rounds)" % (sid, title, reps))
         t_start = time.perf_counter()
+        load = self.load_check()
         marker = os.path.join(WORK, "edit-marker")
         rows, samples, specs = [], {}, {}
         for c in entries:
@@ -585,7 +608,7 @@ class Bench:
         for k in watchers:
             self.stop(k)
         scen = {"id": sid, "title": title, "project": proj.name, "repetitions": reps,
-                "warmups": 1, "edit": kind, "rows": rows,
+                "warmups": 1, "edit": kind, "foreign_load_cores": load, "rows": rows,
                 "elapsed_s": round(time.perf_counter() - t_start, 1),
                 "note": "wall = edit write -> command exit, command issued right after the "
                         "edit (no think time); full suite; warm daemon before each edit"}
@@ -596,6 +619,7 @@ class Bench:
         log("\n== memory: total PSS of each contender's processes during a full run "
             "(%d sampled run(s), warm)" % samples_n)
         t_start = time.perf_counter()
+        load = self.load_check()
         rows = []
         for c in entries:
             row = self.new_row(c, {"id": c.id})
@@ -642,7 +666,7 @@ class Bench:
                 row["worker_private_mb_median"]))
         self.results.append({
             "id": "memory", "title": "Memory: max total PSS during a full-suite run",
-            "project": proj.name, "kind": "memory", "rows": rows,
+            "project": proj.name, "kind": "memory", "rows": rows, "foreign_load_cores": load,
             "elapsed_s": round(time.perf_counter() - t_start, 1),
             "note": "Pss summed over the client, its descendants and every process carrying the "
                     "contender's daemon key (daemon, zygote/forkserver, workers), sampled every "
@@ -864,6 +888,12 @@ def write_markdown(data, path):
          "",
          "| Scenario | Contender | median s | min s | max s | pytest ÷ this | this ÷ ours warm | notes |",
          "|---|---|---:|---:|---:|---:|---:|---|"]
+    loads = [s.get("foreign_load_cores") or 0 for s in data["scenarios"]]
+    if loads and max(loads) > BUSY:
+        L.insert(3, "")
+        L.insert(4, "**Warning:** other processes used up to %.2f of %s cores while this ran "
+                 "(`foreign_load_cores` per scenario in results.json): timings are noisy." % (
+                     max(loads), m["nproc"]))
     if not timed:
         L = L[:-3]
     for scen in timed:

@@ -61,9 +61,10 @@ def test_each_level_restarts_alone(project, tmp_path):
     write_all(project, APP)
     r = project.fast()
     assert r.dump == project.pytest().dump, r
-    project.fast()                       # a second boot: lower levels get their preload plan
-    touch_edit(project.path / "app/core.py", "RATE", "RATE")   # same text, new mtime: a change
-    project.fast()
+    # Once idle, the daemon re-builds its levels with the plan the first
+    # collection produced.
+    wait_for(lambda: "on (preloading)" in project.status().stdout and
+             "zygote   : ready" in project.status().stdout, what="the preloading layers")
     start = boots(project)
 
     touch_edit(project.path / "tests/test_core.py", "rate > 1", "rate > 0")

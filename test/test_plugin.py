@@ -350,7 +350,7 @@ def test_dash_s_output_is_live(project):
     """)
     fast(project, "--co")  # warm the daemon first
     p = popen(project, "-s", "-q")
-    killer = threading.Timer(30, p.kill)  # a bound, not a synchronisation
+    killer = threading.Timer(15, p.kill)  # a bound, not a synchronisation
     killer.start()
     try:
         for line in p.stdout:
