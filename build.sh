@@ -152,10 +152,13 @@ asan)
 fuzz)
     secs=${2:-600}
     command -v clang >/dev/null || { say "fuzzing needs clang (apt-get install clang)"; exit 1; }
+    pick_python
+    py_flags
     mkdir -p "$BUILD/fuzz-corpus"
-    clang -std=c11 -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-        -o "$BUILD/fuzz_decode" test/fuzz_decode.c
-    "$BUILD/fuzz_decode" -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 \
+    # shellcheck disable=SC2086
+    clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined \
+        -o "$BUILD/fuzz_decode" test/fuzz_decode.c $PY_CFLAGS $PY_LDFLAGS
+    "$BUILD/fuzz_decode" -max_total_time="$secs" -max_len=4096 -rss_limit_mb=2048 -print_final_stats=1 \
         "$BUILD/fuzz-corpus" test/corpus
     ;;
 demo)

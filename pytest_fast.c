@@ -560,10 +560,9 @@ static pf_value *codec_new_blob(pf_arena *a, pf_kind kind, const void *p, size_t
         return NULL;
     }
     pf_value *v = codec_value(a, kind);
-    if (v && !(v->u.s.ptr = codec_strdup(a, p, len)))
+    if (!v || !(v->u.s.ptr = codec_strdup(a, p, len)))
         return NULL;
-    if (v)
-        v->u.s.len = len;
+    v->u.s.len = len;
     return v;
 }
 

@@ -29,8 +29,10 @@
 #define PF_MAX_DEPTH 200                      /* container nesting */
 #define PF_MAX_FDS 4                          /* SCM_RIGHTS fds per frame */
 
-/* Decoding never allocates more than this many bytes per payload byte
- * (plus PF_DECODE_SLACK), whatever the input says. */
+/* The values a decode produces never take more than this many bytes per
+ * payload byte (plus PF_DECODE_SLACK), whatever the input says; the
+ * decoder's temporary stack, memo and key tables, freed before it
+ * returns, grow with the input too (at most about as much again). */
 #define PF_DECODE_FACTOR 48u
 #define PF_DECODE_SLACK (64u * 1024u)
 

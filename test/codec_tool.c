@@ -5,7 +5,8 @@
  * Answers each with one frame on stdout: "O" + pf_encode(pf_decode(pickle))
  * on success, "E" + the decoder's reason on failure.
  */
-#include "../dev/codec.c"
+#define PF_NO_MAIN
+#include "../pytest_fast.c"
 
 int main(void)
 {

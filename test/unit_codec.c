@@ -5,7 +5,8 @@
  *   gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror \
  *       -o build/unit_codec test/unit_codec.c
  */
-#include "../dev/codec.c"
+#define PF_NO_MAIN
+#include "../pytest_fast.c"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -799,7 +800,9 @@ static void test_dicts_and_sets(void)
         v = decode_in(a, b.data, b.len);
         double dt = now_s() - t0;
         CHECK(v && v->u.seq.len == (dup ? 1u : 100000u));
-        CHECK_MSG(dt < 1.0, "%.3fs for 10^5 dict items\n", dt);
+        /* ~0.05s normally; a quadratic dict would take minutes.  The bound
+           is loose for sanitizers, valgrind and busy machines. */
+        CHECK_MSG(dt < 5.0, "%.3fs for 10^5 dict items\n", dt);
         pf_buf_free(&b);
     }
     pf_buf sb = {0};
@@ -1197,7 +1200,7 @@ static void test_frame_errors(void)
     double t0 = now_s();
     CHECK(pf_read_frame(&r, sv[1], 50) == PF_READ_ERROR && errno == ETIMEDOUT);
     double dt = now_s() - t0;
-    CHECK_MSG(dt >= 0.045 && dt < 1.0, "%.3fs\n", dt);
+    CHECK_MSG(dt >= 0.045 && dt < 5.0, "%.3fs\n", dt);
     CHECK(write(sv[0], "\x00\x00\x00\x09" "half", 8) == 8);
     CHECK(pf_read_frame(&r, sv[1], 50) == PF_READ_ERROR && errno == ETIMEDOUT);
     CHECK(r.hdr_have == 4 && r.body.len == 4);
