@@ -7175,6 +7175,34 @@ static void dmn_leader_read(dmn_run *r)
 
 /* ------------------------------------------------------------------- loop */
 
+/* Connections that have not sent a whole request: slow or stalled peers. */
+static bool dmn_conn_pending(const dmn_conn *c)
+{
+    return !c->req;
+}
+
+/* At the connection cap, the oldest peer that never finished its request
+ * makes room: a flood of stalled connections cannot lock clients out. */
+static bool dmn_evict_idle_conn(void)
+{
+    dmn_conn *oldest = NULL;
+    for (int i = 0; i < dmn.nconns; i++)
+        if (dmn_conn_pending(dmn.conns[i]) && (!oldest || dmn.conns[i]->accepted < oldest->accepted))
+            oldest = dmn.conns[i];
+    if (oldest)
+        dmn_conn_drop(oldest);
+    return oldest != NULL;
+}
+
+/* Drop peers that did not send a request in time (slowloris). */
+static void dmn_expire_conns(double now)
+{
+    for (int i = dmn.nconns - 1; i >= 0; i--)
+        if (i < dmn.nconns && dmn_conn_pending(dmn.conns[i]) &&
+            now - dmn.conns[i]->accepted > DMN_REQUEST_TIMEOUT)
+            dmn_conn_drop(dmn.conns[i]);
+}
+
 static void dmn_accept(void)
 {
     for (;;) {
@@ -7187,7 +7215,7 @@ static void dmn_accept(void)
             close(fd);
             continue;
         }
-        if (dmn.nconns == DMN_MAX_CONNS) {
+        if (dmn.nconns == DMN_MAX_CONNS && !dmn_evict_idle_conn()) {
             close(fd);
             continue;
         }
@@ -7202,6 +7230,7 @@ static void dmn_accept(void)
 
 static void dmn_conn_readable(dmn_conn *c)
 {
+    dmn.last_activity = util_now();
     if (c->req) {
         /* During its run a client may only cancel (or hang up). */
         char buf[256];
@@ -7346,13 +7375,18 @@ static void dmn_on_term(int sig)
 /* The loop.  Every fd is non-blocking; every handler finishes quickly. */
 static int dmn_loop(void)
 {
-    struct pollfd *p = util_alloc((DMN_MAX_CONNS + 2 * 4096 + 8) * sizeof *p);
+    struct pollfd *p = util_alloc((DMN_MAX_CONNS + 2 * DMN_NODES + 2 * 4096 + 8) * sizeof *p);
+    dmn_conn **polled = util_alloc(DMN_MAX_CONNS * sizeof *polled);
     while (!dmn.stopping && !dmn_term) {
         size_t n = 0;
         p[n++] = (struct pollfd){dmn.listen_fd, POLLIN, 0};
+        /* The connections as polled: handlers below may drop some. */
         size_t conn0 = n;
-        for (int i = 0; i < dmn.nconns; i++)
-            p[n++] = (struct pollfd){dmn.conns[i]->fd, (short)(dmn.conns[i]->queued && !dmn.conns[i]->req ? 0 : POLLIN), 0};
+        int npolled = dmn.nconns;
+        for (int i = 0; i < npolled; i++) {
+            polled[i] = dmn.conns[i];
+            p[n++] = (struct pollfd){dmn.conns[i]->fd, POLLIN, 0};
+        }
         size_t zy = n;
         for (int i = 0; i < DMN_NODES; i++) {
             p[n++] = (struct pollfd){dmn.nodes[i].fd, POLLIN, 0};
@@ -7382,9 +7416,11 @@ static int dmn_loop(void)
         } else if (r) {
             timeout = 100;
         }
-        for (int i = 0; i < dmn.nconns; i++)
-            if (!dmn.conns[i]->req && now - dmn.conns[i]->accepted > DMN_REQUEST_TIMEOUT)
-                p[conn0 + (size_t)i].revents = POLLHUP;
+        for (int i = 0; i < dmn.nconns; i++) {
+            double left = dmn.conns[i]->accepted + DMN_REQUEST_TIMEOUT - now;
+            if (dmn_conn_pending(dmn.conns[i]) && left * 1000 < timeout)
+                timeout = left > 0 ? (int)(left * 1000) + 1 : 0;
+        }
         int rc = poll(p, n, timeout);
         if (rc < 0 && errno != EINTR) {
             util_log("poll: %s", strerror(errno));
@@ -7425,31 +7461,21 @@ static int dmn_loop(void)
         }
         if (rc > 0 && p[0].revents)
             dmn_accept();
-        /* Connections: iterate over a snapshot, handlers may drop entries. */
-        dmn_conn *snapshot[DMN_MAX_CONNS];
-        short events[DMN_MAX_CONNS];
-        int ns = 0;
-        for (size_t i = conn0; i < zy && ns < DMN_MAX_CONNS; i++) {
-            snapshot[ns] = dmn.conns[i - conn0];
-            events[ns++] = p[i].revents;
-        }
-        for (int i = 0; i < ns; i++) {
+        for (int i = 0; rc > 0 && i < npolled; i++) {
+            if (!p[conn0 + (size_t)i].revents)
+                continue;
             bool alive = false;
-            for (int k = 0; k < dmn.nconns; k++)
-                alive |= dmn.conns[k] == snapshot[i];
-            if (!alive || !events[i])
-                continue;
-            if (!snapshot[i]->req && now - snapshot[i]->accepted > DMN_REQUEST_TIMEOUT &&
-                events[i] == POLLHUP) {
-                dmn_conn_drop(snapshot[i]);
-                continue;
-            }
-            dmn_conn_readable(snapshot[i]);
+            for (int k = 0; k < dmn.nconns && !alive; k++)
+                alive = dmn.conns[k] == polled[i];
+            if (alive)
+                dmn_conn_readable(polled[i]);
         }
-        if (dmn.run || dmn.queue || dmn.nconns)
+        dmn_expire_conns(now);
+        if (dmn.run || dmn.queue)
             dmn.last_activity = now;
     }
     free(p);
+    free(polled);
     dmn_shutdown();
     return 0;
 }
@@ -7464,6 +7490,7 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
     for (int i = 0; i < DMN_NODES; i++)
         dmn_node_free(&dmn.nodes[i]);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);   /* a full log (RLIMIT_FSIZE) fails writes, not the daemon */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = dmn_on_term;

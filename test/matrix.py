@@ -275,8 +275,11 @@ def run_suite(c: Combo, smoke: bool, pytest_args, timeout):
     venv = d / "venv"
     files = [f for f in SUITE if (ROOT / f).exists()]
     junit = d / "junit.xml"
+    # The test projects must not live under the checkout: its pyproject.toml
+    # would become their rootdir.
+    basetemp = Path(tempfile.mkdtemp(prefix=f"pf-matrix-{c.key}-"))
     cmd = [venv / "bin" / "python", "-m", "pytest", *files, "-q", "-rfE", "-p", "no:cacheprovider",
-           "--basetemp", d / "tmp", "--junitxml", junit]
+           "--basetemp", basetemp, "--junitxml", junit]
     if smoke:
         cmd += ["-k", " or ".join(SMOKE)]
     cmd += pytest_args
@@ -285,6 +288,7 @@ def run_suite(c: Combo, smoke: bool, pytest_args, timeout):
     t0 = time.monotonic()
     rc = run_logged(cmd, d / "log.txt", timeout, cwd=ROOT, env=env)
     c.seconds = time.monotonic() - t0
+    shutil.rmtree(basetemp, ignore_errors=True)
     c.counts = junit_counts(junit)
     if rc is None:
         c.result = "TIMEOUT"
@@ -312,9 +316,11 @@ def run_packaging(py: Python, timeout):
                        env=env) != 0:
         return "ERROR (setup)", 0.0
     t0 = time.monotonic()
+    basetemp = Path(tempfile.mkdtemp(prefix=f"pf-matrix-{py.label}-packaging-"))
     rc = run_logged([venv / "bin" / "python", "-m", "pytest", "test/test_packaging.py", "-q", "-rfE",
-                     "-p", "no:cacheprovider", "--basetemp", d / "tmp"], log, timeout, cwd=ROOT,
+                     "-p", "no:cacheprovider", "--basetemp", basetemp], log, timeout, cwd=ROOT,
                     env=clean_env(PF_PACKAGING_PYTHON=py.path))
+    shutil.rmtree(basetemp, ignore_errors=True)
     return ("PASS" if rc == 0 else "TIMEOUT" if rc is None else f"FAIL (exit {rc})"), time.monotonic() - t0
 
 
