@@ -359,6 +359,19 @@ static pf_value *util_strv_value(pf_arena *a, const util_strv *sv)
     return list;
 }
 
+/* A message: a dict whose "op" names it. */
+static pf_value *util_msg(pf_arena *a, const char *op)
+{
+    pf_value *d = pf_new_container(a, PF_DICT);
+    pf_dict_set(a, d, pf_new_cstr(a, "op"), pf_new_cstr(a, op));
+    return d;
+}
+
+static void util_set(pf_arena *a, pf_value *d, const char *key, pf_value *v)
+{
+    pf_dict_set(a, d, pf_new_cstr(a, key), v);
+}
+
 /* The strings of a list/tuple value; false if any element is not a str. */
 static bool util_value_strv(const pf_value *v, util_strv *out)
 {
@@ -4403,10 +4416,9 @@ static void zyg_reap(int fd)
         pid_t pid = waitpid(zyg_children[i], &status, WNOHANG);
         if (pid == zyg_children[i] || (pid < 0 && errno == ECHILD)) {
             pf_arena *a = pf_arena_new(0);
-            pf_value *msg = pf_new_container(a, PF_DICT);
-            pf_dict_set(a, msg, pf_new_cstr(a, "op"), pf_new_cstr(a, "reaped"));
-            pf_dict_set(a, msg, pf_new_cstr(a, "pid"), pf_new_int(a, zyg_children[i]));
-            pf_dict_set(a, msg, pf_new_cstr(a, "status"), pf_new_int(a, pid > 0 ? status : 0));
+            pf_value *msg = util_msg(a, "reaped");
+            util_set(a, msg, "pid", pf_new_int(a, zyg_children[i]));
+            util_set(a, msg, "status", pf_new_int(a, pid > 0 ? status : 0));
             pf_send_value(fd, msg);
             pf_arena_free(a);
             zyg_children[i] = zyg_children[--zyg_nchildren];
@@ -4646,12 +4658,11 @@ static PyObject *zyg_py_serve(PyObject *self, PyObject *args)
         if (pid > 0 && zyg_nchildren < sizeof zyg_children / sizeof *zyg_children)
             zyg_children[zyg_nchildren++] = pid;
         pf_arena *a = pf_arena_new(0);
-        pf_value *reply = pf_new_container(a, PF_DICT);
-        pf_dict_set(a, reply, pf_new_cstr(a, "op"), pf_new_cstr(a, "forked"));
-        pf_dict_set(a, reply, pf_new_cstr(a, "pid"), pf_new_int(a, pid));
-        pf_dict_set(a, reply, pf_new_cstr(a, "wid"), pf_new_int(a, wid));
+        pf_value *reply = util_msg(a, "forked");
+        util_set(a, reply, "pid", pf_new_int(a, pid));
+        util_set(a, reply, "wid", pf_new_int(a, wid));
         if (pid < 0)
-            pf_dict_set(a, reply, pf_new_cstr(a, "error"), pf_new_cstr(a, strerror(saved)));
+            util_set(a, reply, "error", pf_new_cstr(a, strerror(saved)));
         pf_send_value(fd, reply);
         pf_arena_free(a);
     }
@@ -4953,18 +4964,6 @@ static struct {
 
 /* ---------------------------------------------------------------- replies */
 
-static pf_value *dmn_dict(pf_arena *a, const char *op)
-{
-    pf_value *d = pf_new_container(a, PF_DICT);
-    pf_dict_set(a, d, pf_new_cstr(a, "op"), pf_new_cstr(a, op));
-    return d;
-}
-
-static void dmn_set(pf_arena *a, pf_value *d, const char *key, pf_value *v)
-{
-    pf_dict_set(a, d, pf_new_cstr(a, key), v);
-}
-
 /* Send to a client; a client that went away is not an error here. */
 static void dmn_send(dmn_conn *c, const pf_value *v)
 {
@@ -4975,8 +4974,8 @@ static void dmn_send(dmn_conn *c, const pf_value *v)
 static void dmn_send_note(dmn_conn *c, const char *text)
 {
     pf_arena *a = pf_arena_new(0);
-    pf_value *d = dmn_dict(a, "note");
-    dmn_set(a, d, "text", pf_new_cstr(a, text));
+    pf_value *d = util_msg(a, "note");
+    util_set(a, d, "text", pf_new_cstr(a, text));
     dmn_send(c, d);
     pf_arena_free(a);
 }
@@ -4985,10 +4984,10 @@ static void dmn_send_note(dmn_conn *c, const char *text)
 static void dmn_send_done(dmn_conn *c, int rc, const char *summary, const char *err)
 {
     pf_arena *a = pf_arena_new(0);
-    pf_value *d = dmn_dict(a, "done");
-    dmn_set(a, d, "rc", pf_new_int(a, rc));
-    dmn_set(a, d, "summary", pf_new_cstr(a, summary ? summary : ""));
-    dmn_set(a, d, "error", pf_new_cstr(a, err ? err : ""));
+    pf_value *d = util_msg(a, "done");
+    util_set(a, d, "rc", pf_new_int(a, rc));
+    util_set(a, d, "summary", pf_new_cstr(a, summary ? summary : ""));
+    util_set(a, d, "error", pf_new_cstr(a, err ? err : ""));
     dmn_send(c, d);
     pf_arena_free(a);
 }
@@ -5513,9 +5512,9 @@ static dmn_zygote *dmn_exec_root(int level, const dmn_ident *id, char *err, size
     z->fd = sv[0];
     z->out = out[0];
     pf_arena *a = pf_arena_new(0);
-    pf_value *plan = dmn_dict(a, "plan");
-    dmn_set(a, plan, "level", pf_new_int(a, level));
-    dmn_set(a, plan, "modules", dmn_plan_value(a, level));
+    pf_value *plan = util_msg(a, "plan");
+    util_set(a, plan, "level", pf_new_int(a, level));
+    util_set(a, plan, "modules", dmn_plan_value(a, level));
     pf_send_value(z->fd, plan);
     pf_arena_free(a);
     dmn_plan_stamp(z);
@@ -5536,9 +5535,9 @@ static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
         return NULL;
     }
     pf_arena *a = pf_arena_new(0);
-    pf_value *msg = dmn_dict(a, "fork");
-    dmn_set(a, msg, "level", pf_new_int(a, level));
-    dmn_set(a, msg, "modules", dmn_plan_value(a, level));
+    pf_value *msg = util_msg(a, "fork");
+    util_set(a, msg, "level", pf_new_int(a, level));
+    util_set(a, msg, "modules", dmn_plan_value(a, level));
     pf_buf b = {0};
     int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(parent->fd, b.data, b.len, &sv[1], 1) : -1;
     pf_buf_free(&b);
@@ -6015,28 +6014,28 @@ static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *
     pf_append(a, r->lf, lf);
     if (r->client && r->client->stream) {
         pf_arena *m = pf_arena_new(0);
-        pf_value *d = dmn_dict(m, "report");
+        pf_value *d = util_msg(m, "report");
         pf_value *rep = pf_new_container(m, PF_DICT);
-        dmn_set(m, rep, "$report_type", pf_new_cstr(m, "TestReport"));
-        dmn_set(m, rep, "nodeid", pf_new_cstr(m, it->nodeid));
+        util_set(m, rep, "$report_type", pf_new_cstr(m, "TestReport"));
+        util_set(m, rep, "nodeid", pf_new_cstr(m, it->nodeid));
         pf_value *loc = pf_new_container(m, PF_TUPLE);
         pf_append(m, loc, pf_new_cstr(m, it->fspath));
         pf_append(m, loc, it->lineno >= 0 ? pf_new_int(m, it->lineno) : pf_new_none(m));
         pf_append(m, loc, pf_new_cstr(m, it->domain));
-        dmn_set(m, rep, "location", loc);
-        dmn_set(m, rep, "keywords", pf_new_container(m, PF_DICT));
-        dmn_set(m, rep, "outcome", pf_new_cstr(m, "failed"));
-        dmn_set(m, rep, "longrepr", pf_new_cstr(m, stored));
-        dmn_set(m, rep, "when", pf_new_cstr(m, "call"));
-        dmn_set(m, rep, "user_properties", pf_new_container(m, PF_LIST));
-        dmn_set(m, rep, "sections", pf_new_container(m, PF_LIST));
-        dmn_set(m, rep, "duration", pf_new_float(m, util_now() - w->item_start));
-        dmn_set(m, rep, "start", pf_new_float(m, 0));
-        dmn_set(m, rep, "stop", pf_new_float(m, 0));
+        util_set(m, rep, "location", loc);
+        util_set(m, rep, "keywords", pf_new_container(m, PF_DICT));
+        util_set(m, rep, "outcome", pf_new_cstr(m, "failed"));
+        util_set(m, rep, "longrepr", pf_new_cstr(m, stored));
+        util_set(m, rep, "when", pf_new_cstr(m, "call"));
+        util_set(m, rep, "user_properties", pf_new_container(m, PF_LIST));
+        util_set(m, rep, "sections", pf_new_container(m, PF_LIST));
+        util_set(m, rep, "duration", pf_new_float(m, util_now() - w->item_start));
+        util_set(m, rep, "start", pf_new_float(m, 0));
+        util_set(m, rep, "stop", pf_new_float(m, 0));
         pf_value *list = pf_new_container(m, PF_LIST);
         pf_append(m, list, rep);
-        dmn_set(m, d, "reports", list);
-        dmn_set(m, d, "warnings", pf_new_container(m, PF_LIST));
+        util_set(m, d, "reports", list);
+        util_set(m, d, "warnings", pf_new_container(m, PF_LIST));
         dmn_send(r->client, d);
         pf_arena_free(m);
     }
@@ -6105,15 +6104,15 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
     r->warnings += warnings && pf_is_seq(warnings) ? warnings->u.seq.len : 0;
     if (r->client && r->client->stream) {
         pf_arena *m = pf_arena_new(0);
-        pf_value *d = dmn_dict(m, "report");
+        pf_value *d = util_msg(m, "report");
         pf_value *list = pf_new_container(m, PF_LIST);
         for (size_t i = 0; pf_is_seq(reports) && i < reports->u.seq.len; i++) {
             const pf_value *t = reports->u.seq.items[i];
             if (pf_is_seq(t) && t->u.seq.len == 8 && t->u.seq.items[7]->kind == PF_DICT)
                 pf_append(m, list, (pf_value *)t->u.seq.items[7]);
         }
-        dmn_set(m, d, "reports", list);
-        dmn_set(m, d, "warnings", (pf_value *)warnings);
+        util_set(m, d, "reports", list);
+        util_set(m, d, "warnings", (pf_value *)warnings);
         dmn_send(r->client, d);
         pf_arena_free(m);
     }
@@ -6219,8 +6218,8 @@ static int dmn_fork_worker(dmn_run *r, dmn_worker *w)
     util_cloexec(fp[0]);
     util_cloexec(fp[1]);
     pf_arena *a = pf_arena_new(0);
-    pf_value *msg = dmn_dict(a, "fork");
-    dmn_set(a, msg, "wid", pf_new_int(a, w->wid));
+    pf_value *msg = util_msg(a, "fork");
+    util_set(a, msg, "wid", pf_new_int(a, w->wid));
     pf_buf b = {0};
     int fds[2] = {sv[1], fp[1]};
     int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(r->leader_fd, b.data, b.len, fds, 2) : -1;
@@ -6549,13 +6548,13 @@ static void dmn_finish_leader(dmn_run *r)
         return;
     if (!r->client || !r->client->stream) {
         pf_arena *a = pf_arena_new(0);
-        pf_value *msg = dmn_dict(a, "finish");
-        dmn_set(a, msg, "reports", r->lf);
+        pf_value *msg = util_msg(a, "finish");
+        util_set(a, msg, "reports", r->lf);
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i))
                 pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
-        dmn_set(a, msg, "collect_errors", errs);
+        util_set(a, msg, "collect_errors", errs);
         pf_send_value(r->leader_fd, msg);
         pf_arena_free(a);
     }
@@ -6576,10 +6575,10 @@ static void dmn_run_end(dmn_run *r)
         char *summary = dmn_render(r, rc);
         if (c->stream) {
             pf_arena *a = pf_arena_new(0);
-            pf_value *d = dmn_dict(a, "done");
-            dmn_set(a, d, "rc", pf_new_int(a, rc));
-            dmn_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
-            dmn_set(a, d, "error", pf_new_cstr(a, err));
+            pf_value *d = util_msg(a, "done");
+            util_set(a, d, "rc", pf_new_int(a, rc));
+            util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
+            util_set(a, d, "error", pf_new_cstr(a, err));
             dmn_send(c, d);
             pf_arena_free(a);
         } else {
@@ -6637,7 +6636,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     size_t nerr = dmn_scoped_errors(r);
     if (c && c->stream) {
         pf_arena *a = pf_arena_new(0);
-        pf_value *d = dmn_dict(a, "collected");
+        pf_value *d = util_msg(a, "collected");
         pf_value *items = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < r->nsel; i++) {
             const dmn_item *it = &r->z->items[r->sel[i]];
@@ -6648,8 +6647,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
             pf_append(a, t, pf_new_cstr(a, it->domain));
             pf_append(a, items, t);
         }
-        dmn_set(a, d, "items", items);
-        dmn_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
+        util_set(a, d, "items", items);
+        util_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i)) {
@@ -6657,10 +6656,10 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
                 if (pf_is_seq(e) && e->u.seq.len == 4)
                     pf_append(a, errs, e->u.seq.items[3]);
             }
-        dmn_set(a, d, "errors", errs);
+        util_set(a, d, "errors", errs);
         const pf_value *warns = pf_dict_get(r->z->ready, "warnings");
-        dmn_set(a, d, "warnings", warns ? (pf_value *)warns : pf_new_container(a, PF_LIST));
-        dmn_set(a, d, "cold", pf_new_bool(a, c->waited));
+        util_set(a, d, "warnings", warns ? (pf_value *)warns : pf_new_container(a, PF_LIST));
+        util_set(a, d, "cold", pf_new_bool(a, c->waited));
         dmn_send(c, d);
         pf_arena_free(a);
     }
@@ -6889,9 +6888,9 @@ static void dmn_run_next(void)
         if (c->options_only) {
             /* The plugin's controller learns the options conftests add. */
             pf_arena *a = pf_arena_new(0);
-            pf_value *d = dmn_dict(a, "options");
+            pf_value *d = util_msg(a, "options");
             const pf_value *opts = pf_dict_get(z->ready, "options");
-            dmn_set(a, d, "options", opts ? (pf_value *)opts : pf_new_container(a, PF_LIST));
+            util_set(a, d, "options", opts ? (pf_value *)opts : pf_new_container(a, PF_LIST));
             dmn_send(c, d);
             pf_arena_free(a);
             dmn_conn_drop(c);
@@ -6922,20 +6921,20 @@ static void dmn_run_next(void)
             continue;
         }
         pf_arena *a = pf_arena_new(0);
-        pf_value *msg = dmn_dict(a, "fork");
-        dmn_set(a, msg, "role", pf_new_cstr(a, "leader"));
-        dmn_set(a, msg, "args", util_strv_value(a, &c->split.run));
-        dmn_set(a, msg, "env", util_strv_value(a, &c->env));
-        dmn_set(a, msg, "cwd", pf_new_cstr(a, c->cwd));
-        dmn_set(a, msg, "workers", pf_new_int(a, c->workers));
-        dmn_set(a, msg, "timeout", pf_new_float(a, c->timeout));
-        dmn_set(a, msg, "full", pf_new_bool(a, c->full || c->stream));
-        dmn_set(a, msg, "collect_only", pf_new_bool(a, c->split.collect_only));
-        dmn_set(a, msg, "runid", pf_new_cstr(a, r->runid));
+        pf_value *msg = util_msg(a, "fork");
+        util_set(a, msg, "role", pf_new_cstr(a, "leader"));
+        util_set(a, msg, "args", util_strv_value(a, &c->split.run));
+        util_set(a, msg, "env", util_strv_value(a, &c->env));
+        util_set(a, msg, "cwd", pf_new_cstr(a, c->cwd));
+        util_set(a, msg, "workers", pf_new_int(a, c->workers));
+        util_set(a, msg, "timeout", pf_new_float(a, c->timeout));
+        util_set(a, msg, "full", pf_new_bool(a, c->full || c->stream));
+        util_set(a, msg, "collect_only", pf_new_bool(a, c->split.collect_only));
+        util_set(a, msg, "runid", pf_new_cstr(a, r->runid));
         pf_value *enodes = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(z); i++)
             pf_append(a, enodes, pf_new_cstr(a, dmn_str_at(z->errors->u.seq.items[i], 0)));
-        dmn_set(a, msg, "error_nodeids", enodes);
+        util_set(a, msg, "error_nodeids", enodes);
         pf_buf b = {0};
         int fds[4] = {sv[1], c->stdio[0], c->stdio[1], c->stdio[2]};
         int nfds = c->stdio[0] >= 0 ? 4 : 1;
@@ -7023,31 +7022,31 @@ static void dmn_request(dmn_conn *c)
     }
     if (!strcmp(op, "status")) {
         pf_arena *a = pf_arena_new(0);
-        pf_value *d = dmn_dict(a, "status");
+        pf_value *d = util_msg(a, "status");
         static const char *const states[] = {"down", "booting", "ready", "exited"};
         dmn_zygote *z = dmn.cur;
-        dmn_set(a, d, "pid", pf_new_int(a, getpid()));
-        dmn_set(a, d, "zygote", pf_new_cstr(a, dmn.booting ? "booting" : z ? states[z->state] : "down"));
-        dmn_set(a, d, "zygote_pid", pf_new_int(a, z ? z->pid : 0));
-        dmn_set(a, d, "items", pf_new_int(a, z ? (int64_t)z->nitems : 0));
-        dmn_set(a, d, "boots", pf_new_int(a, dmn.level_boots[L_COLLECTED]));
+        util_set(a, d, "pid", pf_new_int(a, getpid()));
+        util_set(a, d, "zygote", pf_new_cstr(a, dmn.booting ? "booting" : z ? states[z->state] : "down"));
+        util_set(a, d, "zygote_pid", pf_new_int(a, z ? z->pid : 0));
+        util_set(a, d, "items", pf_new_int(a, z ? (int64_t)z->nitems : 0));
+        util_set(a, d, "boots", pf_new_int(a, dmn.level_boots[L_COLLECTED]));
         pf_value *levels = pf_new_container(a, PF_DICT);
         for (int l = L_SITE; l <= L_COLLECTED; l++)
-            dmn_set(a, levels, dmn_level_names[l], pf_new_int(a, dmn.level_boots[l]));
-        dmn_set(a, d, "level_boots", levels);
-        dmn_set(a, d, "layers", pf_new_bool(a, z && z->parent != NULL));
-        dmn_set(a, d, "planned", pf_new_bool(a, z && z->parent && z->parent->planned));
-        dmn_set(a, d, "watching", pf_new_bool(a, dmn.watching));
-        dmn_set(a, d, "runs", pf_new_int(a, dmn.runs));
-        dmn_set(a, d, "running", pf_new_bool(a, dmn.run != NULL));
+            util_set(a, levels, dmn_level_names[l], pf_new_int(a, dmn.level_boots[l]));
+        util_set(a, d, "level_boots", levels);
+        util_set(a, d, "layers", pf_new_bool(a, z && z->parent != NULL));
+        util_set(a, d, "planned", pf_new_bool(a, z && z->parent && z->parent->planned));
+        util_set(a, d, "watching", pf_new_bool(a, dmn.watching));
+        util_set(a, d, "runs", pf_new_int(a, dmn.runs));
+        util_set(a, d, "running", pf_new_bool(a, dmn.run != NULL));
         size_t queued = 0;
         for (dmn_conn *q = dmn.queue; q; q = q->next)
             queued++;
-        dmn_set(a, d, "queued", pf_new_int(a, (int64_t)queued));
-        dmn_set(a, d, "ttl", pf_new_float(a, dmn.ttl));
-        dmn_set(a, d, "idle", pf_new_float(a, dmn.run ? 0 : util_now() - dmn.last_activity));
-        dmn_set(a, d, "address", pf_new_cstr(a, dmn.address));
-        dmn_set(a, d, "rootdir", pf_new_cstr(a, z ? z->rootdir : ""));
+        util_set(a, d, "queued", pf_new_int(a, (int64_t)queued));
+        util_set(a, d, "ttl", pf_new_float(a, dmn.ttl));
+        util_set(a, d, "idle", pf_new_float(a, dmn.run ? 0 : util_now() - dmn.last_activity));
+        util_set(a, d, "address", pf_new_cstr(a, dmn.address));
+        util_set(a, d, "rootdir", pf_new_cstr(a, z ? z->rootdir : ""));
         dmn_send(c, d);
         pf_arena_free(a);
         dmn_conn_drop(c);
@@ -7055,7 +7054,7 @@ static void dmn_request(dmn_conn *c)
     }
     if (!strcmp(op, "stop")) {
         pf_arena *a = pf_arena_new(0);
-        dmn_send(c, dmn_dict(a, "bye"));
+        dmn_send(c, util_msg(a, "bye"));
         pf_arena_free(a);
         dmn_conn_drop(c);
         dmn.stopping = true;
@@ -7071,7 +7070,7 @@ static void dmn_request(dmn_conn *c)
     if (build && strcmp(build, util_build) != 0) {
         /* The client is a rebuilt binary: make way for a daemon of its own. */
         pf_arena *a = pf_arena_new(0);
-        dmn_send(c, dmn_dict(a, "restart"));
+        dmn_send(c, util_msg(a, "restart"));
         pf_arena_free(a);
         dmn_conn_drop(c);
         dmn.stopping = true;
@@ -7283,10 +7282,10 @@ static void dmn_send_progress(dmn_run *r, double now)
         now - r->last_progress < DMN_PROGRESS_EVERY)
         return;
     pf_arena *a = pf_arena_new(0);
-    pf_value *d = dmn_dict(a, "progress");
-    dmn_set(a, d, "done", pf_new_int(a, (int64_t)r->done));
-    dmn_set(a, d, "total", pf_new_int(a, (int64_t)r->nsel));
-    dmn_set(a, d, "failed", pf_new_int(a, (int64_t)(r->counts[4] + r->counts[5])));
+    pf_value *d = util_msg(a, "progress");
+    util_set(a, d, "done", pf_new_int(a, (int64_t)r->done));
+    util_set(a, d, "total", pf_new_int(a, (int64_t)r->nsel));
+    util_set(a, d, "failed", pf_new_int(a, (int64_t)(r->counts[4] + r->counts[5])));
     dmn_send(r->client, d);
     pf_arena_free(a);
     r->last_progress = now;
@@ -7842,8 +7841,8 @@ static pf_value *cli_control(const char *address, const char *op, pf_arena *a, c
     int fd = cli_connect(address, err, errlen);
     if (fd < 0)
         return NULL;
-    pf_value *req = dmn_dict(a, op);
-    dmn_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
+    pf_value *req = util_msg(a, op);
+    util_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
     pf_value *reply = NULL;
     pf_reader r;
     pf_reader_init(&r);
@@ -7881,7 +7880,7 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
         return 3;
     }
     pf_arena *a = pf_arena_new(0);
-    pf_value *req = dmn_dict(a, "run");
+    pf_value *req = util_msg(a, "run");
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd)) {
         fprintf(stderr, "pytest-fast: cannot read the working directory: %s\n", strerror(errno));
@@ -7892,23 +7891,23 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     for (char **e = environ; *e; e++)
         util_strv_push(&env, *e);
     bool tty = isatty(1);
-    dmn_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
-    dmn_set(a, req, "build", pf_new_cstr(a, util_build));
-    dmn_set(a, req, "args", util_strv_value(a, &o->pytest_args));
-    dmn_set(a, req, "env", util_strv_value(a, &env));
-    dmn_set(a, req, "cwd", pf_new_cstr(a, cwd));
-    dmn_set(a, req, "fp", pf_new_cstr(a, fp));
-    dmn_set(a, req, "python", pf_new_cstr(a, python));
-    dmn_set(a, req, "workers", pf_new_int(a, o->workers));
-    dmn_set(a, req, "timeout", pf_new_float(a, o->timeout));
-    dmn_set(a, req, "full", pf_new_bool(a, o->full_report));
-    dmn_set(a, req, "watch", pf_new_bool(a, o->watch));
-    dmn_set(a, req, "color", pf_new_bool(a, tty && !getenv("NO_COLOR")));
+    util_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
+    util_set(a, req, "build", pf_new_cstr(a, util_build));
+    util_set(a, req, "args", util_strv_value(a, &o->pytest_args));
+    util_set(a, req, "env", util_strv_value(a, &env));
+    util_set(a, req, "cwd", pf_new_cstr(a, cwd));
+    util_set(a, req, "fp", pf_new_cstr(a, fp));
+    util_set(a, req, "python", pf_new_cstr(a, python));
+    util_set(a, req, "workers", pf_new_int(a, o->workers));
+    util_set(a, req, "timeout", pf_new_float(a, o->timeout));
+    util_set(a, req, "full", pf_new_bool(a, o->full_report));
+    util_set(a, req, "watch", pf_new_bool(a, o->watch));
+    util_set(a, req, "color", pf_new_bool(a, tty && !getenv("NO_COLOR")));
     if (o->start_method)
-        dmn_set(a, req, "start_method", pf_new_cstr(a, o->start_method));
+        util_set(a, req, "start_method", pf_new_cstr(a, o->start_method));
     if (o->dump) {
         char *abs = o->dump[0] == '/' ? util_strdup(o->dump) : util_fmt("%s/%s", cwd, o->dump);
-        dmn_set(a, req, "dump", pf_new_cstr(a, abs));
+        util_set(a, req, "dump", pf_new_cstr(a, abs));
         free(abs);
     }
     util_strv_free(&env);

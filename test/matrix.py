@@ -238,6 +238,25 @@ def run_logged(cmd, log, timeout, **kw):
             proc.wait()
             f.write(f"\n[matrix] timed out after {timeout}s\n")
             return None
+        except BaseException:  # ^C: take the whole group down with us
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+
+
+def reap(directory):
+    """Kill what is left running from a combination's directory (daemons and
+    zygotes leave the process group; after a timeout or ^C they may linger)."""
+    if not os.path.isdir("/proc"):
+        return
+    prefix = str(directory) + os.sep
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            if exe.startswith(prefix):
+                os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            continue
 
 
 def prepare(c: Combo, cc: str):
@@ -286,7 +305,10 @@ def run_suite(c: Combo, smoke: bool, pytest_args, timeout):
     env = clean_env(PF_BIN=str(d / "pytest-fast"), PF_BUILD_DIR=str(d), VIRTUAL_ENV=str(venv),
                     PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     t0 = time.monotonic()
-    rc = run_logged(cmd, d / "log.txt", timeout, cwd=ROOT, env=env)
+    try:
+        rc = run_logged(cmd, d / "log.txt", timeout, cwd=ROOT, env=env)
+    finally:
+        reap(d)
     c.seconds = time.monotonic() - t0
     shutil.rmtree(basetemp, ignore_errors=True)
     c.counts = junit_counts(junit)
