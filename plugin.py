@@ -77,8 +77,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
-                                  args: list[str]) -> None:
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
     ns = early_config.known_args_namespace
     if IN_ZYGOTE or not getattr(ns, "fast", False):
         return
@@ -87,7 +86,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     daemon = Daemon.ensure(early_config, ns)
     # pytest's own (trylast) implementation now imports no conftest.py.
     ns.noconftest = True
-    reply = daemon.request("options", early_config, timeout)
+    try:
+        reply = daemon.request("options", early_config, timeout)
+    except DaemonGone as exc:
+        raise pytest.UsageError(str(exc)) from None
     if reply["op"] != "options":
         _early_exit(reply)
     _declare_options(parser, reply["options"])
@@ -149,8 +151,10 @@ def _declare_options(parser: pytest.Parser, table: Sequence[dict[str, Any]]) -> 
 
 
 def _arity(opt: dict[str, Any]) -> dict[str, Any]:
+    """addoption() arguments that parse like the zygote's option.  No type and
+    no choices: the value is only checked where it is used, in the daemon."""
     kwargs: dict[str, Any] = {"dest": opt["dest"], "default": opt["default"],
-                              "help": opt.get("help") or argparse.SUPPRESS}
+                              "help": str(opt.get("help") or "")}
     action, nargs = opt.get("action"), opt.get("nargs")
     if action in ("count", "store_true", "store_false", "store_const", "append_const"):
         kwargs["action"] = action
@@ -162,6 +166,8 @@ def _arity(opt: dict[str, Any]) -> dict[str, Any]:
         kwargs["action"] = action if action in ("append", "extend") else "store"
         if nargs is not None:
             kwargs["nargs"] = nargs
+        if opt.get("choices"):
+            kwargs["metavar"] = "{%s}" % ",".join(map(str, opt["choices"]))
     return kwargs
 
 
@@ -174,6 +180,10 @@ def _early_exit(reply: dict[str, Any]) -> NoReturn:
         raise pytest.UsageError(text[len("ERROR: "):])
     (sys.stdout if rc == 0 else sys.stderr).write(text + "\n" if text else "")
     raise SystemExit(rc)
+
+
+class DaemonGone(Exception):
+    """The daemon hung up before its final frame."""
 
 
 class _DataOnly(pickle.Unpickler):
@@ -220,9 +230,12 @@ class Daemon:
             raise pytest.UsageError(f"pytest-fast: cannot connect to {self.address}: {exc}")
         self.sock = sock
         self.reader = sock.makefile("rb")
+        args = forwarded_args(config.invocation_params.args)
+        if op == "options":  # --help is printed here, with the options the zygote knows
+            args = [a for a in args if a not in ("-h", "--help")]
         tw = config.get_terminal_writer() if op == "run" else None
         req = {
-            "op": op, "proto": PROTO, "args": forwarded_args(config.invocation_params.args),
+            "op": op, "proto": PROTO, "args": args,
             "env": [f"{k}={v}" for k, v in os.environ.items()],
             "cwd": str(config.invocation_params.dir), "fp": self.fingerprint,
             "python": sys.executable, "workers": self.workers, "timeout": timeout,
@@ -236,11 +249,15 @@ class Daemon:
             socket.send_fds(sock, frame, [0, 1, 2])
         else:
             sock.sendall(frame[0])
-        for msg in self.frames():
-            if msg.get("op") != "note":
-                return msg
-            self.notes.append(str(msg.get("text", "")))
-        raise AssertionError("unreachable")
+        try:
+            for msg in self.frames():
+                if msg.get("op") != "note":
+                    return msg
+                self.notes.append(str(msg.get("text", "")))
+        except BaseException:  # e.g. Ctrl-C during a cold boot
+            self.cancel()
+            raise
+        raise AssertionError("unreachable: frames() ends by raising")
 
     def frames(self) -> Iterator[dict[str, Any]]:
         stream = self.reader
@@ -249,13 +266,11 @@ class Daemon:
             head = stream.read(4)
             (size,) = struct.unpack(">I", head) if len(head) == 4 else (-1,)
             body = stream.read(size) if 0 <= size <= MAX_FRAME else b""
-            if size < 0 or len(body) != size:
-                self.close()
-                raise pytest.UsageError("pytest-fast: the daemon closed the connection "
-                                        "mid-run (see its log; `pytest-fast --status`)")
-            msg = _DataOnly(io.BytesIO(body)).load()
+            msg = _DataOnly(io.BytesIO(body)).load() if 0 <= size == len(body) else None
             if not isinstance(msg, dict):
-                raise pytest.UsageError("pytest-fast: malformed frame from the daemon")
+                self.close()
+                raise DaemonGone(f"pytest-fast: the daemon at {self.address} hung up mid-request "
+                                 "(see its log; `pytest-fast --status`)")
             yield msg
 
     def cancel(self) -> None:
@@ -365,7 +380,10 @@ class Controller:
     def pytest_collection(self, session: pytest.Session) -> bool:
         config = self.config
         self._notes()
-        reply = self.daemon.request("run", config, self.timeout)
+        try:
+            reply = self.daemon.request("run", config, self.timeout)
+        except DaemonGone as exc:
+            pytest.exit(str(exc), returncode=pytest.ExitCode.INTERNAL_ERROR)
         self._notes()
         if reply["op"] != "collected":
             self.daemon.close()
@@ -391,9 +409,10 @@ class Controller:
         # still need to see the selection for their status line and cache.
         pm = self.config.pluginmanager
         keep = [p for p in map(pm.get_plugin, ("lfplugin", "nfplugin")) if p is not None]
-        others = [p for p in pm.get_plugins() if p not in keep]
-        pm.subset_hook_caller("pytest_collection_modifyitems", remove_plugins=others)(
-            session=session, config=self.config, items=list(items))
+        if keep:
+            others = [p for p in pm.get_plugins() if p not in keep]
+            pm.subset_hook_caller("pytest_collection_modifyitems", remove_plugins=others)(
+                session=session, config=self.config, items=list(items))
         session.items = items
         session.testscollected = len(items)
         hook.pytest_collection_finish(session=session)
@@ -453,6 +472,8 @@ class Controller:
                     if session.shouldstop and not session.shouldfail:
                         self.daemon.cancel()  # a plugin asked to stop: do not wait
                         raise session.Interrupted(session.shouldstop)
+        except DaemonGone as exc:
+            pytest.exit(str(exc), returncode=pytest.ExitCode.INTERNAL_ERROR)
         except BaseException:
             self.daemon.cancel()
             raise
@@ -477,9 +498,9 @@ class Controller:
         missing = [item.nodeid for item in session.items if item.nodeid not in reported]
         if missing or rc not in (0, 1, 5):
             pytest.exit(f"pytest-fast: the daemon ended the run with exit code {rc} and "
-                              f"{len(missing)} selected test(s) not run, e.g. {missing[:3]} "
-                              f"(see its log; `pytest-fast --status`)",
-                              returncode=rc if rc not in (0, 1) else 3)
+                        f"{len(missing)} selected test(s) not run, e.g. {missing[:3]} "
+                        f"(see its log; `pytest-fast --status`)",
+                        returncode=rc if rc not in (0, 1) else pytest.ExitCode.INTERNAL_ERROR)
         return True
 
 

@@ -6280,7 +6280,7 @@ static void dmn_worker_gone(dmn_run *r, int wi, int status)
         return;
     if (r->cancelled)
         return;
-    bool timed_out = w->faulttext.len && strstr((const char *)w->faulttext.data, "Timeout (");
+    bool timed_out = w->faulttext.len && memmem(w->faulttext.data, w->faulttext.len, "Timeout (", 9);
     if (w->nclaimed > 0) {
         char reason[128];
         if (timed_out)

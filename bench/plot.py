@@ -31,10 +31,12 @@ def main(src, dst):
     fig, axes = plt.subplots(len(scens), 1, figsize=(10, sum(heights) + 1.0),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     m = data["machine"]
+    busy = max([s.get("foreign_load_cores") or 0 for s in data["scenarios"]] or [0])
     fig.suptitle("pytest-fast benchmark — %s, %s cores, Python %s, pytest %s%s" % (
         m["cpu_model"], m["nproc"], m.get("venv_python") or m["python"],
-        m.get("venv_pytest") or m["pytest"], "  (quick)" if data["config"]["quick"] else ""),
-        fontsize=10)
+        m.get("venv_pytest") or m["pytest"], "  (quick)" if data["config"]["quick"] else "")
+        + ("\nWARNING: other processes used up to %.2f cores during this run — timings are noisy"
+           % busy if busy > 0.25 else ""), fontsize=10)
     for ax, s in zip(axes[:, 0], scens):
         mem = s.get("kind") == "memory"
         key = "total_pss_mb" if mem else "median"

@@ -957,7 +957,10 @@ def main():
     ap.add_argument("--mem-samples", type=int, help="sampled runs per memory contender (default 2; quick 1)")
     ap.add_argument("--only", help="comma list of scenarios: " + ",".join(ORDER + ["memory"]))
     ap.add_argument("--skip", help="comma list of scenarios to skip")
-    ap.add_argument("--make-app", default=os.path.join(REPO, "..", "shared", "bench", "make_app.py"))
+    shared = os.path.join(REPO, "..", "shared", "bench", "make_app.py")
+    ap.add_argument("--make-app", default=shared if os.path.exists(shared)
+                    else os.path.join(HERE, "make_app.py"),
+                    help="default: ../shared/bench/make_app.py, else bench/make_app.py")
     ap.add_argument("--fresh", action="store_true", help="recreate the venvs")
     ap.add_argument("--timeout", type=float, default=600, help="per-command timeout, seconds")
     ap.add_argument("--ours-watch-flag", help="our CLI's watcher flag (default: --with-watcher "

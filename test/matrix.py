@@ -52,16 +52,18 @@ PYTESTS = {"7.4.4": (3, 9), "8.4.2": (3, 9), "9.2.0": (3, 10)}
 XDIST = "pytest-xdist==3.8.0"  # pytest>=7.0, Python>=3.9: fits every combination
 SUITE = ["test/test_engine.py", "test/test_plugin.py"]
 
-# The smoke subset: cold/warm parity, reporting, the venv rule and usage
-# errors through the CLI; parity, pytest's reporting and conftest options
-# through the plugin (the parts that touch pytest's internals most).
+# The smoke subset (-k, so names match as substrings): cold/warm parity,
+# reporting, the venv rule and usage errors through the CLI; through the
+# plugin, the parts that lean on pytest's internals most: parity of pytest's
+# own reporting (-rA -v, junitxml), conftest options declared from the
+# daemon's table (test_app_parity), usage errors, inertness in the zygote.
 SMOKE = [
     "test_parity_cold_then_warm",
     "test_summary_shows_failures_and_counts",
     "test_venv_interpreter",
-    "test_usage_errors",
+    "test_usage_errors",  # also test_plugin's test_usage_errors_and_broken_conftest_...
     "test_parity_rA_v_junitxml_cold_and_warm",
-    "test_conftest_options_parse_under_fast",
+    "test_app_parity",
     "test_inert_in_the_zygote_even_with_fast",
 ]
 
@@ -216,9 +218,15 @@ def main_combo_ident():
 
 # ------------------------------------------------------------- running
 
+# What would make one combination's interpreter see another's files.  Other
+# PYTHON* settings (PYTHONDONTWRITEBYTECODE, ...) pass, as in `./build.sh test`.
+FOREIGN = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
+           "PYTHONEXECUTABLE", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "__PYVENV_LAUNCHER__")
+
+
 def clean_env(**extra):
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_", "PF_", "PYTHON")) and k not in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__")}
+           if not k.startswith(("PYTEST_", "PF_")) and k not in FOREIGN}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env.update(extra)
     return env

@@ -260,6 +260,71 @@ def test_conftest_options_parse_under_fast(app_project):
     assert "invalid choice" in bad.err, bad
 
 
+def test_help_lists_conftest_options_without_importing_them(app_project):
+    env = app_env(app_project)
+    ours = fast(app_project, "--help", env=env)
+    plain = run(app_project, "-p", "plugin", "--help", env=env)
+    assert ours.rc == plain.rc == 0
+    assert ours.out == plain.out
+    assert "--runslow" in ours.out and "--fast-workers" in ours.out
+    assert sum(1 for line in marker_lines(app_project) if not line["zygote"]) == 1  # plain's
+
+
+def test_edits_are_noticed_and_noted(app_project):
+    env = app_env(app_project)
+    assert fast(app_project, "-q", env=env).dump["tests/test_app.py::test_add"] == "passed"
+    app_project.write("app/calc.py", "def add(a, b):\n    return a - b\n\ndef div(a, b):\n    return a / b\n")
+    r = fast(app_project, "-q", env=env)
+    assert r.dump["tests/test_app.py::test_add"] == "failed", r
+    # (a file edit may be picked up by the daemon before the run asks: no note
+    # then); an environment change is only seen by the request, and said so
+    r = fast(app_project, "-q", env={**env, "PYTEST_FAST_ENV_PREFIXES": "MYAPP_", "MYAPP_X": "1"})
+    assert "pytest-fast: re-collecting" in r.err and "environment changed" in r.err, r
+
+
+@pytest.mark.xfail(strict=True, reason="engine: a worker's register() replays pytest_warning_recorded "
+                   "(a historic hook), so each worker re-sends the collection warnings")
+def test_collection_warnings(project):
+    project.write("tests/test_w.py", """
+        import warnings
+
+        warnings.warn("at import", UserWarning)
+
+        class TestX:
+            def __init__(self):
+                pass
+
+            def test_no(self):
+                pass
+
+        def test_ok():
+            pass
+    """)
+    oracle = project.pytest("-rA")
+    ours = fast(project, "-rA")
+    assert section(ours.out, "warnings summary") == section(oracle.out, "warnings summary")
+    assert final_line(ours.out) == final_line(oracle.out) == "======================== 1 passed, 2 warnings in T ========================="
+
+
+@pytest.mark.xfail(strict=True, reason="engine: the zygote keeps only failed collection reports, so "
+                   "a module skipped at import (allow_module_level) is not counted")
+def test_module_level_skip(project):
+    project.write("tests/test_skipmod.py", """
+        import pytest
+
+        pytest.skip("whole module", allow_module_level=True)
+
+        def test_never():
+            pass
+    """)
+    project.write("tests/test_ok.py", "def test_ok():\n    pass\n")
+    oracle = project.pytest("-rA")
+    ours = fast(project, "-rA")
+    assert collected_line(ours.out) == collected_line(oracle.out) == "collected 1 item / 1 skipped"
+    assert section(ours.out, "short test summary info") == section(oracle.out, "short test summary info")
+    assert final_line(ours.out) == final_line(oracle.out)
+
+
 @pytest.mark.xfail(strict=True, reason="engine: an option unknown to the C argument table is "
                    "split from its separate value (`--level 2` -> zygote gets `--level`)")
 def test_conftest_option_with_separate_value(app_project):
@@ -416,7 +481,7 @@ def test_collection_errors(project):
         ours = fast(project, "-rA", *extra)
         assert ours.rc == oracle.rc == (1 if extra and extra[0].startswith("--cont") else 2), ours
         assert ours.dump == oracle.dump
-        assert section(ours.out, "ERRORS") == section(oracle.out, "ERRORS")
+        assert sorted(section(ours.out, "ERRORS")) == sorted(section(oracle.out, "ERRORS"))
         assert sorted(section(ours.out, "short test summary info")) == \
             sorted(section(oracle.out, "short test summary info"))
         assert final_line(ours.out) == final_line(oracle.out)
@@ -425,11 +490,13 @@ def test_collection_errors(project):
 
 def test_usage_errors_and_broken_conftest_match_pytest(project):
     project.write("tests/test_a.py", "def test_a():\n    pass\n")
-    for args in (["tests/nope.py"], ["tests/test_a.py::test_nope"], ["--no-such-option"]):
+    for args, says in ((["tests/nope.py"], "ERROR: file or directory not found: tests/nope.py"),
+                       (["tests/test_a.py::test_nope"], "ERROR: not found: "),
+                       (["--no-such-option"], "error: unrecognized arguments: --no-such-option")):
         oracle = project.pytest(*args)
         ours = fast(project, *args)
         assert ours.rc == oracle.rc == 4, (args, ours, oracle)
-        assert ours.err.splitlines()[0].split(":")[0] == oracle.err.splitlines()[0].split(":")[0] == "ERROR"
+        assert says in ours.err and says in oracle.err, (ours, oracle)
     ours, oracle = fast(project, "tests/nope.py"), project.pytest("tests/nope.py")
     assert norm(ours.out) == norm(oracle.out) and ours.err == oracle.err
     project.write("tests/conftest.py", "raise RuntimeError('conftest is broken')\n")
@@ -552,6 +619,8 @@ def test_inert_in_the_zygote_even_with_fast(project):
     (["--fast-watch"], "not available yet"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_refused_options(project, args, needle):
+    if args[0] in ("-n", "--dist"):
+        pytest.importorskip("xdist")
     project.write("tests/test_a.py", "def test_a():\n    pass\n")
     project.write("fakecov.py", """
         def pytest_addoption(parser):  # stands in for pytest-cov's option
@@ -619,7 +688,7 @@ def test_timeout_option_and_variable(project):
 def test_shares_the_daemon_with_the_cli(app_project):
     """No address given: `pytest-fast` and `pytest --fast` find the same daemon."""
     env = app_project.env({**fast_env(app_project), **app_env(app_project),
-                           "XDG_RUNTIME_DIR": app_project.sockdir})
+                           "XDG_RUNTIME_DIR": app_project.sockdir, "PYTEST_FAST_PYTHON": sys.executable})
     del env["PYTEST_FAST_ADDRESS"]
     try:
         cli = subprocess.run([str(BIN)], cwd=app_project.path, env=env, capture_output=True,

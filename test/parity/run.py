@@ -34,6 +34,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -229,7 +230,7 @@ def setup_venv(pkg: Package, pdir: Path, rundir: Path, logfile: Path) -> Path:
         raise SetupError(f"venv creation failed (see {logfile})")
     cflags = ["-c", str(constraints)] if constraints.exists() else []
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", *cflags]
-    if run_logged([*pip, *RUNNER_REQS, *pkg.reqs], logfile) != 0:
+    if run_logged([*pip, *runner_reqs(pkg), *pkg.reqs], logfile) != 0:
         raise SetupError(f"installing the test requirements failed (see {logfile})")
     if pkg.install and run_logged([*pip, *pkg.install], logfile, cwd=rundir) != 0:
         raise SetupError(f"pip install {shlex.join(pkg.install)} failed (see {logfile})")
@@ -240,6 +241,17 @@ def setup_venv(pkg: Package, pdir: Path, rundir: Path, logfile: Path) -> Path:
 
 class SetupError(Exception):
     pass
+
+
+def req_name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def runner_reqs(pkg: Package) -> list[str]:
+    """RUNNER_REQS, minus those the package's line pins itself (e.g. an older
+    pytest for a suite that needs one)."""
+    own = {req_name(r) for r in pkg.reqs}
+    return [r for r in RUNNER_REQS if req_name(r) not in own]
 
 
 # --------------------------------------------------------------------------- #
@@ -265,10 +277,11 @@ def plugin_available() -> str:
 
 
 def shim_dir() -> Path:
-    """A directory for PYTHONPATH with just the two plugins the harness loads."""
+    """A directory for PYTHONPATH with just what the harness loads: plugin.py
+    (for `-p plugin`), test/outcome_dump.py and parity_dump.py."""
     d = WORK / "shim"
     d.mkdir(parents=True, exist_ok=True)
-    for src in (OUTCOME_DUMP, PLUGIN):
+    for src in (OUTCOME_DUMP, PLUGIN, HERE / "parity_dump.py"):
         link = d / src.name
         if link.is_symlink() or link.exists():
             link.unlink()
@@ -280,7 +293,7 @@ def shim_dir() -> Path:
 def base_env(pkg: Package, venv_python: Path, shim: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTEST_", "PYTHONPATH", "VIRTUAL_ENV", "HYPOTHESIS_"))
-           and k not in ("OUTCOME_DUMP", "PYTHONHOME")}
+           and k not in ("OUTCOME_DUMP", "PARITY_DUMP", "PYTHONHOME")}
     venv = venv_python.parent.parent
     env["VIRTUAL_ENV"] = str(venv)
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
@@ -317,12 +330,56 @@ def run_one(cmd: list[str], env: dict[str, str], cwd: Path, dump: Path, logfile:
     return res
 
 
-def stop_daemon(address: str, env: dict[str, str], cwd: Path, logfile: Path) -> None:
+def daemon_files(address: str) -> list[Path]:
+    """The socket and what the daemon keeps beside it (log, lock, layers plan)."""
+    sock = Path(address)
+    stem = sock.with_suffix("")
+    return [sock] + [stem.with_suffix(s) for s in (".log", ".lock", ".layers", ".pid")]
+
+
+def stop_daemon(address: str, env: dict[str, str], cwd: Path, logfile: Path,
+                keep_log: Path | None = None) -> None:
+    """Stop the daemon at address and remove its files, so that the next cold
+    run is cold: no daemon, and no layers plan left by an earlier one."""
     with open(logfile, "a") as f:
-        subprocess.run([str(BINARY), "--address", address, "--stop"], cwd=cwd, env=env,
-                       stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60)
-    for suffix in ("", ".lock", ".pid", ".log"):
-        pass  # the daemon owns its files; --stop cleans up after itself
+        try:
+            subprocess.run([str(BINARY), "--address", address, "--stop"], cwd=cwd, env=env,
+                           stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           timeout=60)
+        except subprocess.TimeoutExpired:
+            f.write("--stop timed out\n")
+    files = daemon_files(address)
+    if keep_log is not None and files[1].exists():
+        shutil.copyfile(files[1], keep_log)
+    for p in files:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def settle(address: str, env: dict[str, str], cwd: Path, limit: float = 120.0) -> None:
+    """Before a warm run: pause as a person would between two runs, then wait
+    until the daemon is idle and done with any background re-build (its
+    --status unchanged for a second), so that "warm" means warm."""
+    time.sleep(2.0)
+    deadline = time.monotonic() + limit
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            proc = subprocess.run([str(BINARY), "--address", address, "--status"], cwd=cwd,
+                                  env=env, capture_output=True, text=True, timeout=30,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            continue
+        if proc.returncode != 0:
+            return  # no daemon (the cold run's died): the warm run will say so
+        out = proc.stdout
+        text = "\n".join(line for line in out.splitlines() if not line.startswith("idle"))
+        if text and text == last and "booting" not in text:
+            return
+        last = text
+        time.sleep(1.0)
 
 
 def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
@@ -344,9 +401,9 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
     addr_plugin = f"/tmp/pfp-{digest}-p.sock"
     dumps = pdir / "dumps"
     dumps.mkdir(exist_ok=True)
-    dump_env = lambda key: {**env, "OUTCOME_DUMP": str(dumps / f"{key}.json")}  # noqa: E731
+    dump_env = lambda key: {**env, "PARITY_DUMP": str(dumps / f"{key}.json")}  # noqa: E731
 
-    pytest_cmd = [str(py), "-m", "pytest", "-p", "outcome_dump"]
+    pytest_cmd = [str(py), "-m", "pytest", "-p", "parity_dump"]
     cmds = {
         "pytest": (pytest_cmd + pkg.args, dump_env("pytest")),
         "pytest2": (pytest_cmd + pkg.args, dump_env("pytest2")),
@@ -358,12 +415,13 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
     for key in ("plugin-cold", "plugin-warm"):
         cmds[key] = ([str(py), "-m", "pytest", "-p", "plugin", "--fast",
                       "--fast-address", addr_plugin, "--fast-workers", "2",
-                      "-p", "outcome_dump", *pkg.args], dump_env(key))
+                      "-p", "parity_dump", *pkg.args], dump_env(key))
 
     why_no_plugin = plugin_available()
     results: dict[str, Result] = {}
     # a daemon left over from an interrupted harness run would make "cold" warm
-    for addr in (addr_cli, addr_plugin):
+    daemons = {"fast": addr_cli, "plugin": addr_plugin}
+    for addr in daemons.values():
         stop_daemon(addr, env, rundir, logs / "stop.log")
     try:
         for key, _title in COLUMNS:
@@ -373,6 +431,8 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
                 results[key] = Result(note=why_no_plugin)
                 continue
             cmd, cenv = cmds[key]
+            if key.endswith("-warm") and results.get(key.replace("-warm", "-cold")):
+                settle(daemons[key.split("-")[0]], env, rundir)
             log(f"{pkg.name}: {key} ...")
             results[key] = run_one(cmd, cenv, rundir, dumps / f"{key}.json",
                                    logs / f"{key}.log", pkg.timeout)
@@ -380,8 +440,8 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
             log(f"{pkg.name}: {key} rc={r.rc} {r.wall:.1f}s "
                 f"{len(r.outcomes or {})} outcomes {r.note}")
     finally:
-        for addr in (addr_cli, addr_plugin):
-            stop_daemon(addr, env, rundir, logs / "stop.log")
+        for name, addr in daemons.items():
+            stop_daemon(addr, env, rundir, logs / "stop.log", logs / f"daemon-{name}.log")
 
     oracle = results["pytest"]
     flaky: dict[str, tuple[str, str]] = {}
@@ -530,7 +590,7 @@ def main() -> int:
     print(text)
     if str(opts.results) != "-":
         opts.results.write_text(text)
-    bad = any(r.mismatches or r.rc_mismatch or (r.rc is None and not r.note.startswith("plugin"))
+    bad = any(r.mismatches or r.rc_mismatch or (r.outcomes is None and r.note != "plugin.py missing")
               for row in rows for k, r in row["results"].items() if k in OURS)
     if failures:
         return 2
