@@ -33,10 +33,10 @@ from typing import Any, Iterator, NoReturn, Sequence
 
 import pytest
 
-try:
-    from _pytest.reports import CollectErrorRepr
-except ImportError:  # only cosmetic: the short summary line of a collection error
-    CollectErrorRepr = None  # type: ignore[assignment,misc]
+try:  # only cosmetic: the short summary line of a collection error
+    from _pytest.reports import CollectErrorRepr as _CollectErrorRepr
+except ImportError:
+    _CollectErrorRepr = None  # type: ignore[assignment,misc]
 
 PROTO = 1
 MAX_FRAME = 256 << 20
@@ -336,7 +336,7 @@ class RemoteItem(pytest.Item):
     pf_location: tuple[str, int | None, str] = ("", None, "")
 
     @property
-    def location(self) -> tuple[str, int | None, str]:  # type: ignore[override]
+    def location(self) -> tuple[str, int | None, str]:
         return self.pf_location
 
     def reportinfo(self) -> tuple[str, int | None, str]:
@@ -393,11 +393,11 @@ class Controller:
             config.hook.pytest_collectreport(report=self._report(data))
         for data in reply["warnings"]:
             self._warning(data)
-        items = [_remote_item(session, *loc) for loc in reply["items"]]
+        items: list[pytest.Item] = [_remote_item(session, *loc) for loc in reply["items"]]
         self._collected(session, items, int(reply["deselected"]))
         return True
 
-    def _collected(self, session: pytest.Session, items: list[RemoteItem], deselected: int) -> None:
+    def _collected(self, session: pytest.Session, items: list[pytest.Item], deselected: int) -> None:
         """Tell the other plugins what pytest's own collection would have."""
         hook = self.config.hook
         dropped = [_remote_item(session, "<deselected>", "", None, "") for _ in range(deselected)]
@@ -428,8 +428,9 @@ class Controller:
 
     def _report(self, data: dict[str, Any]) -> Any:
         rep = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
-        if isinstance(rep, pytest.CollectReport) and isinstance(rep.longrepr, str) and CollectErrorRepr:
-            rep.longrepr = CollectErrorRepr(rep.longrepr)  # what it was before serialization
+        wrap = _CollectErrorRepr
+        if wrap is not None and isinstance(rep, pytest.CollectReport) and isinstance(rep.longrepr, str):
+            rep.longrepr = wrap(rep.longrepr)  # what it was before serialization
         return rep
 
     def _warning(self, data: dict[str, Any]) -> None:

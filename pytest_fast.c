@@ -3912,21 +3912,13 @@ static const char zyg_glue[] =
     "            os._exit(0)\n"
     "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
     "                        \"scoped_errors\": self.scoped_errors})\n"
-    "        basetemp = None\n"
-    "        factory = getattr(config, \"_tmp_path_factory\", None)\n"
-    "        if factory is not None and not msg.get(\"collect_only\"):\n"
-    "            try:\n"
-    "                factory._basetemp = None\n"
-    "                basetemp = str(factory.getbasetemp())\n"
-    "            except Exception:\n"
-    "                basetemp = None\n"
     "        while True:\n"
     "            got = _c.serve(self.fd)\n"
     "            if got is None:\n"
     "                os._exit(0)\n"
     "            req, fds, forked = got\n"
     "            if forked:\n"
-    "                zygote.worker = _Worker(self.session, msg, req, fds, basetemp)\n"
+    "                zygote.worker = _Worker(self.session, msg, req, fds)\n"
     "                zygote.role = \"worker\"\n"
     "                return zygote.worker.work()\n"
     "            if req.get(\"op\") == \"finish\":\n"
@@ -4073,14 +4065,13 @@ static const char zyg_glue[] =
     "class _Worker:\n"
     "    \"\"\"Runs items handed out by the daemon, one claimed item ahead.\"\"\"\n"
     "\n"
-    "    def __init__(self, session, run, req, fds, basetemp):\n"
+    "    def __init__(self, session, run, req, fds):\n"
     "        self.session = session\n"
     "        self.config = session.config\n"
     "        self.run = run\n"
     "        self.wid = req[\"wid\"]\n"
     "        self.fd = fds[0]\n"
     "        self.fault = os.fdopen(fds[1], \"w\", buffering=1)\n"
-    "        self.basetemp = basetemp\n"
     "        self.full = run.get(\"full\", False)\n"
     "        self.timeout = float(run.get(\"timeout\") or 0)\n"
     "        self.reports = []\n"
@@ -4096,9 +4087,14 @@ static const char zyg_glue[] =
     "        faulthandler.enable(file=self.fault, all_threads=True)\n"
     "        self.quiet_controller_plugins()\n"
     "        self.reset_capture()\n"
-    "        if self.basetemp is not None:\n"
-    "            factory = config._tmp_path_factory\n"
-    "            factory._given_basetemp = _path(os.path.join(self.basetemp, \"popen-\" + name))\n"
+    "        # tmp_path: like plain pytest, a numbered basetemp made on first use\n"
+    "        # (pytest's own locking keeps concurrent workers apart); a given\n"
+    "        # --basetemp gets one subdirectory per worker, as under xdist.\n"
+    "        factory = getattr(config, \"_tmp_path_factory\", None)\n"
+    "        if factory is not None:\n"
+    "            if factory._given_basetemp is not None:\n"
+    "                os.makedirs(factory._given_basetemp, exist_ok=True)\n"
+    "                factory._given_basetemp = factory._given_basetemp / (\"popen-\" + name)\n"
     "            factory._basetemp = None\n"
     "        config.pluginmanager.register(self, \"pytest-fast-worker\")\n"
     "        items = session.items\n"
@@ -4219,11 +4215,6 @@ static const char zyg_glue[] =
     "        if name.startswith(\"pytest_\"):\n"
     "            raise AttributeError(name)\n"
     "        return lambda *args, **kwargs: None\n"
-    "\n"
-    "\n"
-    "def _path(p):\n"
-    "    from pathlib import Path\n"
-    "    return Path(p)\n"
     "\n"
     "\n"
     "def main(fd, args):\n"
@@ -6180,9 +6171,14 @@ static void dmn_worker_read(dmn_run *r, dmn_worker *w)
         if (st == PF_READ_FRAME) {
             dmn_worker_frame(r, w);
             pf_reader_reset(&w->rd);
-            continue;
+            if (!w->finished)
+                continue;
+            /* Its session is over; _exit follows: done, without waiting
+             * for the leader to report the reaping. */
+            w->exited = true;
+            util_close(&w->fault);
         }
-        if (st == PF_READ_EOF || st == PF_READ_ERROR)
+        if (st != PF_READ_AGAIN)
             util_close(&w->fd);
         return;
     }
@@ -7449,6 +7445,8 @@ static int dmn_loop(void)
             }
             if (dmn.run == r && p[lead].revents && r->leader_fd >= 0)
                 dmn_leader_read(r);
+            if (dmn.run == r)
+                dmn_run_check(r);
         }
         if (dmn.run) {
             dmn_check_timeouts(dmn.run, now);

@@ -297,7 +297,7 @@ def prepare(c: Combo, cc: str):
     c.note = f"prepared in {time.monotonic() - t0:.0f}s"
 
 
-def run_suite(c: Combo, smoke: bool, pytest_args, timeout):
+def run_suite(c: Combo, smoke: bool, pytest_args, timeout, jobs):
     d = Path(c.dir)
     venv = d / "venv"
     files = [f for f in SUITE if (ROOT / f).exists()]
@@ -309,6 +309,8 @@ def run_suite(c: Combo, smoke: bool, pytest_args, timeout):
            "--basetemp", basetemp, "--junitxml", junit]
     if smoke:
         cmd += ["-k", " or ".join(SMOKE)]
+    if jobs > 1:
+        cmd += ["-n", str(jobs)]  # pytest-xdist: each test has its own daemon and sockets
     cmd += pytest_args
     env = clean_env(PF_BIN=str(d / "pytest-fast"), PF_BUILD_DIR=str(d), VIRTUAL_ENV=str(venv),
                     PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -424,6 +426,8 @@ def main(argv=None):
     ap.add_argument("--packaging", action="store_true",
                     help="also run test/test_packaging.py (pip install .) once per Python")
     ap.add_argument("--list", action="store_true", help="list the combinations and exit")
+    ap.add_argument("-j", "--jobs", type=int, default=2,
+                    help="pytest-xdist workers per combination (default 2; 1: no xdist)")
     ap.add_argument("--timeout", type=float, default=None,
                     help="per-combination test timeout in seconds (default 300 smoke, 1200 full)")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
@@ -448,7 +452,7 @@ def main(argv=None):
         say(f"outside the supported 3.9-3.13, not tested: {', '.join(unsupported)}")
 
     todo = [c for c in combos if not c.excluded and c.result != "skipped"]
-    mode = "smoke subset" if args.smoke else "full parity + plugin suites"
+    mode = ("smoke subset" if args.smoke else "full parity + plugin suites") + f", -n {args.jobs}"
     say(f"{len(todo)} combination(s) to run ({mode}); logs in {OUT}/<combination>/log.txt")
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -461,7 +465,7 @@ def main(argv=None):
                 c.result = "FAIL"
                 say(f"{c.key}: {c.build}\n{log_tail(c)}")
                 continue
-            run_suite(c, args.smoke, args.pytest_args, timeout)
+            run_suite(c, args.smoke, args.pytest_args, timeout, args.jobs)
             result, detail = describe(c)
             say(f"{c.key}: {result} {detail} in {c.seconds:.0f}s ({c.note})")
             if result != "PASS":

@@ -230,10 +230,11 @@ def marker_lines(project):
 
 def test_app_parity(app_project):
     env = app_env(app_project)
-    oracle = app_project.pytest("-rA", "-v", env=env)
+    oracle = app_project.pytest("-rA", "-v", "--junitxml=plain.xml", env=env)
     assert oracle.rc == 1 and oracle.dump["tests/test_app.py::test_div_by_zero"] == "failed", oracle
     for _ in range(2):
-        assert_same_run(fast(app_project, "-rA", "-v", env=env), oracle)
+        assert_same_run(fast(app_project, "-rA", "-v", "--junitxml=fast.xml", env=env), oracle)
+        assert junit_cases(app_project.path / "fast.xml") == junit_cases(app_project.path / "plain.xml")
 
 
 def test_controller_never_imports_the_conftest_or_the_app(app_project):
@@ -329,8 +330,10 @@ def test_module_level_skip(project):
                    "split from its separate value (`--level 2` -> zygote gets `--level`)")
 def test_conftest_option_with_separate_value(app_project):
     env = app_env(app_project)
-    oracle = app_project.pytest("-v", "--level", "2", "--name", "a", env=env)
-    assert_same_run(fast(app_project, "-v", "--level", "2", "--name", "a", env=env), oracle)
+    args = ("-v", "--level", "2", "--name", "a", "--name", "b")
+    oracle = app_project.pytest(*args, env=env)
+    assert oracle.rc == 1 and oracle.dump["tests/test_app.py::test_options"] == "passed", oracle
+    assert_same_run(fast(app_project, *args, env=env), oracle)
 
 
 # --------------------------------------------------- behaviour per option
@@ -562,6 +565,20 @@ def test_ctrl_c_cancels_the_run_and_the_daemon_stays_warm(project):
     assert "KeyboardInterrupt" in out, out
     after = fast(project, "-k", "quick", timeout=60)
     assert after.rc == 0 and after.dump == {"tests/test_quick.py::test_quick": "passed"}, after
+
+
+def test_daemon_dying_mid_run_is_an_internal_error(project):
+    project.write("tests/test_k.py", """
+        import os
+        import signal
+
+        def test_kills_the_daemon():
+            with open(os.environ["DAEMON_PIDFILE"]) as f:
+                os.kill(int(f.read()), signal.SIGKILL)
+    """)
+    r = fast(project, "-q", env={"DAEMON_PIDFILE": project.address[:-len(".sock")] + ".pid"})
+    assert r.rc == 3, r
+    assert "hung up mid-request" in r.out, r
 
 
 # ------------------------------------------------------------ inertness

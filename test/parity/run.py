@@ -68,6 +68,7 @@ COLUMNS = [
     ("plugin-warm", "pytest --fast warm"),
 ]
 OURS = ("fast-cold", "fast-warm", "plugin-cold", "plugin-warm")
+MAX_LISTED = 8  # mismatches listed per package and contender; the rest go to a file
 
 
 # --------------------------------------------------------------------------- #
@@ -469,6 +470,8 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
                 elif key != "pytest2":
                     r.mismatches.append((nid, a, b))
             r.rc_mismatch = r.rc != oracle.rc and not rc_flaky
+            (WORK / pkg.name / "logs" / f"{key}.mismatches").write_text(
+                "".join(f"{nid}\t{a}\t{b}\n" for nid, a, b in r.mismatches))
     return {"pkg": pkg, "results": results, "flaky": flaky, "rc_flaky": rc_flaky}
 
 
@@ -487,10 +490,11 @@ def cell(key: str, r: Result | None) -> str:
     if key == "pytest2":
         return text
     marks = []
+    strong = "**" if key in OURS else ""
     if r.mismatches:
-        marks.append(f"**{len(r.mismatches)} mismatch**")
+        marks.append(f"{strong}{len(r.mismatches)} mismatch{strong}")
     if r.rc_mismatch:
-        marks.append(f"**rc={r.rc}**")
+        marks.append(f"{strong}rc={r.rc}{strong}")
     if r.explained:
         marks.append(f"{len(r.explained)} known")
     return f"{text} " + (", ".join(marks) if marks else "✓")
@@ -522,15 +526,19 @@ def render(rows: list[dict], setup_failures: list[tuple[str, str]], total: float
             r = res.get(key)
             if r is None:
                 continue
-            for nid, a, b in r.mismatches:
-                details.append(f"* {pkg.name} / {title}: `{nid}`: pytest {a}, this {b} — **unexplained**")
+            verdict = "**unexplained**" if key in OURS else "differs (xdist, not ours)"
+            for nid, a, b in r.mismatches[:MAX_LISTED]:
+                details.append(f"* {pkg.name} / {title}: `{nid}`: pytest {a}, this {b} — {verdict}")
+            if len(r.mismatches) > MAX_LISTED:
+                details.append(f"* {pkg.name} / {title}: ... and {len(r.mismatches) - MAX_LISTED} "
+                               f"more (all in {WORK / pkg.name / 'logs' / (key + '.mismatches')})")
             if r.rc_mismatch:
                 details.append(f"* {pkg.name} / {title}: exit code {r.rc}, pytest {res['pytest'].rc}"
-                               " — **unexplained**")
+                               f" — {verdict}")
             for nid, a, b, why in r.explained:
                 details.append(f"* {pkg.name} / {title}: `{nid}`: pytest {a}, this {b} — known: {why}")
             if r.note and (r.rc is None or r.outcomes is None):
-                details.append(f"* {pkg.name} / {title}: no result: {r.note} "
+                details.append(f"* {pkg.name} / {title}: no result (rc={r.rc}): {r.note} "
                                f"(log: {WORK / pkg.name / 'logs' / (key + '.log')})")
     for name, why in setup_failures:
         details.append(f"* {name}: setup failed: {why}")
@@ -550,10 +558,15 @@ def main() -> int:
                     help="comma list of pytest2, xdist, fast, plugin (default: all)")
     ap.add_argument("--results", type=Path, default=HERE / "results.md",
                     help="where to write the table ('-' not to write it)")
+    ap.add_argument("--extra-args", default="",
+                    help="pytest arguments appended for every package and contender "
+                         "(diagnostics: e.g. to see past one known failure)")
     ap.add_argument("--list", action="store_true", help="print the parsed package list")
     opts = ap.parse_args()
 
     pkgs = parse_packages(opts.packages)
+    for p in pkgs:
+        p.args += shlex.split(opts.extra_args)
     if opts.names:
         unknown = set(opts.names) - {p.name for p in pkgs}
         if unknown:
