@@ -389,7 +389,7 @@ class Controller:
             self.daemon.close()
             self._collected(session, [], 0)
             self._ended_early(reply)
-        for data in reply["errors"]:
+        for data in [*reply["errors"], *reply.get("skips", [])]:
             config.hook.pytest_collectreport(report=self._report(data))
         for data in reply["warnings"]:
             self._warning(data)

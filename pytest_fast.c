@@ -3291,8 +3291,37 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->durations = atoi(value) >= 0 ? atoi(value) : 0;
 }
 
-/* Returns 0, or -1 with msg set for a malformed command line. */
-static int arg_classify(int argc, char **argv, arg_split *s, char *msg, size_t msglen)
+/* Whether an option this table does not know takes a value: the zygote's
+ * parser says so when it has collected (plugins and conftests add options);
+ * otherwise a following word that is not a path is taken as the value. */
+static bool arg_unknown_takes_value(const char *name, size_t len, const char *next,
+                                    const pf_value *options, const char *cwd)
+{
+    for (size_t i = 0; options && pf_is_seq(options) && i < options->u.seq.len; i++) {
+        const pf_value *o = options->u.seq.items[i];
+        const pf_value *names = pf_dict_get(o, "names");
+        for (size_t k = 0; names && pf_is_seq(names) && k < names->u.seq.len; k++) {
+            const pf_value *n = names->u.seq.items[k];
+            if (n->kind == PF_STR && n->u.s.len == len && !memcmp(n->u.s.ptr, name, len)) {
+                const pf_value *v = pf_dict_get(o, "value");
+                return v && v->kind == PF_BOOL && v->u.b;
+            }
+        }
+    }
+    if (!next || next[0] == '-' || !cwd)
+        return false;
+    size_t plen = strcspn(next, ":");
+    char *path = next[0] == '/' ? util_strndup(next, plen) : util_fmt("%s/%.*s", cwd, (int)plen, next);
+    struct stat st;
+    bool is_path = stat(path, &st) == 0;
+    free(path);
+    return !is_path;
+}
+
+/* Returns 0, or -1 with msg set for a malformed command line.  options is
+ * the zygote's option table (or NULL), cwd the client's directory. */
+static int arg_classify(int argc, char **argv, arg_split *s, const pf_value *options, const char *cwd,
+                        char *msg, size_t msglen)
 {
     bool only_positional = false;
     s->durations = -1;
@@ -3314,7 +3343,9 @@ static int arg_classify(int argc, char **argv, arg_split *s, char *msg, size_t m
             const char *eq = strchr(a, '=');
             size_t len = eq ? (size_t)(eq - a) : strlen(a);
             spec = arg_lookup(a, len);
-            int flags = spec ? spec->flags : 0;
+            int flags = spec ? spec->flags
+                        : !eq && arg_unknown_takes_value(a, len, i + 1 < argc ? argv[i + 1] : NULL, options, cwd)
+                            ? ARG_VALUE : 0;
             dest = (flags & ARG_RUN) ? &s->run : &s->collect;
             util_strv_push(dest, a);
             if (eq)
@@ -3341,7 +3372,9 @@ static int arg_classify(int argc, char **argv, arg_split *s, char *msg, size_t m
         for (const char *c = a + 1; *c; c++) {
             name[1] = *c;
             spec = arg_lookup(name, 2);
-            int flags = spec ? spec->flags : 0;
+            int flags = spec ? spec->flags
+                        : !c[1] && arg_unknown_takes_value(name, 2, i + 1 < argc ? argv[i + 1] : NULL, options, cwd)
+                            ? ARG_VALUE : 0;
             dest = (flags & ARG_RUN) ? &s->run : &s->collect;
             if (spec && (flags & ARG_REFUSE) && !s->refused[0])
                 snprintf(s->refused, sizeof s->refused, "%s", name);
@@ -3729,6 +3762,7 @@ static const char zyg_glue[] =
     "        self.fd = fd\n"
     "        self.role = \"zygote\"\n"
     "        self.collect_errors = []\n"
+    "        self.collect_skips = []\n"
     "        self.warnings = []\n"
     "        self.config = None\n"
     "        self.worker = None\n"
@@ -3737,10 +3771,14 @@ static const char zyg_glue[] =
     "        self.config = config\n"
     "\n"
     "    def pytest_collectreport(self, report):\n"
-    "        if report.failed:\n"
+    "        # Failed collectors are errors; skipped ones (a module-level skip)\n"
+    "        # count as skipped in pytest's summary.\n"
+    "        if report.failed or report.skipped:\n"
     "            data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)\n"
     "            path = str(getattr(report, \"fspath\", \"\") or report.nodeid.split(\"::\")[0])\n"
-    "            self.collect_errors.append((report.nodeid, path, _longrepr_text(report), data))\n"
+    "            text = _longrepr_text(report) if report.failed else str(report.longrepr[2])\n"
+    "            (self.collect_errors if report.failed else self.collect_skips).append(\n"
+    "                (report.nodeid, path, text, data))\n"
     "\n"
     "    def pytest_warning_recorded(self, warning_message, when, nodeid, location):\n"
     "        self.warnings.append(_warning_data(warning_message, when, nodeid, location))\n"
@@ -3772,6 +3810,7 @@ static const char zyg_glue[] =
     "            \"op\": \"ready\",\n"
     "            \"items\": locs,\n"
     "            \"errors\": self.collect_errors,\n"
+    "            \"skips\": self.collect_skips,\n"
     "            \"warnings\": self.warnings,\n"
     "            \"files\": _imported_files(exclude=_PRELOADED),\n"
     "            \"dirs\": _collection_dirs(config, session),\n"
@@ -3793,22 +3832,38 @@ static const char zyg_glue[] =
     "                return True\n"
     "\n"
     "\n"
+    "_FLAG_ACTIONS = (\"store_true\", \"store_false\", \"store_const\", \"append_const\", \"count\", \"help\", \"version\")\n"
+    "\n"
+    "\n"
     "def _option_table(config):\n"
     "    \"\"\"Every command-line option the zygote's parser knows, conftests'\n"
-    "    included, for `pytest --fast` controllers that never import them.\"\"\"\n"
+    "    included, for `pytest --fast` controllers that never import them, and\n"
+    "    for the daemon, which must know which options take a value.\"\"\"\n"
     "    parser = config._parser\n"
     "    out = []\n"
+    "    seen = set()\n"
     "    for group in [parser._anonymous] + list(parser._groups):\n"
     "        for opt in group.options:\n"
+    "            names = list(opt.names())\n"
+    "            if tuple(names) in seen:\n"
+    "                continue\n"
+    "            seen.add(tuple(names))\n"
     "            attrs = opt.attrs()\n"
-    "            action = attrs.get(\"action\", \"store\")\n"
+    "            action = attrs.get(\"action\")\n"
+    "            if not isinstance(action, str):\n"
+    "                # pytest 9 hands out the argparse action's attributes: name\n"
+    "                # the action by what it consumes.\n"
+    "                nargs = attrs.get(\"nargs\")\n"
+    "                action = \"store\" if nargs != 0 else (\"store_const\" if \"const\" in attrs else \"store_true\")\n"
+    "            nargs = attrs.get(\"nargs\")\n"
     "            out.append({\n"
-    "                \"names\": list(opt.names()),\n"
-    "                \"action\": action if isinstance(action, str) else \"store\",\n"
+    "                \"names\": names,\n"
+    "                \"action\": action,\n"
+    "                \"value\": action not in _FLAG_ACTIONS and nargs != 0,\n"
     "                \"dest\": attrs.get(\"dest\"),\n"
     "                \"default\": _plain(attrs.get(\"default\")),\n"
     "                \"const\": _plain(attrs.get(\"const\")),\n"
-    "                \"nargs\": _plain(attrs.get(\"nargs\")),\n"
+    "                \"nargs\": _plain(nargs),\n"
     "                \"choices\": _plain(list(attrs[\"choices\"])) if attrs.get(\"choices\") else None,\n"
     "                \"help\": str(attrs.get(\"help\") or \"\"),\n"
     "            })\n"
@@ -4097,6 +4152,7 @@ static const char zyg_glue[] =
     "                factory._given_basetemp = factory._given_basetemp / (\"popen-\" + name)\n"
     "            factory._basetemp = None\n"
     "        config.pluginmanager.register(self, \"pytest-fast-worker\")\n"
+    "        self.warnings = []   # registering replayed the collection's warnings\n"
     "        items = session.items\n"
     "        cur = self.ask((\"n\",))\n"
     "        nxt = self.ask((\"n\",)) if cur is not None else None\n"
@@ -4166,7 +4222,14 @@ static const char zyg_glue[] =
     "        capman = self.config.pluginmanager.get_plugin(\"capturemanager\")\n"
     "        if capman is None:\n"
     "            return\n"
+    "        # Stopping restores the zygote's own stdout/stderr (the daemon's\n"
+    "        # log) over the client's: put the client's back before restarting.\n"
+    "        client = os.dup(1), os.dup(2)\n"
     "        capman.stop_global_capturing()\n"
+    "        os.dup2(client[0], 1)\n"
+    "        os.dup2(client[1], 2)\n"
+    "        os.close(client[0])\n"
+    "        os.close(client[1])\n"
     "        method = getattr(self.config.option, \"capture\", None)\n"
     "        if method:\n"
     "            capman._method = method\n"
@@ -4819,6 +4882,7 @@ typedef struct dmn_zygote {
     dmn_item *items;
     size_t nitems;
     const pf_value *errors;     /* [(nodeid, path, text, serialized), ...] */
+    const pf_value *skips;      /* skipped collectors, same shape */
     size_t nwarnings;
     dmn_watch *watch;
     size_t nwatch;
@@ -5596,6 +5660,7 @@ static void dmn_zygote_ready(dmn_zygote *z, pf_arena *a, const pf_value *msg)
         z->nitems++;
     }
     z->errors = pf_dict_get(msg, "errors");
+    z->skips = pf_dict_get(msg, "skips");
     const pf_value *w = pf_dict_get(msg, "warnings");
     z->nwarnings = w && pf_is_seq(w) ? w->u.seq.len : 0;
     const char *root = pf_dict_str(msg, "rootdir");
@@ -6365,6 +6430,22 @@ static bool dmn_error_in_scope(const dmn_run *r, size_t i)
     return false;
 }
 
+/* Skipped collectors follow the errors in the list the leader scopes. */
+static size_t dmn_scoped_skips(const dmn_run *r, pf_arena *a, pf_value *into)
+{
+    const pf_value *skips = r->z->skips;
+    size_t n = 0, base = dmn_nerrors(r->z);
+    for (size_t j = 0; skips && pf_is_seq(skips) && j < skips->u.seq.len; j++) {
+        if (!dmn_error_in_scope(r, base + j))
+            continue;
+        n++;
+        const pf_value *e = skips->u.seq.items[j];
+        if (into && pf_is_seq(e) && e->u.seq.len == 4)
+            pf_append(a, into, e->u.seq.items[3]);
+    }
+    return n;
+}
+
 static size_t dmn_scoped_errors(const dmn_run *r)
 {
     size_t n = 0;
@@ -6653,6 +6734,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
                     pf_append(a, errs, e->u.seq.items[3]);
             }
         util_set(a, d, "errors", errs);
+        pf_value *skips = pf_new_container(a, PF_LIST);
+        dmn_scoped_skips(r, a, skips);
+        util_set(a, d, "skips", skips);
         const pf_value *warns = pf_dict_get(r->z->ready, "warnings");
         util_set(a, d, "warnings", warns ? (pf_value *)warns : pf_new_container(a, PF_LIST));
         util_set(a, d, "cold", pf_new_bool(a, c->waited));
@@ -6660,6 +6744,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         pf_arena_free(a);
     }
     r->warnings += r->z->nwarnings;
+    r->counts[1] += dmn_scoped_skips(r, NULL, NULL);   /* pytest counts them as skipped */
     if (c && c->split.collect_only && !c->stream) {
         pf_buf b = {0};
         for (size_t i = 0; i < r->nsel; i++)
@@ -6930,6 +7015,8 @@ static void dmn_run_next(void)
         pf_value *enodes = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(z); i++)
             pf_append(a, enodes, pf_new_cstr(a, dmn_str_at(z->errors->u.seq.items[i], 0)));
+        for (size_t i = 0; z->skips && pf_is_seq(z->skips) && i < z->skips->u.seq.len; i++)
+            pf_append(a, enodes, pf_new_cstr(a, dmn_str_at(z->skips->u.seq.items[i], 0)));
         util_set(a, msg, "error_nodeids", enodes);
         pf_buf b = {0};
         int fds[4] = {sv[1], c->stdio[0], c->stdio[1], c->stdio[2]};
@@ -7084,7 +7171,8 @@ static void dmn_request(dmn_conn *c)
         return;
     }
     char msg[PF_ERRLEN];
-    if (arg_classify((int)args.n, args.v, &c->split, msg, sizeof msg) < 0) {
+    const pf_value *options = dmn.cur && dmn.cur->state == Z_READY ? pf_dict_get(dmn.cur->ready, "options") : NULL;
+    if (arg_classify((int)args.n, args.v, &c->split, options, cwd, msg, sizeof msg) < 0) {
         util_strv_free(&args);
         char *text = util_fmt("ERROR: %s", msg);
         dmn_fail_request(c, 4, text);

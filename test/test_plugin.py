@@ -283,8 +283,6 @@ def test_edits_are_noticed_and_noted(app_project):
     assert "pytest-fast: re-collecting" in r.err and "environment changed" in r.err, r
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a worker's register() replays pytest_warning_recorded "
-                   "(a historic hook), so each worker re-sends the collection warnings")
 def test_collection_warnings(project):
     project.write("tests/test_w.py", """
         import warnings
@@ -307,8 +305,6 @@ def test_collection_warnings(project):
     assert final_line(ours.out) == final_line(oracle.out) == "======================== 1 passed, 2 warnings in T ========================="
 
 
-@pytest.mark.xfail(strict=True, reason="engine: the zygote keeps only failed collection reports, so "
-                   "a module skipped at import (allow_module_level) is not counted")
 def test_module_level_skip(project):
     project.write("tests/test_skipmod.py", """
         import pytest
@@ -326,8 +322,6 @@ def test_module_level_skip(project):
     assert final_line(ours.out) == final_line(oracle.out)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: an option unknown to the C argument table is "
-                   "split from its separate value (`--level 2` -> zygote gets `--level`)")
 def test_conftest_option_with_separate_value(app_project):
     env = app_env(app_project)
     args = ("-v", "--level", "2", "--name", "a", "--name", "b")
@@ -409,8 +403,6 @@ def test_collect_only(project):
     assert final_line(ours.out) == final_line(oracle.out)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: the worker's reset_capture() (stop_global_capturing) "
-                   "dup2s the zygote's saved fd 1/2 (the daemon log) back over the client's fds")
 def test_dash_s_output_is_live(project):
     fifo = project.path / "go.fifo"
     os.mkfifo(fifo)
