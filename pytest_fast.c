@@ -2292,8 +2292,8 @@ static int codec_walk(codec_dec *d, const pf_value *v, unsigned depth, uint64_t 
                                                  : (len ? 3 : 1);
         unsigned h = 0;
         for (size_t i = 0; i < slots; i++) {
-            uint64_t s;
-            unsigned ch;
+            uint64_t s = 0;
+            unsigned ch = 0;
             if (codec_walk(d, v->u.seq.items[i], depth + 1, &s, &ch) < 0)
                 return -1;
             sum += s;
@@ -2350,8 +2350,8 @@ int pf_decode(pf_arena *a, const uint8_t *data, size_t len, pf_value **out, char
     d.stack_cap = d.stack ? 64 : 0;
     int rc = d.stack ? codec_run(&d, &root) : codec_nomem(&d);
     if (rc == 0) {
-        uint64_t size;
-        unsigned height;
+        uint64_t size = 0;
+        unsigned height = 0;
         d.op_at = NULL;
         rc = codec_walk(&d, root, 0, &size, &height);
         if (rc == 0 && size + 3 > PF_MAX_FRAME) /* + PROTO 4 and STOP */
@@ -3587,7 +3587,38 @@ static const char *id_python(const char *flag)
     const char *env = util_getenv("PYTEST_FAST_PYTHON");
     if (env)
         return env;
-    return PF_BUILD_PYTHON[0] ? PF_BUILD_PYTHON : "python3";
+    if (PF_BUILD_PYTHON[0] && access(PF_BUILD_PYTHON, X_OK) == 0)
+        return PF_BUILD_PYTHON;
+    /* Installed into a venv (pip): the interpreter beside this binary. */
+    snprintf(buf, sizeof buf, "%s", util_exe);
+    char *slash = strrchr(buf, '/');
+    if (slash && (size_t)(slash - buf) + 8 < sizeof buf) {
+        strcpy(slash, "/python");
+        if (access(buf, X_OK) == 0)
+            return buf;
+    }
+    /* Built by hand: the first pythonX.Y of the linked version on PATH that
+     * is a real interpreter (pyenv's shims are shell scripts). */
+    char name[32];
+    snprintf(name, sizeof name, "python%d.%d", PY_MAJOR_VERSION, PY_MINOR_VERSION);
+    const char *path = getenv("PATH");
+    for (const char *p = path ? path : "/usr/bin:/bin"; *p;) {
+        size_t n = strcspn(p, ":");
+        if (n && n + strlen(name) + 2 < sizeof buf) {
+            snprintf(buf, sizeof buf, "%.*s/%s", (int)n, p, name);
+            char head[2] = {0, 0};
+            int fd = open(buf, O_RDONLY | O_CLOEXEC);
+            bool script = fd >= 0 && read(fd, head, 2) == 2 && head[0] == '#' && head[1] == '!';
+            if (fd >= 0)
+                close(fd);
+            if (fd >= 0 && !script && access(buf, X_OK) == 0)
+                return buf;
+        }
+        p += n;
+        if (*p)
+            p++;
+    }
+    return "python3";
 }
 
 /* An absolute path for an interpreter name, without resolving symlinks:
