@@ -1982,7 +1982,7 @@ static int codec_run(codec_dec *d, pf_value **out)
 {
     const uint8_t *q;
     size_t n = 0, base = 0;
-    uint64_t idx;
+    uint64_t idx = 0;
     pf_value *t;
 
     while (d->p < d->end) {
