@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "reliability: faults, load and hostile input")
+    config.addinivalue_line("markers", "packaging: builds and installs the wheel (slow)")
     if not BIN.exists():
         raise pytest.UsageError(f"{BIN} does not exist: run ./build.sh first")
 

@@ -432,6 +432,10 @@ def main(argv=None):
                     help="per-combination test timeout in seconds (default 300 smoke, 1200 full)")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args(argv)
+    # The suites test Ctrl-C: the processes they start must not inherit an
+    # ignored SIGINT (a non-interactive shell's background job has it ignored).
+    # A handled signal is reset to the default across exec; an ignored one is not.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cc = os.environ.get("CC", "cc")
     timeout = args.timeout or (300 if args.smoke else 1200)
 

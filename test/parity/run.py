@@ -548,6 +548,39 @@ def render(rows: list[dict], setup_failures: list[tuple[str, str]], total: float
     return "\n".join(out) + "\n"
 
 
+def freeze(pkgs: list[Package]) -> int:
+    """Write constraints.txt: every distribution the packages' venvs hold, at
+    the version they hold, except the runner (pytest, pytest-xdist: pinned per
+    line) and the projects under test (pinned by their SPEC)."""
+    skip = {"pip", "setuptools", "wheel", *(req_name(r) for r in RUNNER_REQS)}
+    pins: dict[str, set[str]] = {}
+    for pkg in pkgs:
+        py = WORK / pkg.name / "venv" / "bin" / "python"
+        if not py.exists():
+            log(f"{pkg.name}: no venv yet; run the harness first")
+            continue
+        out = subprocess.run([str(py), "-m", "pip", "freeze", "--all"], capture_output=True,
+                             text=True, check=True).stdout
+        for line in out.splitlines():
+            if "==" not in line or line.startswith(("-e", "#")):
+                continue
+            name, version = line.split("==", 1)
+            if req_name(name) in skip or req_name(name) == req_name(pkg.dist):
+                continue
+            pins.setdefault(req_name(name), set()).add(version.strip())
+    lines = []
+    for name in sorted(pins):
+        if len(pins[name]) > 1:
+            log(f"{name}: venvs disagree ({', '.join(sorted(pins[name]))}): not pinned")
+            continue
+        lines.append(f"{name}=={next(iter(pins[name]))}")
+    path = HERE / "constraints.txt"
+    path.write_text("# Test dependencies of the parity packages, pinned (run.py --freeze).\n"
+                    + "\n".join(lines) + "\n")
+    log(f"wrote {path} ({len(lines)} pins)")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -562,6 +595,8 @@ def main() -> int:
                     help="pytest arguments appended for every package and contender "
                          "(diagnostics: e.g. to see past one known failure)")
     ap.add_argument("--list", action="store_true", help="print the parsed package list")
+    ap.add_argument("--freeze", action="store_true",
+                    help="write constraints.txt from the venvs the last run made")
     opts = ap.parse_args()
 
     pkgs = parse_packages(opts.packages)
@@ -577,6 +612,8 @@ def main() -> int:
             print(f"{p.name}: {p.spec} dir={p.subdir or '.'} args={p.args} reqs={p.reqs} "
                   f"install={p.install} env={p.env}")
         return 0
+    if opts.freeze:
+        return freeze(pkgs)
     if not BINARY.exists():
         sys.exit(f"parity: no binary at {BINARY} (./build.sh)")
     wanted = {c.strip() for c in opts.contenders.split(",") if c.strip()}
