@@ -7,6 +7,7 @@
 #   ./build.sh fuzz [S]   fuzz the pickle decoder for S seconds (default 600)
 #   ./build.sh demo       build and run the example project (test/example), cold then warm
 #   ./build.sh bench      benchmarks side by side (see bench/README.md)
+#   ./build.sh matrix     every CPython 3.9-3.13 here x pytest 7.4 / 8.x / 9.x (--smoke)
 #
 # PYTHON=/path/to/python overrides the interpreter choice; CC the compiler.
 set -euo pipefail
@@ -177,8 +178,13 @@ bench)
     pick_python
     exec "$PY" "$ROOT/bench/run.py" "$@"
     ;;
+matrix)
+    shift || true
+    pick_python
+    exec "$PY" "$ROOT/test/matrix.py" "$@"
+    ;;
 *)
-    sed -n '2,12p' "$0" >&2
+    sed -n '2,13p' "$0" >&2
     exit 2
     ;;
 esac

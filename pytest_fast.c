@@ -24,7 +24,7 @@
  *
  * Build: cc pytest_fast.c $(python3.X-config --cflags --embed --ldflags)
  */
-#define _GNU_SOURCE
+#define _GNU_SOURCE 1    /* as pyconfig.h defines it: an identical redefinition is silent */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 

@@ -83,7 +83,10 @@ def test_each_level_restarts_alone(project, tmp_path):
     # an installed package changes: the site level restarts (here: a module
     # the project imports appears on PYTHONPATH's site-packages-like dir)
     site = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(site)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(site)], check=True)
+    import site as site_module
+    sp = next((site / "lib").glob("python*/site-packages"))
+    (sp / "suite.pth").write_text("\n".join(site_module.getsitepackages()) + "\n")
     env = {"VIRTUAL_ENV": str(site)}
     r = project.fast(env=env)
     assert r.rc == 1, r

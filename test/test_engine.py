@@ -339,9 +339,12 @@ def test_env_changes_are_picked_up(project):
 
 def test_venv_interpreter(project, tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python*/site-packages"))
     (site / "onlyinvenv.py").write_text("MARK = 'venv'\n")
+    # pytest comes from the suite's own environment, whatever its base is
+    import site as site_module
+    (site / "suite.pth").write_text("\n".join(site_module.getsitepackages()) + "\n")
     project.write("tests/test_v.py", """
         import sys
         import onlyinvenv

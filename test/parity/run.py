@@ -326,9 +326,18 @@ def run_one(cmd: list[str], env: dict[str, str], cwd: Path, dump: Path, logfile:
     if res.rc is not None:
         try:
             res.outcomes = json.loads(dump.read_text())
-        except (OSError, ValueError) as exc:
-            res.note = f"no dump ({type(exc).__name__})"
+        except (OSError, ValueError):
+            res.note = f"no outcomes; log: {last_line(logfile)}"
     return res
+
+
+def last_line(logfile: Path) -> str:
+    """The log's last line that says something, e.g. the exception a run died of."""
+    lines = [l.strip() for l in logfile.read_text(errors="replace").splitlines()
+             if l.strip() and not l.startswith("[parity]") and not l.lstrip().startswith("^")]
+    raised = [l for l in lines if re.match(r"[\w.]*(Error|Warning|Exception|Exit)\b", l)]
+    text = (raised or lines or [""])[-1]
+    return text if len(text) <= 140 else text[:137] + "..."
 
 
 def daemon_files(address: str) -> list[Path]:
@@ -389,12 +398,14 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     setup_log = logs / "setup.log"
     setup_log.write_text("")
+    t_setup = time.monotonic()
     archive = fetch_sdist(pkg, pdir, setup_log)
     top = unpack(archive, pdir / "src")
     rundir = top / pkg.subdir if pkg.subdir else top
     if not rundir.is_dir():
         raise SetupError(f"{pkg.subdir} is not in the sdist")
     py = setup_venv(pkg, pdir, rundir, setup_log)
+    t_setup = time.monotonic() - t_setup
     shim = shim_dir()
     env = base_env(pkg, py, shim)
     digest = hashlib.sha1(str(pdir).encode()).hexdigest()[:8]
@@ -444,6 +455,28 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
         for name, addr in daemons.items():
             stop_daemon(addr, env, rundir, logs / "stop.log", logs / f"daemon-{name}.log")
 
+    (pdir / "results.json").write_text(json.dumps(
+        {k: {"rc": r.rc, "wall": r.wall, "note": r.note} for k, r in results.items()}, indent=1))
+    row = compare(pkg, results, known)
+    row["setup"] = t_setup
+    return row
+
+
+def load_results(pkg: Package) -> dict[str, Result]:
+    """The last run's results of pkg, for --report."""
+    pdir = WORK / pkg.name
+    saved = json.loads((pdir / "results.json").read_text())
+    results = {}
+    for key, d in saved.items():
+        r = Result(rc=d["rc"], wall=d["wall"], note=d["note"])
+        dump = pdir / "dumps" / f"{key}.json"
+        if r.rc is not None and dump.exists():
+            r.outcomes = json.loads(dump.read_text())
+        results[key] = r
+    return results
+
+
+def compare(pkg: Package, results: dict[str, Result], known: list[Known]) -> dict:
     oracle = results["pytest"]
     flaky: dict[str, tuple[str, str]] = {}
     rc_flaky = False
@@ -483,7 +516,7 @@ def cell(key: str, r: Result | None) -> str:
     if r is None:
         return "–"
     if r.rc is None or r.outcomes is None:
-        return f"n/a ({r.note})" if r.note else "n/a"
+        return f"**no result** (rc={r.rc})" if key in OURS else f"no result (rc={r.rc})"
     text = f"{r.wall:.1f}s"
     if key == "pytest":
         return f"{text} rc={r.rc}"
@@ -500,7 +533,7 @@ def cell(key: str, r: Result | None) -> str:
     return f"{text} " + (", ".join(marks) if marks else "✓")
 
 
-def render(rows: list[dict], setup_failures: list[tuple[str, str]], total: float) -> str:
+def render(rows: list[dict], setup_failures: list[tuple[str, str]], total: float | None) -> str:
     head = ["package", "version", "tests", "flaky"] + [t for _k, t in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -533,8 +566,10 @@ def render(rows: list[dict], setup_failures: list[tuple[str, str]], total: float
                 details.append(f"* {pkg.name} / {title}: ... and {len(r.mismatches) - MAX_LISTED} "
                                f"more (all in {WORK / pkg.name / 'logs' / (key + '.mismatches')})")
             if r.rc_mismatch:
+                log_file = WORK / pkg.name / "logs" / f"{key}.log"
+                said = last_line(log_file) if log_file.exists() else ""
                 details.append(f"* {pkg.name} / {title}: exit code {r.rc}, pytest {res['pytest'].rc}"
-                               f" — {verdict}")
+                               f" — {verdict}" + (f"; log: `{said}`" if said else ""))
             for nid, a, b, why in r.explained:
                 details.append(f"* {pkg.name} / {title}: `{nid}`: pytest {a}, this {b} — known: {why}")
             if r.note and (r.rc is None or r.outcomes is None):
@@ -544,7 +579,10 @@ def render(rows: list[dict], setup_failures: list[tuple[str, str]], total: float
         details.append(f"* {name}: setup failed: {why}")
     if details:
         out += ["## Details", "", *details, ""]
-    out.append(f"Total harness time: {total:.0f}s.")
+    if total is not None:
+        setup = sum(row.get("setup", 0.0) for row in rows)
+        out.append(f"Total harness time: {total:.0f}s, of which {setup:.0f}s fetching "
+                   "and installing (venvs are reused while their line is unchanged).")
     return "\n".join(out) + "\n"
 
 
@@ -595,6 +633,8 @@ def main() -> int:
                     help="pytest arguments appended for every package and contender "
                          "(diagnostics: e.g. to see past one known failure)")
     ap.add_argument("--list", action="store_true", help="print the parsed package list")
+    ap.add_argument("--report", action="store_true",
+                    help="run nothing: compare and print the last run's results again")
     ap.add_argument("--freeze", action="store_true",
                     help="write constraints.txt from the venvs the last run made")
     opts = ap.parse_args()
@@ -631,12 +671,16 @@ def main() -> int:
     t0 = time.monotonic()
     rows, failures = [], []
     for pkg in pkgs:
+        if opts.report:
+            if (WORK / pkg.name / "results.json").exists():
+                rows.append(compare(pkg, load_results(pkg), known))
+            continue
         try:
             rows.append(run_package(pkg, contenders, known))
         except SetupError as exc:
             log(f"{pkg.name}: {exc}")
             failures.append((pkg.name, str(exc)))
-    text = render(rows, failures, time.monotonic() - t0)
+    text = render(rows, failures, None if opts.report else time.monotonic() - t0)
     print(text)
     if str(opts.results) != "-":
         opts.results.write_text(text)
