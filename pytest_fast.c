@@ -3573,7 +3573,10 @@ static int id_peer_uid(int fd, uid_t *uid)
 }
 
 /* The interpreter that runs the tests: --python, else the active venv,
- * else PYTEST_FAST_PYTHON, else the one this binary was built for. */
+ * else PYTEST_FAST_PYTHON, else the one this binary was built for (if it
+ * still exists; a pip/uv build, meson.build, records none), else the
+ * `python` beside this binary (pip/uv: <venv>/bin/python of the environment
+ * it was installed into), else the linked pythonX.Y on PATH. */
 static const char *id_python(const char *flag)
 {
     static char buf[PATH_MAX];
@@ -4779,7 +4782,8 @@ static int zyg_check_version(const char *python)
         (major != PY_MAJOR_VERSION || minor != PY_MINOR_VERSION)) {
         fprintf(stderr,
                 "pytest-fast: %s is Python %d.%d, but this pytest-fast was built against "
-                "libpython %d.%d.\nRebuild it for that interpreter: PYTHON=%s ./build.sh\n",
+                "libpython %d.%d.\nRebuild it for that interpreter (PYTHON=%s ./build.sh), or pip/uv install "
+                "pytest-fast into that environment.\n",
                 python, major, minor, PY_MAJOR_VERSION, PY_MINOR_VERSION, python);
         return -1;
     }
@@ -8246,10 +8250,14 @@ static int cli_main(int argc, char **argv)
         return 4;
     }
     if (o.version) {
-        char pytest_version[128];
+        char pytest_version[128], linked[256];
         cli_pytest_version(python, pytest_version, sizeof pytest_version);
+        snprintf(linked, sizeof linked, "%s", Py_GetVersion());
+        for (char *p = linked; *p; p++)   /* 3.9's version string has a newline */
+            if (*p == '\n')
+                *p = ' ';
         printf("pytest-fast %s (protocol %d)\nlinked libpython %s\ninterpreter %s\npytest %s\n",
-               PF_VERSION, PF_PROTOCOL, Py_GetVersion(), python, pytest_version);
+               PF_VERSION, PF_PROTOCOL, linked, python, pytest_version);
         return 0;
     }
     if (!o.workers || o.print_workers) {
@@ -8268,7 +8276,8 @@ static int cli_main(int argc, char **argv)
     if (id_python_version(python, &major, &minor) && (major != PY_MAJOR_VERSION || minor != PY_MINOR_VERSION)) {
         fprintf(stderr,
                 "pytest-fast: %s is Python %d.%d, but this pytest-fast was built against libpython %d.%d.\n"
-                "Rebuild it for that interpreter: PYTHON=%s ./build.sh\n",
+                "Rebuild it for that interpreter (PYTHON=%s ./build.sh), or pip/uv install pytest-fast "
+                "into that environment.\n",
                 python, major, minor, PY_MAJOR_VERSION, PY_MINOR_VERSION, python);
         return 4;
     }

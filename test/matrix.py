@@ -12,7 +12,7 @@ failed.  Stdlib only: any python3 can run it.
 
     ./build.sh matrix                       # everything: here 17 combinations, 26 min
                                             # on 2 cores shared with other jobs
-    ./build.sh matrix --smoke               # a smoke subset per combination (~4 min)
+    ./build.sh matrix --smoke               # a smoke subset per combination (~5 min)
     ./build.sh matrix --smoke --skip-main   # ... minus the combination of ./.venv,
                                             # which `./build.sh test` runs in full
     ./build.sh matrix --only 3.12 --only 3.9.18-pytest7.4.4 -- -x   # pytest args after --

@@ -47,7 +47,14 @@ def popen(project, *args, env=None):
     return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "plugin", "--fast", *args],
                             cwd=project.path, env=project.env({**fast_env(project), **(env or {})}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+    # Python leaves SIGINT ignored when it starts ignored (a background job);
+    # the Ctrl-C tests need pytest's KeyboardInterrupt.
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 TIMING = re.compile(r" in \d+\.\d+s( \(\d+:\d\d:\d\d\))?")
