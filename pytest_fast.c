@@ -5224,6 +5224,47 @@ static const char *dmn_stale(dmn_zygote *z, char *why, size_t len)
     return NULL;
 }
 
+/* CPython trusts a .pyc whose source has the same mtime (in seconds) and
+ * size: an edit within the same second that keeps the size would import the
+ * old code.  Before re-collecting, drop the bytecode of every changed file
+ * (plain and pytest's rewritten forms, all under __pycache__). */
+static void dmn_purge_pyc(const char *path)
+{
+    size_t len = strlen(path);
+    const char *slash = strrchr(path, '/');
+    if (len < 4 || strcmp(path + len - 3, ".py") || !slash)
+        return;
+    char *dir = util_fmt("%.*s/__pycache__", (int)(slash - path), path);
+    char *stem = util_fmt("%.*s.", (int)(len - 3 - (size_t)(slash + 1 - path)), slash + 1);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (!strncmp(e->d_name, stem, strlen(stem)) && n > 4 && !strcmp(e->d_name + n - 4, ".pyc")) {
+            char *pyc = util_fmt("%s/%s", dir, e->d_name);
+            unlink(pyc);
+            free(pyc);
+        }
+    }
+    if (d)
+        closedir(d);
+    free(dir);
+    free(stem);
+}
+
+static void dmn_purge_changed(dmn_zygote *z)
+{
+    for (; z; z = z->parent)
+        for (size_t i = 0; i < z->nwatch; i++) {
+            dmn_watch now = z->watch[i];
+            dmn_watch_stat(&now);
+            if (!z->watch[i].dir && now.present &&
+                (now.mtime != z->watch[i].mtime || now.size != z->watch[i].size ||
+                 now.ino != z->watch[i].ino || now.ctime != z->watch[i].ctime))
+                dmn_purge_pyc(z->watch[i].path);
+        }
+}
+
 /* Record what the collection depends on: the modules the zygote imported,
  * the directories that were searched, the ini files and the watch list. */
 static void dmn_record_watch(dmn_zygote *z)
@@ -5770,6 +5811,8 @@ static void dmn_boot_advance(void)
  * the current tree below `from`. */
 static void dmn_boot_start(const dmn_ident *id, int from)
 {
+    if (dmn.cur)
+        dmn_purge_changed(dmn.cur);
     dmn.booting = true;
     dmn_ident_copy(&dmn.boot_id, id);
     dmn.boot_from_layers = dmn_layers_wanted(id);
