@@ -2,7 +2,9 @@
 # build.sh — build, test, fuzz and benchmark pytest-fast.
 #
 #   ./build.sh            build ./pytest-fast against the Python that can import pytest
-#   ./build.sh test       build, then run the C unit tests and the pytest suite
+#   ./build.sh test       build, then the C unit tests, a smoke run on every other
+#                         Python x pytest present (PF_NO_MATRIX=1 skips it) and the
+#                         whole pytest suite
 #   ./build.sh asan       the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   ./build.sh fuzz [S]   fuzz the pickle decoder for S seconds (default 600)
 #   ./build.sh demo       build and run the example project (test/example), cold then warm
@@ -140,6 +142,9 @@ test)
     shift || true
     test_env
     build
+    # The other CPython x pytest combinations present here get a smoke run;
+    # this one (./.venv) gets the whole suite, whose summary ends the output.
+    [ -n "${PF_NO_MATRIX:-}" ] || "$PY" "$ROOT/test/matrix.py" --smoke --skip-main
     run_tests "$BUILD" "$@"
     ;;
 asan)
@@ -184,7 +189,7 @@ matrix)
     exec "$PY" "$ROOT/test/matrix.py" "$@"
     ;;
 *)
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,15p' "$0" >&2
     exit 2
     ;;
 esac
