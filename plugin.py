@@ -73,7 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fast-timeout", metavar="SECONDS", default=None,
                     help="per-test timeout, 0 = off (or $PYTEST_FAST_TIMEOUT)")
     group.addoption("--fast-watch", action="store_true", default=False,
-                    help="pre-warm the daemon on file changes (not available yet)")
+                    help="pre-warm: the daemon re-collects in the background as soon as "
+                         "files change (or PYTEST_FAST_WATCH=1)")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -98,8 +99,6 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def _refuse_unsupported(config: pytest.Config, ns: argparse.Namespace) -> None:
-    if ns.fast_watch:
-        raise pytest.UsageError("--fast-watch is not available yet in pytest-fast")
     if getattr(ns, "numprocesses", None) not in (None, 0) or getattr(ns, "dist", "no") != "no":
         raise pytest.UsageError("--fast runs its own workers: use --fast-workers N "
                                 "instead of pytest-xdist's -n/--numprocesses/--dist")
@@ -240,6 +239,7 @@ class Daemon:
             "cwd": str(config.invocation_params.dir), "fp": self.fingerprint,
             "python": sys.executable, "workers": self.workers, "timeout": timeout,
             "stream": True, "color": bool(tw and tw.hasmarkup),
+            "watch": bool(config.getoption("fast_watch", False)),
         }
         body = pickle.dumps(req, protocol=5)
         sys.stdout.flush()

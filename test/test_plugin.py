@@ -632,7 +632,6 @@ def test_inert_in_the_zygote_even_with_fast(project):
     (["--setup-show"], "--setup-show"),
     (["--log-cli-level=INFO"], "--log-cli-level"),
     (["-p", "fakecov", "--cov=app"], "--cov"),
-    (["--fast-watch"], "not available yet"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_refused_options(project, args, needle):
     if args[0] in ("-n", "--dist"):
@@ -753,3 +752,10 @@ def test_forwarded_args_drop_only_the_plugins_own():
                                             "tests/x.py::TestA::test_b[1]", "--", "--fast"]
     finally:
         mod.PLUGIN_NAMES = set(names)
+
+
+def test_fast_watch_turns_the_watcher_on(project):
+    project.write("tests/test_a.py", "def test_a():\n    pass\n")
+    r = fast(project, "--fast-watch", "-q")
+    assert r.rc == 0, r
+    assert "watcher  : on" in project.status().stdout
