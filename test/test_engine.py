@@ -206,19 +206,22 @@ def test_crashes_and_timeout_match_xdist(project):
     assert x.dump["tests/test_crash.py::test_segfault"] == "failed"
 
 
+EXIT_MODULE = """
+    import pytest
+
+    def test_a():
+        pass
+
+    def test_b():
+        pytest.exit("enough", returncode=7)
+
+    def test_c():
+        pass
+"""
+
+
 def test_pytest_exit_stops_the_run(project):
-    project.write("tests/test_exit.py", """
-        import pytest
-
-        def test_a():
-            pass
-
-        def test_b():
-            pytest.exit("enough", returncode=7)
-
-        def test_c():
-            pass
-    """)
+    project.write("tests/test_exit.py", EXIT_MODULE)
     oracle = project.pytest()
     r = project.fast("--workers", "1")
     assert r.rc == oracle.rc == 7

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, HERE, ROOT, Result
-from test_engine import PARITY, write_all
+from test_engine import EXIT_MODULE, PARITY, write_all
 
 PYTHONPATH = os.pathsep.join([str(ROOT), str(HERE)])
 
@@ -455,18 +455,7 @@ def test_selection(project, args):
 
 
 def test_pytest_exit_in_a_test(project):
-    project.write("tests/test_exit.py", """
-        import pytest
-
-        def test_a():
-            pass
-
-        def test_b():
-            pytest.exit("enough", returncode=7)
-
-        def test_c():
-            pass
-    """)
+    project.write("tests/test_exit.py", EXIT_MODULE)
     oracle = project.pytest("-v")
     ours = fast(project, "-v", env={"PYTEST_FAST_WORKERS": "1"})
     assert ours.rc == oracle.rc == 7
