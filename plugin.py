@@ -91,6 +91,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         reply = daemon.request("options", early_config, timeout)
     except DaemonGone as exc:
         raise pytest.UsageError(str(exc)) from None
+    daemon.close()
     if reply["op"] != "options":
         _early_exit(reply)
     _declare_options(parser, reply["options"])
@@ -221,6 +222,7 @@ class Daemon:
 
     def request(self, op: str, config: pytest.Config, timeout: float) -> dict[str, Any]:
         """Send one request; return its first reply that is not a note."""
+        self.close()   # one request per connection: the previous one is over
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(self.address)

@@ -4322,7 +4322,7 @@ static const char zyg_glue[] =
     "    while level < 2:\n"
     "        # A site or project zygote: preload, report, then wait to be forked\n"
     "        # into the level above.\n"
-    "        new, failed = _preload(plan[\"modules\"])\n"
+    "        new, failed = _preload(plan[\"modules\"], plan.get(\"blocked\") or ())\n"
     "        _send(fd, {\"op\": \"level\", \"level\": level, \"files\": _module_files(new), \"failed\": failed,\n"
     "                   \"dirs\": _site_dirs() if level == 0 else []})\n"
     "        fd, plan = _await_fork(fd)\n"
@@ -4365,20 +4365,38 @@ static const char zyg_glue[] =
     "_PRELOAD_WARNINGS = []\n"
     "\n"
     "\n"
-    "def _preload(names):\n"
+    "class _Blocker:\n"
+    "    \"\"\"While preloading, modules pytest will want to rewrite must not be\n"
+    "    imported: a preload that needs one fails and is left to pytest.\"\"\"\n"
+    "\n"
+    "    def __init__(self, roots):\n"
+    "        self.roots = frozenset(roots)\n"
+    "\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name in self.roots or name.partition(\".\")[0] in self.roots:\n"
+    "            raise ImportError(\"pytest-fast: %s is left to pytest's assertion rewriting\" % name)\n"
+    "        return None\n"
+    "\n"
+    "\n"
+    "def _preload(names, blocked):\n"
     "    import importlib\n"
     "    import warnings\n"
     "    before = set(sys.modules)\n"
     "    failed = 0\n"
-    "    with warnings.catch_warnings(record=True) as caught:\n"
-    "        warnings.simplefilter(\"always\")\n"
-    "        for name in names:\n"
-    "            if name in sys.modules:\n"
-    "                continue\n"
-    "            try:\n"
-    "                importlib.import_module(name)\n"
-    "            except BaseException:\n"
-    "                failed += 1   # left to the normal import\n"
+    "    blocker = _Blocker(blocked)\n"
+    "    sys.meta_path.insert(0, blocker)\n"
+    "    try:\n"
+    "        with warnings.catch_warnings(record=True) as caught:\n"
+    "            warnings.simplefilter(\"always\")\n"
+    "            for name in names:\n"
+    "                if name in sys.modules:\n"
+    "                    continue\n"
+    "                try:\n"
+    "                    importlib.import_module(name)\n"
+    "                except BaseException:\n"
+    "                    failed += 1   # left to the normal import\n"
+    "    finally:\n"
+    "        sys.meta_path.remove(blocker)\n"
     "    _PRELOAD_WARNINGS.extend(caught)\n"
     "    new = [name for name in sys.modules if name not in before]\n"
     "    _PRELOADED.update(new)\n"
@@ -4400,6 +4418,31 @@ static const char zyg_glue[] =
     "                   if p and os.path.isdir(p) and p.rstrip(os.sep).endswith((\"site-packages\", \"dist-packages\"))})\n"
     "\n"
     "\n"
+    "def _rewrite_roots(config):\n"
+    "    \"\"\"Top-level names pytest marks for assertion rewriting: every package of\n"
+    "    a distribution that provides a pytest11 plugin, and what conftests\n"
+    "    registered.  Preloading one would make pytest warn that it \"cannot be\n"
+    "    rewritten\" (an error under -W error).\"\"\"\n"
+    "    roots = set()\n"
+    "    try:\n"
+    "        from importlib import metadata\n"
+    "        for dist in metadata.distributions():\n"
+    "            if not any(ep.group == \"pytest11\" for ep in dist.entry_points):\n"
+    "                continue\n"
+    "            for f in dist.files or ():\n"
+    "                top = str(f).split(\"/\")[0]\n"
+    "                if top.endswith(\".py\"):\n"
+    "                    top = top[:-3]\n"
+    "                if top and not top.endswith((\".dist-info\", \".egg-info\", \".pth\")) and top != \"..\":\n"
+    "                    roots.add(top)\n"
+    "    except Exception:\n"
+    "        pass\n"
+    "    for hook in sys.meta_path:\n"
+    "        if type(hook).__name__ == \"AssertionRewritingHook\":\n"
+    "            roots.update(getattr(hook, \"_must_rewrite\", None) or ())\n"
+    "    return roots\n"
+    "\n"
+    "\n"
     "def _plan(config):\n"
     "    \"\"\"The modules this collection imported, in first-import order, split\n"
     "    into what the site and project levels may preload next time.  Modules\n"
@@ -4411,11 +4454,14 @@ static const char zyg_glue[] =
     "        patterns = list(config.getini(\"python_files\"))\n"
     "    except Exception:\n"
     "        patterns = [\"test_*.py\", \"*_test.py\"]\n"
+    "    rewritten = _rewrite_roots(config)\n"
     "    site, project = [], []\n"
     "    for name, mod in list(sys.modules.items()):\n"
     "        if name in (\"__main__\", \"__mp_main__\") or name.startswith(\"_pytest_fast\"):\n"
     "            continue\n"
     "        if type(getattr(mod, \"__loader__\", None)).__name__ == \"AssertionRewritingHook\":\n"
+    "            continue\n"
+    "        if name.partition(\".\")[0] in rewritten or name in rewritten:\n"
     "            continue\n"
     "        f = getattr(mod, \"__file__\", None)\n"
     "        if not f:\n"
@@ -4427,7 +4473,7 @@ static const char zyg_glue[] =
     "            site.append(name)\n"
     "        elif base != \"conftest.py\" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):\n"
     "            project.append(name)\n"
-    "    return {\"site\": site, \"project\": project}\n"
+    "    return {\"site\": site, \"project\": project, \"rewrite\": sorted(rewritten)}\n"
     "\n"
     "\n"
     "_NORECURSE = (\"*.egg\", \".*\", \"_darcs\", \"build\", \"CVS\", \"dist\", \"node_modules\", \"venv\", \"{arch}\",\n"
@@ -5043,7 +5089,7 @@ static struct {
     dmn_zygote *bchain[3];      /* the tree being built, by level */
     unsigned level_boots[3];
     bool layers_broken;
-    util_strv plan[2];          /* preload lists: site, project */
+    util_strv plan[3];          /* preload lists: site, project; then what pytest rewrites */
     char plan_key[65];
     bool watching;
     double watch_poll, watch_debounce, stale_since, next_poll;
@@ -5484,8 +5530,8 @@ static void dmn_plan_load(const dmn_ident *id)
     dmn_plan_key(id, key);
     if (!strcmp(key, dmn.plan_key))
         return;
-    util_strv_free(&dmn.plan[0]);
-    util_strv_free(&dmn.plan[1]);
+    for (int l = 0; l < 3; l++)
+        util_strv_free(&dmn.plan[l]);
     snprintf(dmn.plan_key, sizeof dmn.plan_key, "%s", key);
     char *path = id_sibling(dmn.address, ".layers");
     char *text = util_read_file(path, 16u << 20);
@@ -5502,8 +5548,8 @@ static void dmn_plan_load(const dmn_ident *id)
             ours = !strncmp(line, "pytest-fast-layers 1 ", 21) && !strcmp(line + 21, key);
             if (!ours)
                 break;
-        } else if ((line[0] == 's' || line[0] == 'p') && line[1] == ' ' && line[2]) {
-            util_strv_push(&dmn.plan[line[0] == 's' ? 0 : 1], line + 2);
+        } else if ((line[0] == 's' || line[0] == 'p' || line[0] == 'r') && line[1] == ' ' && line[2]) {
+            util_strv_push(&dmn.plan[line[0] == 's' ? 0 : line[0] == 'p' ? 1 : 2], line + 2);
         }
     }
     free(text);
@@ -5515,15 +5561,16 @@ static void dmn_plan_save(dmn_zygote *z)
     const pf_value *pre = pf_dict_get(z->ready, "preload");
     if (!pre)
         return;
-    util_strv lists[2] = {{0}, {0}};
+    util_strv lists[3] = {{0}, {0}, {0}};
     if (!util_value_strv(pf_dict_get(pre, "site"), &lists[0]) ||
-        !util_value_strv(pf_dict_get(pre, "project"), &lists[1])) {
-        util_strv_free(&lists[0]);
-        util_strv_free(&lists[1]);
+        !util_value_strv(pf_dict_get(pre, "project"), &lists[1]) ||
+        !util_value_strv(pf_dict_get(pre, "rewrite"), &lists[2])) {
+        for (int l = 0; l < 3; l++)
+            util_strv_free(&lists[l]);
         return;
     }
     dmn_plan_key(&z->id, dmn.plan_key);
-    for (int l = 0; l < 2; l++) {
+    for (int l = 0; l < 3; l++) {
         util_strv_free(&dmn.plan[l]);
         dmn.plan[l] = lists[l];
     }
@@ -5533,9 +5580,9 @@ static void dmn_plan_save(dmn_zygote *z)
     FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (f) {
         fprintf(f, "pytest-fast-layers 1 %s\n", dmn.plan_key);
-        for (int l = 0; l < 2; l++)
+        for (int l = 0; l < 3; l++)
             for (size_t i = 0; i < dmn.plan[l].n; i++)
-                fprintf(f, "%c %s\n", l ? 'p' : 's', dmn.plan[l].v[i]);
+                fprintf(f, "%c %s\n", "spr"[l], dmn.plan[l].v[i]);
         if (fclose(f) == 0)
             rename(tmp, path);
         else
@@ -5646,6 +5693,7 @@ static dmn_zygote *dmn_exec_root(int level, const dmn_ident *id, char *err, size
     pf_value *plan = util_msg(a, "plan");
     util_set(a, plan, "level", pf_new_int(a, level));
     util_set(a, plan, "modules", dmn_plan_value(a, level));
+    util_set(a, plan, "blocked", util_strv_value(a, &dmn.plan[2]));
     pf_send_value(z->fd, plan);
     pf_arena_free(a);
     dmn_plan_stamp(z);
@@ -5669,6 +5717,7 @@ static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
     pf_value *msg = util_msg(a, "fork");
     util_set(a, msg, "level", pf_new_int(a, level));
     util_set(a, msg, "modules", dmn_plan_value(a, level));
+    util_set(a, msg, "blocked", util_strv_value(a, &dmn.plan[2]));
     pf_buf b = {0};
     int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(parent->fd, b.data, b.len, &sv[1], 1) : -1;
     pf_buf_free(&b);

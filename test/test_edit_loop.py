@@ -178,3 +178,26 @@ def test_watcher_prewarms_and_survives_broken_edits(project):
     o = project.pytest()
     assert r.rc == o.rc, (r, o)
     assert "conftest is broken" in r.err + r.out
+
+
+def test_preloading_leaves_rewritten_modules_to_pytest(project):
+    """A module pytest will rewrite is never preloaded, not even as the
+    import of a preloadable module: pytest would warn "Module already
+    imported so cannot be rewritten", an error under filterwarnings=error."""
+    project.write("pytest.ini", "[pytest]\nfilterwarnings = error\n")
+    project.write("conftest.py", "import pytest\npytest.register_assert_rewrite('checks')\n")
+    project.write("checks.py", "def check(x):\n    assert x == 1\n")
+    project.write("mylib.py", "import checks\nX = 1\n")
+    project.write("tests/test_a.py", """
+        import mylib
+
+        def test_ok():
+            mylib.checks.check(mylib.X)
+    """)
+    assert project.fast().rc == 0
+    wait_for(lambda: "on (preloading)" in project.status().stdout and
+             "zygote   : ready" in project.status().stdout, what="the preloading layers")
+    touch_edit(project.path / "tests/test_a.py", "test_ok", "test_ok")
+    r = project.fast()
+    assert r.rc == 0, r
+    assert r.dump == project.pytest().dump == {"tests/test_a.py::test_ok": "passed"}
