@@ -147,7 +147,8 @@ def project(tmp_path):
     try:
         proj.assert_no_orphans()
     finally:
-        shutil.rmtree(sockdir, ignore_errors=True)
+        if not os.environ.get("PF_KEEP_SOCKDIR"):   # keep the daemon's log to debug
+            shutil.rmtree(sockdir, ignore_errors=True)
 
 
 # The example project and the fuzz corpus are data, not part of this suite.
