@@ -7200,6 +7200,17 @@ static bool dmn_bool(const pf_value *req, const char *key)
     return v && v->kind == PF_BOOL && v->u.b;
 }
 
+/* Answer c with a bare message, then leave the loop (and shut down). */
+static void dmn_reply_and_stop(dmn_conn *c, const char *op, const char *why)
+{
+    pf_arena *a = pf_arena_new(0);
+    dmn_send(c, util_msg(a, op));
+    pf_arena_free(a);
+    dmn_conn_drop(c);
+    dmn.stopping = true;
+    util_log("%s", why);
+}
+
 /* A complete request frame arrived on connection c. */
 static void dmn_request(dmn_conn *c)
 {
@@ -7263,12 +7274,7 @@ static void dmn_request(dmn_conn *c)
         return;
     }
     if (!strcmp(op, "stop")) {
-        pf_arena *a = pf_arena_new(0);
-        dmn_send(c, util_msg(a, "bye"));
-        pf_arena_free(a);
-        dmn_conn_drop(c);
-        dmn.stopping = true;
-        util_log("stop requested");
+        dmn_reply_and_stop(c, "bye", "stop requested");
         return;
     }
     if (strcmp(op, "run") != 0 && strcmp(op, "options") != 0) {
@@ -7279,12 +7285,8 @@ static void dmn_request(dmn_conn *c)
     const char *build = pf_dict_str(req, "build");
     if (build && strcmp(build, util_build) != 0) {
         /* The client is a rebuilt binary: make way for a daemon of its own. */
-        pf_arena *a = pf_arena_new(0);
-        dmn_send(c, util_msg(a, "restart"));
-        pf_arena_free(a);
-        dmn_conn_drop(c);
-        dmn.stopping = true;
-        util_log("a client runs another build of pytest-fast; exiting so it can start its own");
+        dmn_reply_and_stop(c, "restart", "a client runs another build of pytest-fast; "
+                                         "exiting so it can start its own");
         return;
     }
     util_strv args = {0};
