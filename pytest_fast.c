@@ -5163,7 +5163,9 @@ static void dmn_conn_drop(dmn_conn *c)
 
 /* Names in a directory that decide collection: Python files, packages and
  * subdirectories, pytest's config files; dotfiles (editor swap files) and
- * caches do not count, so saving in an editor does not re-collect. */
+ * caches do not count, so saving in an editor does not re-collect.  Nor does
+ * the temporary directory pytest renames into .pytest_cache, which a
+ * concurrent run's leader may hold open for a moment. */
 static bool dmn_listing(const char *dir, char out[65])
 {
     DIR *d = opendir(dir);
@@ -5174,7 +5176,7 @@ static bool dmn_listing(const char *dir, char out[65])
     while ((e = readdir(d))) {
         const char *n = e->d_name;
         size_t len = strlen(n);
-        if (n[0] == '.' || !strcmp(n, "__pycache__"))
+        if (n[0] == '.' || !strcmp(n, "__pycache__") || !strncmp(n, "pytest-cache-files-", 19))
             continue;
         bool isdir = e->d_type == DT_DIR;
         if (e->d_type == DT_UNKNOWN) {

@@ -318,6 +318,23 @@ def test_edits_are_picked_up(project):
     assert r.dump == project.pytest().dump
 
 
+def test_names_that_do_not_decide_collection_keep_it_warm(project):
+    project.write("tests/test_a.py", "def test_a():\n    pass\n")
+    assert project.fast().dump == {"tests/test_a.py::test_a": "passed"}
+    # pytest creates .pytest_cache by renaming a pytest-cache-files-* directory
+    # (a concurrent run's leader may be in the middle of it); editors leave
+    # dotfiles; __pycache__ is bytecode
+    time.sleep(0.01)
+    (project.path / "pytest-cache-files-x1y2").mkdir()
+    (project.path / "tests/.test_a.py.swp").write_text("swap")
+    (project.path / "tests/__pycache__").mkdir(exist_ok=True)
+    r = project.fast()
+    assert r.dump == {"tests/test_a.py::test_a": "passed"} and "re-collecting" not in r.err, r
+    (project.path / "pkg").mkdir()
+    r = project.fast()
+    assert "re-collecting" in r.err and "files added or removed" in r.err, r
+
+
 def test_env_changes_are_picked_up(project):
     project.write("conftest.py", """
         import os

@@ -475,7 +475,9 @@ def test_kill9_daemon_mid_run(project):
     assert "daemon" in c.err and project.address[:-5] + ".log" in c.err, c
     # zygote, leader and workers die with the daemon: nothing of the old tree is left
     project.assert_no_orphans(timeout=CLEAR_WITHIN)
-    assert not alive(victim) and not alive(st["zygote_pid"])
+    # an exiting process has already lost its environment (so it is no longer
+    # "marked") but is not yet a zombie: wait for the exit to complete
+    wait_for(lambda: not alive(victim) and not alive(st["zygote_pid"]), CLEAR_WITHIN, "the old tree to exit")
     next_run_works(project, sync, warm=False)        # the stale socket is replaced
     assert status(project)["pid"] != st["pid"]
 
