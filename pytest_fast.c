@@ -4322,7 +4322,7 @@ static const char zyg_glue[] =
     "    while level < 2:\n"
     "        # A site or project zygote: preload, report, then wait to be forked\n"
     "        # into the level above.\n"
-    "        new, failed = _preload(plan[\"modules\"], plan.get(\"blocked\") or ())\n"
+    "        new, failed = _preload(plan[\"modules\"], plan.get(\"rewrite\") or ())\n"
     "        _send(fd, {\"op\": \"level\", \"level\": level, \"files\": _module_files(new), \"failed\": failed,\n"
     "                   \"dirs\": _site_dirs() if level == 0 else []})\n"
     "        fd, plan = _await_fork(fd)\n"
@@ -4366,25 +4366,81 @@ static const char zyg_glue[] =
     "\n"
     "\n"
     "class _Blocker:\n"
-    "    \"\"\"While preloading, modules pytest will want to rewrite must not be\n"
+    "    \"\"\"While preloading, when pytest's import hook cannot be reproduced (a\n"
+    "    pytest whose internals differ), modules it would rewrite must not be\n"
     "    imported: a preload that needs one fails and is left to pytest.\"\"\"\n"
     "\n"
-    "    def __init__(self, roots):\n"
-    "        self.roots = frozenset(roots)\n"
+    "    def __init__(self, marked):\n"
+    "        self.marked = tuple(marked)\n"
     "\n"
     "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name in self.roots or name.partition(\".\")[0] in self.roots:\n"
+    "        if _is_marked(name, self.marked):\n"
     "            raise ImportError(\"pytest-fast: %s is left to pytest's assertion rewriting\" % name)\n"
     "        return None\n"
     "\n"
     "\n"
-    "def _preload(names, blocked):\n"
+    "def _is_marked(name, marked):\n"
+    "    return any(name == m or name.startswith(m + \".\") for m in marked)\n"
+    "\n"
+    "\n"
+    "class _RewriteConfig:\n"
+    "    \"\"\"What pytest's import hook reads of a Config, as the collection that\n"
+    "    wrote the plan had it; it is also the hook's (silent) assertion state.\"\"\"\n"
+    "\n"
+    "    def __init__(self, fnpats, pass_hook, key):\n"
+    "        self.stash = {key: self}\n"
+    "        self.ini = {\"python_files\": fnpats, \"enable_assertion_pass_hook\": pass_hook}\n"
+    "\n"
+    "    def getini(self, name):\n"
+    "        return self.ini[name]\n"
+    "\n"
+    "    def trace(self, *args):\n"
+    "        pass\n"
+    "\n"
+    "\n"
+    "def _preload_hook(rewrite):\n"
+    "    \"\"\"The finder that imports preloads the way pytest's session would:\n"
+    "    modules pytest rewrites (plugins' packages, register_assert_rewrite\n"
+    "    names, test-like files) go through pytest's own AssertionRewritingHook,\n"
+    "    set up as the last collection's was, so the code, the cached pyc and the\n"
+    "    module's loader are what pytest's import makes (and pytest does not warn\n"
+    "    that it cannot rewrite them).  None when pytest does not rewrite.\"\"\"\n"
+    "    if \":rewrite\" not in rewrite:\n"
+    "        return None\n"
+    "    marked = [m for m in rewrite if not m.startswith(\":\")]\n"
+    "    try:\n"
+    "        from _pytest.assertion.rewrite import AssertionRewritingHook, assertstate_key\n"
+    "        fnpats = [m[len(\":python_files \"):] for m in rewrite if m.startswith(\":python_files \")]\n"
+    "        hook = AssertionRewritingHook(_RewriteConfig(fnpats, \":assertion_pass_hook\" in rewrite,\n"
+    "                                                     assertstate_key))\n"
+    "        hook._must_rewrite.update(marked)\n"
+    "        return hook\n"
+    "    except Exception:\n"
+    "        return _Blocker(marked)\n"
+    "\n"
+    "\n"
+    "def _rewrite_settings(config):\n"
+    "    \"\"\"How this session's assertion rewriting is set up, for the next\n"
+    "    boot's preloads: [] when pytest rewrites nothing (--assert=plain).\"\"\"\n"
+    "    from _pytest.assertion.rewrite import AssertionRewritingHook\n"
+    "    for hook in sys.meta_path:\n"
+    "        if isinstance(hook, AssertionRewritingHook):\n"
+    "            out = [\":rewrite\"]\n"
+    "            if config.getini(\"enable_assertion_pass_hook\"):\n"
+    "                out.append(\":assertion_pass_hook\")\n"
+    "            out += [\":python_files \" + p for p in hook.fnpats]\n"
+    "            return out + sorted(hook._must_rewrite)\n"
+    "    return []\n"
+    "\n"
+    "\n"
+    "def _preload(names, rewrite):\n"
     "    import importlib\n"
     "    import warnings\n"
     "    before = set(sys.modules)\n"
     "    failed = 0\n"
-    "    blocker = _Blocker(blocked)\n"
-    "    sys.meta_path.insert(0, blocker)\n"
+    "    hook = _preload_hook(rewrite)\n"
+    "    if hook is not None:\n"
+    "        sys.meta_path.insert(0, hook)\n"
     "    try:\n"
     "        with warnings.catch_warnings(record=True) as caught:\n"
     "            warnings.simplefilter(\"always\")\n"
@@ -4396,7 +4452,8 @@ static const char zyg_glue[] =
     "                except BaseException:\n"
     "                    failed += 1   # left to the normal import\n"
     "    finally:\n"
-    "        sys.meta_path.remove(blocker)\n"
+    "        if hook is not None:\n"
+    "            sys.meta_path.remove(hook)\n"
     "    _PRELOAD_WARNINGS.extend(caught)\n"
     "    new = [name for name in sys.modules if name not in before]\n"
     "    _PRELOADED.update(new)\n"
@@ -4418,51 +4475,26 @@ static const char zyg_glue[] =
     "                   if p and os.path.isdir(p) and p.rstrip(os.sep).endswith((\"site-packages\", \"dist-packages\"))})\n"
     "\n"
     "\n"
-    "def _rewrite_roots(config):\n"
-    "    \"\"\"Top-level names pytest marks for assertion rewriting: every package of\n"
-    "    a distribution that provides a pytest11 plugin, and what conftests\n"
-    "    registered.  Preloading one would make pytest warn that it \"cannot be\n"
-    "    rewritten\" (an error under -W error).\"\"\"\n"
-    "    roots = set()\n"
-    "    try:\n"
-    "        from importlib import metadata\n"
-    "        for dist in metadata.distributions():\n"
-    "            if not any(ep.group == \"pytest11\" for ep in dist.entry_points):\n"
-    "                continue\n"
-    "            for f in dist.files or ():\n"
-    "                top = str(f).split(\"/\")[0]\n"
-    "                if top.endswith(\".py\"):\n"
-    "                    top = top[:-3]\n"
-    "                if top and not top.endswith((\".dist-info\", \".egg-info\", \".pth\")) and top != \"..\":\n"
-    "                    roots.add(top)\n"
-    "    except Exception:\n"
-    "        pass\n"
-    "    for hook in sys.meta_path:\n"
-    "        if type(hook).__name__ == \"AssertionRewritingHook\":\n"
-    "            roots.update(getattr(hook, \"_must_rewrite\", None) or ())\n"
-    "    return roots\n"
-    "\n"
-    "\n"
     "def _plan(config):\n"
     "    \"\"\"The modules this collection imported, in first-import order, split\n"
-    "    into what the site and project levels may preload next time.  Modules\n"
-    "    pytest rewrites (test modules, conftests, plugins) are never preloaded.\"\"\"\n"
+    "    into what the site and project levels may preload next time.  Test\n"
+    "    modules and conftests stay with the collection: pytest imports them.\"\"\"\n"
     "    import fnmatch\n"
+    "    from _pytest.assertion.rewrite import AssertionRewritingHook\n"
     "    site_dirs = tuple(p + os.sep for p in _site_dirs())\n"
     "    std = _stdlib_dirs()\n"
     "    try:\n"
     "        patterns = list(config.getini(\"python_files\"))\n"
     "    except Exception:\n"
     "        patterns = [\"test_*.py\", \"*_test.py\"]\n"
-    "    rewritten = _rewrite_roots(config)\n"
+    "    rewrite = _rewrite_settings(config)\n"
+    "    marked = [m for m in rewrite if not m.startswith(\":\")]\n"
     "    site, project = [], []\n"
     "    for name, mod in list(sys.modules.items()):\n"
     "        if name in (\"__main__\", \"__mp_main__\") or name.startswith(\"_pytest_fast\"):\n"
     "            continue\n"
-    "        if type(getattr(mod, \"__loader__\", None)).__name__ == \"AssertionRewritingHook\":\n"
-    "            continue\n"
-    "        if name.partition(\".\")[0] in rewritten or name in rewritten:\n"
-    "            continue\n"
+    "        if isinstance(getattr(mod, \"__loader__\", None), AssertionRewritingHook) and not _is_marked(name, marked):\n"
+    "            continue   # rewritten as a test module, a conftest or a file named on the command line\n"
     "        f = getattr(mod, \"__file__\", None)\n"
     "        if not f:\n"
     "            site.append(name)\n"
@@ -4473,7 +4505,7 @@ static const char zyg_glue[] =
     "            site.append(name)\n"
     "        elif base != \"conftest.py\" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):\n"
     "            project.append(name)\n"
-    "    return {\"site\": site, \"project\": project, \"rewrite\": sorted(rewritten)}\n"
+    "    return {\"site\": site, \"project\": project, \"rewrite\": rewrite}\n"
     "\n"
     "\n"
     "_NORECURSE = (\"*.egg\", \".*\", \"_darcs\", \"build\", \"CVS\", \"dist\", \"node_modules\", \"venv\", \"{arch}\",\n"
@@ -5089,7 +5121,7 @@ static struct {
     dmn_zygote *bchain[3];      /* the tree being built, by level */
     unsigned level_boots[3];
     bool layers_broken;
-    util_strv plan[3];          /* preload lists: site, project; then what pytest rewrites */
+    util_strv plan[3];          /* preload lists: site, project; then how pytest rewrites */
     char plan_key[65];
     bool watching;
     double watch_poll, watch_debounce, stale_since, next_poll;
@@ -5547,7 +5579,7 @@ static void dmn_plan_load(const dmn_ident *id)
         if (next)
             *next++ = 0;
         if (line == text) {
-            ours = !strncmp(line, "pytest-fast-layers 1 ", 21) && !strcmp(line + 21, key);
+            ours = !strncmp(line, "pytest-fast-layers 2 ", 21) && !strcmp(line + 21, key);
             if (!ours)
                 break;
         } else if ((line[0] == 's' || line[0] == 'p' || line[0] == 'r') && line[1] == ' ' && line[2]) {
@@ -5581,7 +5613,7 @@ static void dmn_plan_save(dmn_zygote *z)
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (f) {
-        fprintf(f, "pytest-fast-layers 1 %s\n", dmn.plan_key);
+        fprintf(f, "pytest-fast-layers 2 %s\n", dmn.plan_key);
         for (int l = 0; l < 3; l++)
             for (size_t i = 0; i < dmn.plan[l].n; i++)
                 fprintf(f, "%c %s\n", "spr"[l], dmn.plan[l].v[i]);
@@ -5695,7 +5727,7 @@ static dmn_zygote *dmn_exec_root(int level, const dmn_ident *id, char *err, size
     pf_value *plan = util_msg(a, "plan");
     util_set(a, plan, "level", pf_new_int(a, level));
     util_set(a, plan, "modules", dmn_plan_value(a, level));
-    util_set(a, plan, "blocked", util_strv_value(a, &dmn.plan[2]));
+    util_set(a, plan, "rewrite", util_strv_value(a, &dmn.plan[2]));
     pf_send_value(z->fd, plan);
     pf_arena_free(a);
     dmn_plan_stamp(z);
@@ -5719,7 +5751,7 @@ static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
     pf_value *msg = util_msg(a, "fork");
     util_set(a, msg, "level", pf_new_int(a, level));
     util_set(a, msg, "modules", dmn_plan_value(a, level));
-    util_set(a, msg, "blocked", util_strv_value(a, &dmn.plan[2]));
+    util_set(a, msg, "rewrite", util_strv_value(a, &dmn.plan[2]));
     pf_buf b = {0};
     int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(parent->fd, b.data, b.len, &sv[1], 1) : -1;
     pf_buf_free(&b);

@@ -180,24 +180,47 @@ def test_watcher_prewarms_and_survives_broken_edits(project):
     assert "conftest is broken" in r.err + r.out
 
 
-def test_preloading_leaves_rewritten_modules_to_pytest(project):
-    """A module pytest will rewrite is never preloaded, not even as the
-    import of a preloadable module: pytest would warn "Module already
-    imported so cannot be rewritten", an error under filterwarnings=error."""
+def test_preloads_are_rewritten_as_pytest_would(project):
+    """A module pytest rewrites (here registered by a conftest) may be
+    preloaded below the collection only through pytest's own import hook:
+    otherwise its asserts would lose pytest's explanations, and pytest would
+    warn "Module already imported so cannot be rewritten" (an error under
+    filterwarnings=error)."""
     project.write("pytest.ini", "[pytest]\nfilterwarnings = error\n")
     project.write("conftest.py", "import pytest\npytest.register_assert_rewrite('checks')\n")
-    project.write("checks.py", "def check(x):\n    assert x == 1\n")
+    project.write("checks.py", """
+        import os
+
+        with open(os.path.join(os.path.dirname(__file__), "imports.log"), "a") as f:
+            f.write("imported\\n")
+
+        def check(x):
+            assert x == 1
+    """)
     project.write("mylib.py", "import checks\nX = 1\n")
     project.write("tests/test_a.py", """
         import mylib
+        from _pytest.assertion.rewrite import AssertionRewritingHook
 
         def test_ok():
             mylib.checks.check(mylib.X)
+
+        def test_loader():
+            assert isinstance(mylib.checks.__loader__, AssertionRewritingHook)
+
+        def test_explained():
+            mylib.checks.check(2)
     """)
-    assert project.fast().rc == 0
+    expected = {"tests/test_a.py::test_ok": "passed", "tests/test_a.py::test_loader": "passed",
+                "tests/test_a.py::test_explained": "failed"}
+    assert project.fast().dump == expected
     wait_for(lambda: "on (preloading)" in project.status().stdout and
              "zygote   : ready" in project.status().stdout, what="the preloading layers")
+    imports = (project.path / "imports.log").read_text()
     touch_edit(project.path / "tests/test_a.py", "test_ok", "test_ok")
     r = project.fast()
-    assert r.rc == 0, r
-    assert r.dump == project.pytest().dump == {"tests/test_a.py::test_ok": "passed"}
+    # the edit re-collected, but checks stayed imported below the collection
+    assert "re-collecting" in r.err and (project.path / "imports.log").read_text() == imports, r
+    o = project.pytest()
+    assert r.dump == o.dump == expected, (r, o)
+    assert "assert 2 == 1" in r.out and "assert 2 == 1" in o.out, (r, o)
