@@ -151,7 +151,7 @@ asan)
     shift || true
     test_env
     build "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
-    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:handle_segv=0} \
+    PF_SANITIZED=1 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:handle_segv=0} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
         run_tests "$BUILD/asan" "$@"
     ;;

@@ -226,7 +226,7 @@ def test_uninstall_removes_the_binary_and_the_plugin(packaging_dir, wheel):
     assert not (venv.bin / "pytest-fast").exists()
     assert not list(site.glob("pytest_fast*"))
     assert run([venv.python, "-c", "import pytest_fast_plugin"], check=False).returncode != 0
-    helps = run([venv.bin / "pytest", "--help"]).stdout
+    helps = run([venv.bin / "pytest", "--help"], cwd=packaging_dir).stdout   # not under test/conftest.py
     assert "--fast-workers" not in helps
 
 

@@ -39,6 +39,9 @@ from conftest import BIN, HERE
 
 pytestmark = pytest.mark.reliability
 
+# ASan's quarantine holds freed memory back (RSS grows by design): under it,
+# only the open-fd bounds of the resource tests are meaningful
+SANITIZED = bool(os.environ.get("PF_SANITIZED"))
 CLEAR_WITHIN = 2.0          # a live client reports a fault within this many seconds
 NOBODY = "nobody"
 SETPRIV = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -1524,7 +1527,7 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
     # RSS after a fuzz run swings between ~8 and ~32 MiB with the interleaving
     # (glibc's adaptive mmap threshold), leak or not: only a loose bound here;
     # open fds are exact, and flat RSS under real runs is the 200-run test's
-    assert rss1 - rss0 < 96 * 1024, (rss0, rss1)
+    assert SANITIZED or rss1 - rss0 < 96 * 1024, (rss0, rss1)
     r = project.fast("--workers", "2")
     assert r.dump == want and r.rc == 1 and "(warm)" in r.out, r
 
@@ -1672,7 +1675,7 @@ def test_200_warm_runs_keep_fds_and_rss_flat(project, capsys):
     for p in resident:
         (fd_a, rss_a), (fd_b, rss_b) = first[p], last[p]
         assert fd_b - fd_a <= 1, (role[p], p, first[p], last[p])
-        assert rss_b - rss_a <= max(2048, rss_a // 20), (role[p], p, first[p], last[p])
+        assert SANITIZED or rss_b - rss_a <= max(2048, rss_a // 20), (role[p], p, first[p], last[p])
 
 
 def test_20000_tests_match_pytest(project):
