@@ -224,3 +224,65 @@ def test_preloads_are_rewritten_as_pytest_would(project):
     o = project.pytest()
     assert r.dump == o.dump == expected, (r, o)
     assert "assert 2 == 1" in r.out and "assert 2 == 1" in o.out, (r, o)
+
+
+MODELS = """
+    from sqlalchemy import Column, ForeignKey, Integer
+    from sqlalchemy.orm import declarative_base, relationship
+
+    Base = declarative_base()
+
+    class Parent(Base):
+        __tablename__ = "parent"
+        id = Column(Integer, primary_key=True)
+
+    class Child(Base):
+        __tablename__ = "child"
+        id = Column(Integer, primary_key=True)
+        parent_id = Column(Integer, ForeignKey("parent.id"))
+        parent = relationship({target!r})
+"""
+
+MODEL_TESTS = """
+    from sqlalchemy import inspect
+    from app.models import Child
+
+    def test_first():
+        assert inspect(Child).attrs.parent.mapper.class_.__name__ == "Parent"
+
+    def test_second():
+        assert Child().parent is None
+"""
+
+
+@pytest.mark.parametrize("target", ["Parent", "Nowhere"])
+def test_project_level_configures_sqlalchemy_mappers_only_when_clean(project, target):
+    """Workers start with the mappers configured when configuring them works;
+    a mapping error still reaches the tests exactly as in plain pytest."""
+    pytest.importorskip("sqlalchemy")
+    project.write("app/__init__.py", "")
+    project.write("app/models.py", MODELS.format(target=target))
+    project.write("tests/test_models.py", MODEL_TESTS)
+    project.write("tests/test_probe.py", """
+        from sqlalchemy import inspect
+        from app.models import Child
+
+        def test_probe():
+            print("configured before any use:", inspect(Child, raiseerr=True).configured)
+    """)
+    assert project.fast().dump == project.pytest().dump
+    wait_for(lambda: "on (preloading)" in project.status().stdout and
+             "zygote   : ready" in project.status().stdout, what="the preloading layers")
+    for args in (["tests/test_models.py"], ["-s", "tests/test_probe.py"]):
+        r, o = project.fast(*args), project.pytest(*args)
+        assert (r.rc, r.dump) == (o.rc, o.dump), (r, o)
+    assert f"configured before any use: {target == 'Parent'}" in r.out, r
+    # one worker: with two, each would be the first to meet the error (as under xdist)
+    r, o = project.fast("--workers", "1", "tests/test_models.py"), project.pytest("tests/test_models.py")
+    if target == "Nowhere":
+        assert r.dump == {"tests/test_models.py::test_first": "failed", "tests/test_models.py::test_second": "failed"}
+        assert "failed to locate a name ('Nowhere')" in o.out
+        # the first test meets the original error, the second SQLAlchemy's
+        # "One or more mappers failed to initialize" (no trial left it behind)
+        for out in (r.out, o.out):
+            assert out.count("InvalidRequestError: One or more mappers failed") == 1, out
