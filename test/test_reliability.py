@@ -9,7 +9,9 @@ the suite creates `release` there; the suite polls for markers, for process
 death or for the daemon's state, each with a deadline.
 
 Run: .venv/bin/python -m pytest test/test_reliability.py
-Knobs: REL_FUZZ_SEED (default 20240601), REL_FUZZ_FRAMES (connections, default 12000).
+Knobs: REL_FUZZ_SEED (default 20240601), REL_FUZZ_FRAMES (connections per batch,
+default 12000), REL_FUZZ_SECONDS (keep the idle phase going with fresh batches,
+seeds SEED+1, SEED+2, ..., for this long: a soak run; default 0, one batch).
 """
 import array
 import json
@@ -1056,6 +1058,7 @@ def test_client_refuses_a_daemon_of_another_uid(project):
 
 FUZZ_SEED = int(os.environ.get("REL_FUZZ_SEED", "20240601"))
 FUZZ_FRAMES = int(os.environ.get("REL_FUZZ_FRAMES", "12000"))
+FUZZ_SECONDS = float(os.environ.get("REL_FUZZ_SECONDS", "0"))
 
 
 class _Evil:
@@ -1485,8 +1488,20 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
     dt = threading.Thread(target=lambda: dripper.extend(drip(project.address, stop_drip)), daemon=True)
     dt.start()
     try:
-        # phase 1: idle daemon
+        # phase 1: idle daemon (for a soak run, batch after batch)
         idle = fuzz_blast(project.address, cases[:n_idle])
+        batch = soak_connections = soak_replies = 0
+        while time.monotonic() - t0 < FUZZ_SECONDS:
+            batch += 1
+            more = fuzz_cases(random.Random(FUZZ_SEED + batch), project, FUZZ_FRAMES, pwned)
+            got = fuzz_blast(project.address, more)
+            st = status(project)
+            assert st["pid"] == dpid and not got["errors"], \
+                (f"batch seed {FUZZ_SEED + batch}: the daemon changed or a case failed", st0, st, got["errors"][:20])
+            for k in ("frames", "replies"):
+                idle[k] += got[k]
+            soak_connections += len(more)
+            soak_replies += sum(1 for case in more if case[3])
         # phase 2: the same, while a run is in progress
         c = Client(project, "--workers", "2")
         sync.wait("gate")
@@ -1502,8 +1517,8 @@ def test_protocol_fuzzing_live_daemon(project, tmp_path):
     took = time.monotonic() - t0
     frames = idle["frames"] + busy["frames"]
     replies = idle["replies"] + busy["replies"]
-    expected_replies = sum(1 for case in cases if case[3])
-    print(f"fuzz: seed {FUZZ_SEED}, {frames} frames on {len(cases)} connections in {took:.1f}s, "
+    expected_replies = sum(1 for case in cases if case[3]) + soak_replies
+    print(f"fuzz: seed {FUZZ_SEED}, {frames} frames on {len(cases) + soak_connections} connections in {took:.1f}s, "
           f"{replies} status replies, {probe.count} probes (worst {probe.worst:.3f}s), "
           f"{len(stalled)} slowloris + {len(dripper)} drip connections")
     errors = idle["errors"] + busy["errors"]
