@@ -1128,18 +1128,32 @@ def _acts(obj):
 
 
 def _decodes_to_action(payload):
-    """_acts() on what the payload decodes to.  Only payloads that spell a
-    request's words are decoded, and never ones with absurd memo indices
-    (Python's unpickler would try to allocate for them; the daemon refuses)."""
+    """_acts() on what the payload decodes to, with its frames or without
+    them.  Only payloads that spell a request's words are decoded, and never
+    ones with absurd memo indices (Python's unpickler would try to allocate
+    for them; the daemon refuses)."""
     if not any(word in payload for word in (b"stop", b"build", b"run", b"options")):
         return False
     try:
-        for op, arg, _ in pickletools.genops(payload):
+        frames = []
+        for op, arg, pos in pickletools.genops(payload):
             if ("PUT" in op.name or "GET" in op.name) and isinstance(arg, int) and arg > 100000:
                 return False
-        return _acts(safe_loads(payload))
+            if op.name == "FRAME":
+                frames.append(pos)
     except Exception:
         return False
+    # FRAME lengths are advisory to pickle.loads() and to the daemon's
+    # decoder, not to an Unpickler reading a file: a mutated length makes
+    # the latter refuse what the other two decode
+    unframed = b"".join(payload[a + 9 if a else 0:b] for a, b in zip([0, *frames], [*frames, len(payload)]))
+    for candidate in (payload, unframed):
+        try:
+            if _acts(safe_loads(candidate)):
+                return True
+        except Exception:
+            pass
+    return False
 
 
 def _valid_request(rng, project):
