@@ -5239,8 +5239,8 @@ static void dmn_conn_drop(dmn_conn *c)
 /* Names in a directory that decide collection: Python files, packages and
  * subdirectories, pytest's config files; dotfiles (editor swap files) and
  * caches do not count, so saving in an editor does not re-collect.  Nor does
- * the temporary directory pytest renames into .pytest_cache, which a
- * concurrent run's leader may hold open for a moment. */
+ * the temporary directory pytest renames into .pytest_cache, which exists
+ * for a moment while a concurrent run's leader writes the cache. */
 static bool dmn_listing(const char *dir, char out[65])
 {
     DIR *d = opendir(dir);
@@ -5588,7 +5588,11 @@ static void dmn_plan_hash(const util_strv *plan, char out[65])
 }
 
 /* The preload lists are kept per identity in "<address>.layers": line 1
- * names the identity, then "s module" and "p module" lines in import order. */
+ * names the format and the identity, then "s module" and "p module" lines in
+ * import order, then "r" lines: how pytest rewrites (":rewrite", ":python_files
+ * PATTERN", ":assertion_pass_hook") and the names it marked for rewriting. */
+#define DMN_LAYERS_MAGIC "pytest-fast-layers 2 "
+
 static void dmn_plan_key(const dmn_ident *id, char out[65])
 {
     util_strv parts = {0};
@@ -5622,7 +5626,8 @@ static void dmn_plan_load(const dmn_ident *id)
         if (next)
             *next++ = 0;
         if (line == text) {
-            ours = !strncmp(line, "pytest-fast-layers 2 ", 21) && !strcmp(line + 21, key);
+            ours = !strncmp(line, DMN_LAYERS_MAGIC, strlen(DMN_LAYERS_MAGIC)) &&
+                   !strcmp(line + strlen(DMN_LAYERS_MAGIC), key);
             if (!ours)
                 break;
         } else if ((line[0] == 's' || line[0] == 'p' || line[0] == 'r') && line[1] == ' ' && line[2]) {
@@ -5656,7 +5661,7 @@ static void dmn_plan_save(dmn_zygote *z)
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (f) {
-        fprintf(f, "pytest-fast-layers 2 %s\n", dmn.plan_key);
+        fprintf(f, DMN_LAYERS_MAGIC "%s\n", dmn.plan_key);
         for (int l = 0; l < 3; l++)
             for (size_t i = 0; i < dmn.plan[l].n; i++)
                 fprintf(f, "%c %s\n", "spr"[l], dmn.plan[l].v[i]);
