@@ -4491,6 +4491,7 @@ static const char zyg_glue[] =
     "            os.write(w, verdict)\n"
     "            os._exit(0)\n"
     "    os.close(w)\n"
+    "    ready = []\n"
     "    try:\n"
     "        ready = select.select([r], [], [], 30.0)[0]\n"
     "        verdict = os.read(r, 1) if ready else b\"\"\n"
