@@ -55,6 +55,7 @@
 #include <unistd.h>
 #ifdef __linux__
 #include <sched.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #endif
 #ifdef __APPLE__
@@ -5169,6 +5170,8 @@ static struct {
     char plan_key[65];
     bool watching;
     double watch_poll, watch_debounce, stale_since, next_poll;
+    int notify_fd;              /* inotify on the current tree's directories (Linux) */
+    pid_t notify_pid;           /* the collected zygote it was set up for */
     dmn_run *run;
     unsigned runs;
     bool stopping;
@@ -7271,7 +7274,7 @@ static void dmn_watch_config(dmn_conn *c, bool asked)
     const char *debounce = dmn_env(&c->env, "PYTEST_FAST_WATCH_DEBOUNCE");
     double v;
     dmn.watch_poll = poll && (v = atof(poll)) > 0 ? v : 0.5;
-    dmn.watch_debounce = debounce && (v = atof(debounce)) >= 0 ? v : 0.7;
+    dmn.watch_debounce = debounce && (v = atof(debounce)) >= 0 ? v : 0.3;
     if (!dmn.watching)
         util_log("watching for changes (poll %.2fs, debounce %.2fs)", dmn.watch_poll, dmn.watch_debounce);
     dmn.watching = true;
@@ -7611,6 +7614,55 @@ static void dmn_layers_tick(double now)
     dmn_ident_free(&id);
 }
 
+/* Linux: inotify on the directories that hold the current tree's watched
+ * files wakes the watcher as soon as something there changes.  It only
+ * says when to look: the stat check stays the judge, and where inotify is
+ * missing or its watch limit is reached, the poll alone does the work. */
+static void dmn_notify_sync(void)
+{
+#ifdef __linux__
+    dmn_zygote *z = dmn.cur;
+    pid_t pid = z && dmn_serves(z) ? z->pid : 0;
+    if (pid == dmn.notify_pid)
+        return;
+    util_close(&dmn.notify_fd);   /* drops every watch of the old tree */
+    dmn.notify_pid = pid;
+    if (!pid || (dmn.notify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) < 0)
+        return;
+    util_strv dirs = {0};
+    for (const dmn_zygote *n = z; n; n = n->parent)
+        for (size_t i = 0; i < n->nwatch; i++) {
+            char *dir = util_strdup(n->watch[i].path);
+            char *slash = n->watch[i].dir ? NULL : strrchr(dir, '/');
+            if (slash && slash != dir)
+                *slash = 0;
+            util_strv_push(&dirs, dir);
+            free(dir);
+        }
+    if (dirs.n)
+        qsort(dirs.v, dirs.n, sizeof *dirs.v, util_cmp_str);
+    for (size_t i = 0; i < dirs.n; i++)
+        if (i == 0 || strcmp(dirs.v[i], dirs.v[i - 1]) != 0)
+            inotify_add_watch(dmn.notify_fd, dirs.v[i],
+                              IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE |
+                                  IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF);
+    util_strv_free(&dirs);
+#endif
+}
+
+/* Events arrived: look now, and let a change that is still going on
+ * settle for the debounce time again. */
+static void dmn_notify_read(double now)
+{
+    char buf[4096];
+    while (read(dmn.notify_fd, buf, sizeof buf) > 0)
+        ;
+    if (dmn.stale_since)
+        dmn.stale_since = now;
+    else
+        dmn.next_poll = now;
+}
+
 static void dmn_watch_tick(double now)
 {
     if (dmn.booting || dmn.queue || now < dmn.next_poll)
@@ -7633,10 +7685,13 @@ static void dmn_watch_tick(double now)
     }
     if (!dmn.stale_since) {
         dmn.stale_since = now;
+        dmn.next_poll = now + dmn.watch_debounce;
         return;
     }
-    if (now - dmn.stale_since < dmn.watch_debounce)
+    if (now - dmn.stale_since < dmn.watch_debounce) {
+        dmn.next_poll = dmn.stale_since + dmn.watch_debounce;
         return;
+    }
     dmn.stale_since = 0;
     util_log("pre-warming (%s): %s", dmn_level_names[level], why);
     dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
@@ -7697,6 +7752,10 @@ static int dmn_loop(void)
             p[n++] = (struct pollfd){r->workers[i].fd, POLLIN, 0};
             p[n++] = (struct pollfd){r->workers[i].fault, POLLIN, 0};
         }
+        if (dmn.watching)
+            dmn_notify_sync();
+        size_t notified = n;
+        p[n++] = (struct pollfd){dmn.notify_fd, POLLIN, 0};
         double now = util_now();
         int timeout = 1000;
         if (!r && !dmn.queue && !dmn.booting) {
@@ -7706,8 +7765,9 @@ static int dmn_loop(void)
                 break;
             }
             timeout = left < 1 ? (int)(left * 1000) + 1 : 1000;
-            if (dmn.watching && timeout > (int)(dmn.watch_poll * 1000))
-                timeout = (int)(dmn.watch_poll * 1000) + 1;
+            double next = dmn.next_poll - now;
+            if (dmn.watching && timeout > (int)(next * 1000))
+                timeout = next > 0 ? (int)(next * 1000) + 1 : 0;
         } else if (r) {
             timeout = 100;
         }
@@ -7748,6 +7808,8 @@ static int dmn_loop(void)
             if (dmn.run == r)
                 dmn_run_check(r);
         }
+        if (rc > 0 && p[notified].revents && dmn.notify_fd >= 0)
+            dmn_notify_read(now);   /* during a run too: a pending event would wake poll at once */
         if (dmn.run) {
             dmn_check_timeouts(dmn.run, now);
             dmn_send_progress(dmn.run, now);
@@ -7784,6 +7846,7 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
     dmn.address = address;
     dmn.ttl = ttl;
     dmn.pidfile = id_sibling(address, ".pid");
+    dmn.notify_fd = -1;
     for (int i = 0; i < DMN_NODES; i++)
         dmn_node_free(&dmn.nodes[i]);
     signal(SIGPIPE, SIG_IGN);

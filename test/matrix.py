@@ -51,13 +51,14 @@ SUPPORTED = ((3, 9), (3, 13))
 # support; then the newest 8.x and the newest 9.x.
 PYTESTS = {"7.4.4": (3, 9), "8.4.2": (3, 9), "9.2.0": (3, 10)}
 XDIST = "pytest-xdist==3.8.0"  # pytest>=7.0, Python>=3.9: fits every combination
-SUITE = ["test/test_engine.py", "test/test_plugin.py"]
+SUITE = ["test/test_engine.py", "test/test_plugin.py", "test/test_edit_loop.py"]
 
 # The smoke subset (-k, so names match as substrings): cold/warm parity,
 # reporting, the venv rule and usage errors through the CLI; through the
 # plugin, the parts that lean on pytest's internals most: parity of pytest's
 # own reporting (-rA -v, junitxml), conftest options declared from the
-# daemon's table (test_app_parity), usage errors, inertness in the zygote.
+# daemon's table (test_app_parity), usage errors, inertness in the zygote;
+# and preloading through pytest's own assertion-rewriting import hook.
 SMOKE = [
     "test_parity_cold_then_warm",
     "test_summary_shows_failures_and_counts",
@@ -66,6 +67,7 @@ SMOKE = [
     "test_parity_rA_v_junitxml_cold_and_warm",
     "test_app_parity",
     "test_inert_in_the_zygote_even_with_fast",
+    "test_preloads_are_rewritten_as_pytest_would",
 ]
 
 PROBE = r"""

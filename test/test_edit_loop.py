@@ -180,6 +180,30 @@ def test_watcher_prewarms_and_survives_broken_edits(project):
     assert "conftest is broken" in r.err + r.out
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's; elsewhere the poll alone")
+@pytest.mark.parametrize("edit", ["tests/test_core.py", "app/core.py", "tests/test_new.py"])
+def test_watcher_wakes_on_inotify_not_the_poll(project, edit):
+    """With a poll far longer than the wait below, only inotify can tell the
+    daemon that a test, an app module or a new file changed."""
+    write_all(project, APP)
+    env = {"PYTEST_FAST_WATCH_POLL": "3600", "PYTEST_FAST_WATCH_DEBOUNCE": "0.1"}
+    assert project.fast("--with-watcher", env=env).rc == 0
+    wait_for(lambda: "on (preloading)" in project.status().stdout and
+             "zygote   : ready" in project.status().stdout, what="the preloading layers")
+    before = boots(project)
+    level = 1 if edit.startswith("app/") else 2
+    path = project.path / edit
+    if path.exists():
+        touch_edit(path, "def ", "def  ")
+    else:
+        path.write_text("def test_new():\n    pass\n")
+    wait_for(lambda: boots(project)[level] > before[level] and "zygote   : ready" in project.status().stdout,
+             timeout=30, what="the watcher's pre-warm")
+    r = project.fast(env=env)
+    assert "re-collecting" not in r.err and "(warm)" in r.out, r
+    assert r.dump == project.pytest().dump
+
+
 def test_preloads_are_rewritten_as_pytest_would(project):
     """A module pytest rewrites (here registered by a conftest) may be
     preloaded below the collection only through pytest's own import hook:
