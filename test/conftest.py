@@ -79,6 +79,9 @@ class Project:
         env.pop("PYTEST_FAST_ADDRESS", None)
         env["PF_TEST_MARKER"] = self.marker
         env["PYTHONPATH"] = str(HERE)
+        # derived addresses (no --address) land in the test's own socket
+        # directory, which the fixture removes, not in the user's
+        env["XDG_RUNTIME_DIR"] = self.sockdir
         env.update(extra or {})
         return env
 
