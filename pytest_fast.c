@@ -4386,6 +4386,12 @@ static const char zyg_glue[] =
     "    return any(name == m or name.startswith(m + \".\") for m in marked)\n"
     "\n"
     "\n"
+    "def _marked_names(rewrite):\n"
+    "    \"\"\"The names pytest marked for rewriting, in the plan's rewrite list\n"
+    "    (whose settings start with \":\").\"\"\"\n"
+    "    return [m for m in rewrite if not m.startswith(\":\")]\n"
+    "\n"
+    "\n"
     "class _RewriteConfig:\n"
     "    \"\"\"What pytest's import hook reads of a Config, as the collection that\n"
     "    wrote the plan had it; it is also the hook's (silent) assertion state.\"\"\"\n"
@@ -4410,7 +4416,7 @@ static const char zyg_glue[] =
     "    that it cannot rewrite them).  None when pytest does not rewrite.\"\"\"\n"
     "    if \":rewrite\" not in rewrite:\n"
     "        return None\n"
-    "    marked = [m for m in rewrite if not m.startswith(\":\")]\n"
+    "    marked = _marked_names(rewrite)\n"
     "    try:\n"
     "        from _pytest.assertion.rewrite import AssertionRewritingHook, assertstate_key\n"
     "        fnpats = [m[len(\":python_files \"):] for m in rewrite if m.startswith(\":python_files \")]\n"
@@ -4533,7 +4539,7 @@ static const char zyg_glue[] =
     "    except Exception:\n"
     "        patterns = [\"test_*.py\", \"*_test.py\"]\n"
     "    rewrite = _rewrite_settings(config)\n"
-    "    marked = [m for m in rewrite if not m.startswith(\":\")]\n"
+    "    marked = _marked_names(rewrite)\n"
     "    site, project = [], []\n"
     "    for name, mod in list(sys.modules.items()):\n"
     "        if name in (\"__main__\", \"__mp_main__\") or name.startswith(\"_pytest_fast\"):\n"
@@ -5301,6 +5307,14 @@ static void dmn_watch_stat(dmn_watch *w)
     w->ino = st.st_ino;
 }
 
+/* Whether a watched path still stats as it did when it was recorded. */
+static bool dmn_watch_same(const dmn_watch *was, const dmn_watch *now)
+{
+    return now->present == was->present &&
+           (!now->present || (now->mtime == was->mtime && now->ctime == was->ctime &&
+                              now->size == was->size && now->ino == was->ino));
+}
+
 static void dmn_watch_add(dmn_zygote *z, const char *path, bool dir)
 {
     if (z->nwatch % 256 == 0)
@@ -5330,10 +5344,7 @@ static const char *dmn_stale(dmn_zygote *z, char *why, size_t len)
         dmn_watch *w = &z->watch[i];
         dmn_watch now = *w;
         dmn_watch_stat(&now);
-        bool same = now.present == w->present &&
-                    (!now.present || (now.mtime == w->mtime && now.ctime == w->ctime &&
-                                      now.size == w->size && now.ino == w->ino));
-        if (same)
+        if (dmn_watch_same(w, &now))
             continue;
         const char *rel = dmn_relpath(w->path, z->id.cwd);
         if (w->dir && now.present && w->present) {
@@ -5385,10 +5396,8 @@ static void dmn_purge_changed(dmn_zygote *z)
         for (size_t i = 0; i < z->nwatch; i++) {
             dmn_watch now = z->watch[i];
             dmn_watch_stat(&now);
-            if (!z->watch[i].dir && now.present &&
-                (now.mtime != z->watch[i].mtime || now.size != z->watch[i].size ||
-                 now.ino != z->watch[i].ino || now.ctime != z->watch[i].ctime))
-                dmn_purge_pyc(z->watch[i].path);
+            if (!now.dir && now.present && !dmn_watch_same(&z->watch[i], &now))
+                dmn_purge_pyc(now.path);
         }
 }
 
