@@ -1030,7 +1030,11 @@ def test_client_refuses_a_daemon_of_another_uid(project):
     d.mkdir(mode=0o700)
     os.chown(d, nobody_uid(), -1)
     address = str(d / "d.sock")
-    as_nobody = SETPRIV + [str(BIN), "--address", address]
+    # nobody may not reach the checkout (a clone under a 0700 directory): its
+    # daemon runs a copy of the binary that lies in the world-readable base
+    nobody_bin = base / "pytest-fast"
+    shutil.copy2(BIN, nobody_bin)
+    as_nobody = SETPRIV + [str(nobody_bin), "--address", address]
     try:
         p = subprocess.run(as_nobody + ["--ensure-daemon"], cwd=base, env=project.env(), capture_output=True,
                            text=True, timeout=60)
