@@ -3736,6 +3736,9 @@ static const char zyg_glue[] =
     "import _pytest_fast as _c\n"
     "\n"
     "_PLAIN = (type(None), bool, int, float, str, bytes)\n"
+    "# The environment this zygote was started with: what preloading, plugins and\n"
+    "# conftests change in it is part of the collection every run inherits.\n"
+    "_BOOT_ENV = dict(os.environ)\n"
     "\n"
     "\n"
     "class _NotPlain(Exception):\n"
@@ -3801,6 +3804,8 @@ static const char zyg_glue[] =
     "        self.warnings = []\n"
     "        self.config = None\n"
     "        self.worker = None\n"
+    "        self.env_set = {}\n"
+    "        self.env_unset = []\n"
     "\n"
     "    def pytest_configure(self, config):\n"
     "        self.config = config\n"
@@ -3854,6 +3859,8 @@ static const char zyg_glue[] =
     "            \"options\": _option_table(config),\n"
     "            \"preload\": _plan(config),\n"
     "        })\n"
+    "        self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}\n"
+    "        self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]\n"
     "        gc.collect()\n"
     "        gc.freeze()\n"
     "        while True:\n"
@@ -3992,8 +3999,14 @@ static const char zyg_glue[] =
     "        msg, config = self.msg, self.config\n"
     "        os.setpgid(0, 0)\n"
     "        _adopt_stdio(self.stdio)\n"
+    "        # The client's environment, then what the collection changed in the\n"
+    "        # zygote's own (a conftest's os.environ[...] = ..., PYTEST_VERSION),\n"
+    "        # as a plain run's tests see both.\n"
     "        os.environ.clear()\n"
     "        os.environ.update(kv.split(\"=\", 1) for kv in msg[\"env\"] if \"=\" in kv)\n"
+    "        os.environ.update(zygote.env_set)\n"
+    "        for name in zygote.env_unset:\n"
+    "            os.environ.pop(name, None)\n"
     "        os.chdir(msg[\"cwd\"])\n"
     "        try:\n"
     "            selected, deselected = self.select(msg[\"args\"])\n"
@@ -7336,6 +7349,13 @@ static void dmn_request(dmn_conn *c)
         dmn_fail_request(c, 4, err);
         return;
     }
+    const char *build = pf_dict_str(req, "build");
+    if (build && strcmp(build, util_build) != 0) {
+        /* The client is a rebuilt binary: make way for a daemon of its own. */
+        dmn_reply_and_stop(c, "restart", "a client runs another build of pytest-fast; "
+                                         "exiting so it can start its own");
+        return;
+    }
     if (!strcmp(op, "status")) {
         pf_arena *a = pf_arena_new(0);
         pf_value *d = util_msg(a, "status");
@@ -7377,13 +7397,6 @@ static void dmn_request(dmn_conn *c)
         return;
     }
     c->options_only = !strcmp(op, "options");
-    const char *build = pf_dict_str(req, "build");
-    if (build && strcmp(build, util_build) != 0) {
-        /* The client is a rebuilt binary: make way for a daemon of its own. */
-        dmn_reply_and_stop(c, "restart", "a client runs another build of pytest-fast; "
-                                         "exiting so it can start its own");
-        return;
-    }
     util_strv args = {0};
     const char *cwd = pf_dict_str(req, "cwd");
     int64_t workers = 1;
@@ -8205,14 +8218,18 @@ static int cli_send(int fd, pf_value *req, bool with_stdio)
     return rc;
 }
 
-/* A one-shot control request (status, stop); the reply or NULL. */
-static pf_value *cli_control(const char *address, const char *op, pf_arena *a, char *err, size_t errlen)
+/* A one-shot control request (status, stop); the reply or NULL.  With
+ * `build`, a daemon of another build replies "restart" and exits. */
+static pf_value *cli_control(const char *address, const char *op, const char *build, pf_arena *a,
+                             char *err, size_t errlen)
 {
     int fd = cli_connect(address, err, errlen);
     if (fd < 0)
         return NULL;
     pf_value *req = util_msg(a, op);
     util_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
+    if (build)
+        util_set(a, req, "build", pf_new_cstr(a, build));
     pf_value *reply = NULL;
     pf_reader r;
     pf_reader_init(&r);
@@ -8398,7 +8415,7 @@ static int cli_status(const char *address)
 {
     pf_arena *a = pf_arena_new(0);
     char err[PF_ERRLEN] = "";
-    pf_value *s = cli_control(address, "status", a, err, sizeof err);
+    pf_value *s = cli_control(address, "status", NULL, a, err, sizeof err);
     if (!s) {
         printf("no daemon at %s%s%s\n", address, err[0] ? ": " : "", err);
         pf_arena_free(a);
@@ -8440,7 +8457,7 @@ static int cli_stop(const char *address)
 {
     pf_arena *a = pf_arena_new(0);
     char err[PF_ERRLEN] = "";
-    pf_value *s = cli_control(address, "stop", a, err, sizeof err);
+    pf_value *s = cli_control(address, "stop", NULL, a, err, sizeof err);
     pf_arena_free(a);
     if (!s) {
         printf("no daemon at %s\n", address);
@@ -8557,7 +8574,7 @@ static int cli_main(int argc, char **argv)
         for (int i = 0; i < o.runs; i++)
             last = cli_run(&o, address, fp, python);
         pf_arena *a = pf_arena_new(0);
-        cli_control(address, "stop", a, msg, sizeof msg);
+        cli_control(address, "stop", NULL, a, msg, sizeof msg);
         pf_arena_free(a);
         cli_await_gone(address);
         static const char *const leftovers[] = {"local.pid", "local.lock", "local.log", "local.sock"};
@@ -8577,15 +8594,25 @@ static int cli_main(int argc, char **argv)
         return 4;
     }
     if (o.ensure) {
+        /* A status request that carries our build: a daemon of another
+         * build (this binary was rebuilt) exits and a new one starts. */
         char err[PF_ERRLEN] = "";
-        int fd = cli_connect(address, err, sizeof err);
-        if (fd == -1)
-            fd = cli_start(address, o.ttl, err, sizeof err);
-        if (fd < 0) {
-            fprintf(stderr, "pytest-fast: %s\n", err[0] ? err : strerror(errno));
+        pf_arena *a = pf_arena_new(0);
+        pf_value *s = cli_control(address, "status", util_build, a, err, sizeof err);
+        const char *op = s ? pf_dict_str(s, "op") : NULL;
+        bool answered = op && !strcmp(op, "status");
+        if (op && !strcmp(op, "restart"))
+            cli_await_gone(address);
+        pf_arena_free(a);
+        if (!answered && !err[0]) {
+            int fd = cli_start(address, o.ttl, err, sizeof err);
+            if (fd >= 0)
+                close(fd);
+        }
+        if (!answered && err[0]) {
+            fprintf(stderr, "pytest-fast: %s\n", err);
             return 3;
         }
-        close(fd);
         printf("%s\n%s\n%d\n", address, fp, o.workers);
         return 0;
     }

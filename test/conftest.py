@@ -6,6 +6,7 @@ is stopped and no process carrying the marker may survive (no orphans).
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,16 @@ def _marked_pids(marker):
     return pids
 
 
+def copies_of_the_binary(tmp_path, *names):
+    """Copies of BIN: each is a build of its own (another file)."""
+    paths = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        paths.append(str(tmp_path / name / "pytest-fast"))
+        shutil.copy2(BIN, paths[-1])
+    return paths
+
+
 class Result:
     def __init__(self, rc, out, err, dump):
         self.rc, self.out, self.err, self.dump = rc, out, err, dump
@@ -82,7 +93,11 @@ class Project:
         # derived addresses (no --address) land in the test's own socket
         # directory, which the fixture removes, not in the user's
         env["XDG_RUNTIME_DIR"] = self.sockdir
-        env.update(extra or {})
+        for name, value in (extra or {}).items():
+            if value is None:   # None removes the variable
+                env.pop(name, None)
+            else:
+                env[name] = value
         return env
 
     def fast(self, *args, env=None, timeout=120, address=True, dump=True, stdin=None):
@@ -120,6 +135,11 @@ class Project:
         p = subprocess.run([str(BIN), "--address", self.address, "--status"], env=self.env(),
                            capture_output=True, text=True, timeout=30)
         return p
+
+    def daemon_exe(self):
+        """The binary file the daemon at self.address runs (Linux: /proc)."""
+        pid = int(re.search(r"daemon\s+: pid (\d+)", self.status().stdout).group(1))
+        return os.readlink(f"/proc/{pid}/exe")
 
     def log(self):
         path = Path(self.address[: -len(".sock")] + ".log")

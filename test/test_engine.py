@@ -357,6 +357,50 @@ def test_env_changes_are_picked_up(project):
         subprocess.run([str(BIN), "--stop"], cwd=project.path, env=project.env(e), capture_output=True)
 
 
+ENV_CONFTEST = {
+    "tests/conftest.py": """
+        import os
+        os.environ["APP_ENV"] = "test"
+        os.environ.setdefault("APP_DEFAULT", "conftest")
+        os.environ.pop("APP_DROP", None)
+    """,
+    "tests/test_env.py": """
+        import os
+
+        def test_collection_changes_are_seen():
+            assert os.environ["APP_ENV"] == "test"
+            assert os.environ["APP_DEFAULT"] == "conftest"
+            assert "APP_DROP" not in os.environ
+
+        def test_the_client_environment_is_seen():
+            assert os.environ["CLIENT_ONLY"] == "yes"
+
+        def test_pytest_version_variable():
+            assert os.environ.get("PYTEST_VERSION") == (os.environ["EXPECT_PYTEST_VERSION"] or None)
+    """,
+}
+
+
+def env_conftest_env():
+    """The client's side of ENV_CONFTEST; pytest >= 8.2 sets PYTEST_VERSION for the session."""
+    expect = pytest.__version__ if pytest.version_tuple[:2] >= (8, 2) else ""
+    return {"CLIENT_ONLY": "yes", "APP_DROP": "client", "EXPECT_PYTEST_VERSION": expect,
+            "PYTEST_VERSION": None}   # not inherited from the pytest running this suite
+
+
+def test_environment_changes_of_the_collection_reach_the_tests(project):
+    """A conftest that sets, defaults and removes variables at import: as in
+    plain pytest, the tests see the client's environment with those changes,
+    cold and warm."""
+    write_all(project, ENV_CONFTEST)
+    env = env_conftest_env()
+    oracle = project.pytest(env=env)
+    assert oracle.rc == 0 and len(oracle.dump) == 3, oracle
+    for _ in range(2):
+        r = project.fast(env=env)
+        assert (r.rc, r.dump) == (oracle.rc, oracle.dump), r
+
+
 def test_venv_interpreter(project, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, HERE, ROOT, Result
-from test_engine import EXIT_MODULE, PARITY, write_all
+from conftest import BIN, HERE, ROOT, Result, copies_of_the_binary
+from test_engine import ENV_CONFTEST, EXIT_MODULE, PARITY, env_conftest_env, write_all
 
 PYTHONPATH = os.pathsep.join([str(ROOT), str(HERE)])
 
@@ -709,6 +709,28 @@ def test_shares_the_daemon_with_the_cli(app_project):
     finally:
         subprocess.run([str(BIN), "--stop"], cwd=app_project.path, env=env, capture_output=True,
                        timeout=30)
+
+
+def test_environment_changes_of_the_collection_reach_the_tests(project):
+    """What the conftest did to os.environ at import reaches the daemon's
+    tests, though the controller never imports it."""
+    write_all(project, ENV_CONFTEST)
+    env = env_conftest_env()
+    oracle = project.pytest(env=env)
+    assert oracle.rc == 0 and len(oracle.dump) == 3, oracle
+    ours = fast(project, env=env)
+    assert (ours.rc, ours.dump) == (oracle.rc, oracle.dump), ours
+
+
+def test_a_rebuilt_binary_replaces_the_daemon_of_the_old_one(project, tmp_path):
+    """--ensure-daemon carries the build: the plugin never talks to the daemon
+    of a binary that was rebuilt since."""
+    project.write("tests/test_a.py", "def test_a():\n    pass\n")
+    old, new = copies_of_the_binary(tmp_path, "old", "new")
+    for binary in (old, new, old):
+        r = fast(project, "-q", env={"PYTEST_FAST_BIN": binary})
+        assert r.rc == 0, r
+        assert project.daemon_exe() == binary
 
 
 # ----------------------------------------------------------------- units

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 import conftest
-from conftest import BIN, HERE
+from conftest import BIN, HERE, copies_of_the_binary
 
 pytestmark = pytest.mark.reliability
 
@@ -1465,6 +1465,18 @@ def wait_all_closed(socks, deadline):
         except OSError:
             pass
         s.close()
+
+
+def test_a_rebuilt_binary_replaces_the_daemon_of_the_old_one(project, tmp_path):
+    """A daemon serves only clients of its own build: another one makes it exit
+    and starts its own (and back)."""
+    project.write("tests/test_a.py", "def test_a():\n    pass\n")
+    old, new = copies_of_the_binary(tmp_path, "old", "new")
+    for binary in (old, new, old):
+        r = subprocess.run([binary, "--address", project.address, "-q"], cwd=project.path,
+                           env=project.env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "1 passed" in r.stdout, r
+        assert project.daemon_exe() == binary
 
 
 def test_protocol_fuzzing_live_daemon(project, tmp_path):
