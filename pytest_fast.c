@@ -4007,6 +4007,8 @@ static const char zyg_glue[] =
     "        os.environ.update(zygote.env_set)\n"
     "        for name in zygote.env_unset:\n"
     "            os.environ.pop(name, None)\n"
+    "        time.tzset()   # the C library read TZ when the zygote started\n"
+    "        sys.argv[1:] = msg[\"argv\"]\n"
     "        os.chdir(msg[\"cwd\"])\n"
     "        try:\n"
     "            selected, deselected = self.select(msg[\"args\"])\n"
@@ -5142,6 +5144,7 @@ struct dmn_conn {
     const pf_value *req;
     int stdio[3];
     arg_split split;
+    util_strv argv;            /* the pytest arguments as given: the tests' sys.argv */
     util_strv env;
     char *cwd, *fp, *dump, *python;
     int workers;
@@ -5234,6 +5237,7 @@ static void dmn_conn_free(dmn_conn *c)
     pf_reader_free(&c->rd);
     pf_arena_free(c->arena);
     arg_split_free(&c->split);
+    util_strv_free(&c->argv);
     util_strv_free(&c->env);
     free(c->cwd);
     free(c->fp);
@@ -7240,6 +7244,7 @@ static void dmn_run_next(void)
         pf_value *msg = util_msg(a, "fork");
         util_set(a, msg, "role", pf_new_cstr(a, "leader"));
         util_set(a, msg, "args", util_strv_value(a, &c->split.run));
+        util_set(a, msg, "argv", util_strv_value(a, &c->argv));
         util_set(a, msg, "env", util_strv_value(a, &c->env));
         util_set(a, msg, "cwd", pf_new_cstr(a, c->cwd));
         util_set(a, msg, "workers", pf_new_int(a, c->workers));
@@ -7397,26 +7402,22 @@ static void dmn_request(dmn_conn *c)
         return;
     }
     c->options_only = !strcmp(op, "options");
-    util_strv args = {0};
     const char *cwd = pf_dict_str(req, "cwd");
     int64_t workers = 1;
-    if (!util_value_strv(pf_dict_get(req, "args"), &args) ||
+    if (!util_value_strv(pf_dict_get(req, "args"), &c->argv) ||
         !util_value_strv(pf_dict_get(req, "env"), &c->env) || !cwd || cwd[0] != '/' ||
         !pf_dict_int(req, "workers", &workers) || workers < 1 || workers > 4096) {
-        util_strv_free(&args);
         dmn_fail_request(c, 4, "malformed run request");
         return;
     }
     char msg[PF_ERRLEN];
     const pf_value *options = dmn.cur && dmn.cur->state == Z_READY ? pf_dict_get(dmn.cur->ready, "options") : NULL;
-    if (arg_classify((int)args.n, args.v, &c->split, options, cwd, msg, sizeof msg) < 0) {
-        util_strv_free(&args);
+    if (arg_classify((int)c->argv.n, c->argv.v, &c->split, options, cwd, msg, sizeof msg) < 0) {
         char *text = util_fmt("ERROR: %s", msg);
         dmn_fail_request(c, 4, text);
         free(text);
         return;
     }
-    util_strv_free(&args);
     c->cwd = util_strdup(cwd);
     c->workers = (int)workers;
     const pf_value *t = pf_dict_get(req, "timeout");

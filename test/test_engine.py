@@ -401,6 +401,27 @@ def test_environment_changes_of_the_collection_reach_the_tests(project):
         assert (r.rc, r.dump) == (oracle.rc, oracle.dump), r
 
 
+def test_time_zone_and_argv_are_the_requesting_runs(project):
+    """TZ (not part of the fingerprint) and sys.argv as a plain run of the
+    same command has them, though the zygote started with others."""
+    project.write("tests/test_proc.py", """
+        import os, sys, time
+
+        def test_time_zone():
+            assert time.tzname == tuple(os.environ["EXPECT_TZNAME"].split(","))
+
+        def test_argv():
+            assert sys.argv[1:][-2:] == ["-rs", "tests"]
+    """)
+    r = project.fast("-rs", "tests", env={"TZ": "UTC0", "EXPECT_TZNAME": "UTC,UTC"})
+    assert r.rc == 0, r
+    env = {"TZ": "JST-9", "EXPECT_TZNAME": "JST,JST"}
+    oracle, ours = project.pytest("-rs", "tests", env=env), project.fast("-rs", "tests", env=env)
+    assert oracle.rc == 0, oracle
+    assert (ours.rc, ours.dump) == (oracle.rc, oracle.dump), ours
+    assert "warm" in ours.out, ours
+
+
 def test_venv_interpreter(project, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
