@@ -401,7 +401,7 @@ def test_environment_changes_of_the_collection_reach_the_tests(project):
         assert (r.rc, r.dump) == (oracle.rc, oracle.dump), r
 
 
-def test_time_zone_and_argv_are_the_requesting_runs(project):
+def test_time_zone_argv_and_gc_are_as_in_a_plain_run(project):
     """TZ (not part of the fingerprint) and sys.argv as a plain run of the
     same command has them, though the zygote started with others."""
     project.write("tests/test_proc.py", """
@@ -412,6 +412,10 @@ def test_time_zone_and_argv_are_the_requesting_runs(project):
 
         def test_argv():
             assert sys.argv[1:][-2:] == ["-rs", "tests"]
+
+        def test_garbage_collector_is_on():   # the zygote's levels turn it off while preloading
+            import gc
+            assert gc.isenabled()
     """)
     r = project.fast("-rs", "tests", env={"TZ": "UTC0", "EXPECT_TZNAME": "UTC,UTC"})
     assert r.rc == 0, r
