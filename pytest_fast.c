@@ -4340,10 +4340,10 @@ static const char zyg_glue[] =
     "        # into the level above.\n"
     "        gc.disable()   # one collection at the end, not one per few imports\n"
     "        new, failed = _preload(plan[\"modules\"], plan.get(\"rewrite\") or ())\n"
-    "        if level == 1:\n"
-    "            _warm_up()\n"
+    "        tainted = level == 1 and _warm_up(plan.get(\"warmup\", True))\n"
     "        _freeze_level()\n"
     "        _send(fd, {\"op\": \"level\", \"level\": level, \"files\": _module_files(new), \"failed\": failed,\n"
+    "                   \"tainted\": tainted,\n"
     "                   \"dirs\": _site_dirs() if level == 0 else []})\n"
     "        fd, plan = _await_fork(fd)\n"
     "        level = plan[\"level\"]\n"
@@ -4501,46 +4501,24 @@ static const char zyg_glue[] =
     "    gc.freeze()\n"
     "\n"
     "\n"
-    "def _warm_up():\n"
+    "def _warm_up(allowed):\n"
     "    \"\"\"Do once, in the project level, what every worker would otherwise do\n"
     "    first: configure SQLAlchemy's mappers (a large share of a worker's time\n"
-    "    in an app with many models).  Only when a trial in a throwaway fork\n"
-    "    configures them, within 30 s, without an error or a warning: a mapping\n"
-    "    problem must still reach the first test that meets it, as in plain\n"
-    "    pytest.  PYTEST_FAST_WARMUP=0 turns it off.\"\"\"\n"
+    "    in an app with many models).  True when that raised or warned: a mapping\n"
+    "    problem must reach the first test that meets it, as in plain pytest, so\n"
+    "    the daemon then builds the level again without the warm-up (`allowed`\n"
+    "    is false from then on).  PYTEST_FAST_WARMUP=0 turns it off.\"\"\"\n"
     "    orm = sys.modules.get(\"sqlalchemy.orm\")\n"
-    "    if os.environ.get(\"PYTEST_FAST_WARMUP\") == \"0\" or not hasattr(orm, \"configure_mappers\"):\n"
-    "        return\n"
-    "    import select\n"
-    "    import signal\n"
+    "    if not allowed or os.environ.get(\"PYTEST_FAST_WARMUP\") == \"0\" or not hasattr(orm, \"configure_mappers\"):\n"
+    "        return False\n"
     "    import warnings\n"
-    "    r, w = os.pipe()\n"
-    "    with warnings.catch_warnings():\n"
-    "        warnings.simplefilter(\"ignore\", DeprecationWarning)   # \"multi-threaded fork\": see the timeout\n"
-    "        pid = os.fork()\n"
-    "    if pid == 0:\n"
-    "        os.close(r)\n"
-    "        verdict = b\"e\"\n"
+    "    with warnings.catch_warnings(record=True) as caught:\n"
+    "        warnings.simplefilter(\"always\")\n"
     "        try:\n"
-    "            with warnings.catch_warnings(record=True) as caught:\n"
-    "                warnings.simplefilter(\"always\")\n"
-    "                orm.configure_mappers()\n"
-    "            verdict = b\"w\" if caught else b\"k\"\n"
-    "        finally:\n"
-    "            os.write(w, verdict)\n"
-    "            os._exit(0)\n"
-    "    os.close(w)\n"
-    "    ready = []\n"
-    "    try:\n"
-    "        ready = select.select([r], [], [], 30.0)[0]\n"
-    "        verdict = os.read(r, 1) if ready else b\"\"\n"
-    "    finally:\n"
-    "        os.close(r)\n"
-    "        if not ready:\n"
-    "            os.kill(pid, signal.SIGKILL)   # stuck, e.g. on a lock another thread held at fork\n"
-    "        os.waitpid(pid, 0)\n"
-    "    if verdict == b\"k\":\n"
-    "        orm.configure_mappers()\n"
+    "            orm.configure_mappers()\n"
+    "        except Exception:\n"
+    "            return True\n"
+    "    return bool(caught)\n"
     "\n"
     "\n"
     "def _module_files(names):\n"
@@ -5205,6 +5183,7 @@ static struct {
     dmn_zygote *bchain[3];      /* the tree being built, by level */
     unsigned level_boots[3];
     bool layers_broken;
+    bool warmup_tainted;        /* a project level's warm-up raised or warned: no more */
     util_strv plan[3];          /* preload lists: site, project; then how pytest rewrites */
     char plan_key[65];
     bool watching;
@@ -5845,6 +5824,7 @@ static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
     pf_arena *a = pf_arena_new(0);
     pf_value *msg = util_msg(a, "fork");
     util_set(a, msg, "level", pf_new_int(a, level));
+    util_set(a, msg, "warmup", pf_new_bool(a, !dmn.warmup_tainted));
     util_set(a, msg, "modules", dmn_plan_value(a, level));
     util_set(a, msg, "rewrite", util_strv_value(a, &dmn.plan[2]));
     pf_buf b = {0};
@@ -6063,6 +6043,16 @@ static void dmn_zygote_frame(dmn_zygote *z)
         pf_dict_int(msg, "failed", &failed);
         util_log("%s zygote ready in %.2fs: %zu watched paths, %lld preloads left to the normal import",
                  dmn_level_names[z->level], z->boot_wall, z->nwatch, (long long)failed);
+        const pf_value *tainted = pf_dict_get(msg, "tainted");
+        if (tainted && tainted->kind == PF_BOOL && tainted->u.b && dmn.bchain[z->level] == z) {
+            /* Its state is not what a plain run's first test would meet:
+             * build the level again, without warming up from now on. */
+            util_log("configuring SQLAlchemy's mappers raised or warned in the %s zygote: "
+                     "building it again without the warm-up", dmn_level_names[z->level]);
+            dmn.warmup_tainted = true;
+            dmn.bchain[z->level] = NULL;
+            dmn_node_kill(z);
+        }
         dmn_boot_advance();
         return;
     }

@@ -265,6 +265,7 @@ MODELS = """
         id = Column(Integer, primary_key=True)
         parent_id = Column(Integer, ForeignKey("parent.id"))
         parent = relationship({target!r})
+        {extra}
 """
 
 MODEL_TESTS = """
@@ -279,13 +280,22 @@ MODEL_TESTS = """
 """
 
 
-@pytest.mark.parametrize("target", ["Parent", "Nowhere"])
-def test_project_level_configures_sqlalchemy_mappers_only_when_clean(project, target):
+# A second relationship that writes the same column: SQLAlchemy warns when it configures.
+OVERLAP = 'parent_again = relationship("Parent")'
+RETRIED = "building it again without the warm-up"
+
+
+@pytest.mark.parametrize("target, extra", [("Parent", ""), ("Nowhere", ""), ("Parent", OVERLAP)],
+                         ids=["clean", "error", "warning"])
+def test_project_level_configures_sqlalchemy_mappers_only_when_clean(project, target, extra):
     """Workers start with the mappers configured when configuring them works;
-    a mapping error still reaches the tests exactly as in plain pytest."""
+    a mapping error or warning still reaches the tests exactly as in plain
+    pytest (the daemon builds the project level again without the warm-up,
+    and does not warm up again)."""
     pytest.importorskip("sqlalchemy")
+    clean = target == "Parent" and not extra
     project.write("app/__init__.py", "")
-    project.write("app/models.py", MODELS.format(target=target))
+    project.write("app/models.py", MODELS.format(target=target, extra=extra))
     project.write("tests/test_models.py", MODEL_TESTS)
     project.write("tests/test_probe.py", """
         from sqlalchemy import inspect
@@ -300,16 +310,27 @@ def test_project_level_configures_sqlalchemy_mappers_only_when_clean(project, ta
     for args in (["tests/test_models.py"], ["-s", "tests/test_probe.py"]):
         r, o = project.fast(*args), project.pytest(*args)
         assert (r.rc, r.dump) == (o.rc, o.dump), (r, o)
-    assert f"configured before any use: {target == 'Parent'}" in r.out, r
+    assert f"configured before any use: {clean}" in r.out, r
+    assert project.log().count(RETRIED) == (0 if clean else 1), project.log()
     # one worker: with two, each would be the first to meet the error (as under xdist)
     r, o = project.fast("--workers", "1", "tests/test_models.py"), project.pytest("tests/test_models.py")
+    assert (r.rc, r.dump) == (o.rc, o.dump), (r, o)
     if target == "Nowhere":
         assert r.dump == {"tests/test_models.py::test_first": "failed", "tests/test_models.py::test_second": "failed"}
         assert "failed to locate a name ('Nowhere')" in o.out
         # the first test meets the original error, the second SQLAlchemy's
-        # "One or more mappers failed to initialize" (no trial left it behind). Counted in
-        # the tracebacks: the short summary repeats it in full only where pytest does not
-        # truncate it to the terminal width (under CI=..., for one).
+        # "One or more mappers failed to initialize" (no warm-up left it behind). Counted
+        # in the tracebacks: the short summary repeats it in full only where pytest does
+        # not truncate it to the terminal width (under CI=..., for one).
         later = re.compile(r"^\s*E\s+sqlalchemy\.exc\.InvalidRequestError: One or more mappers failed", re.M)
         for out in (r.out, o.out):
             assert len(later.findall(out)) == 1, out
+    if extra:
+        for out in (r.out, o.out):
+            assert "2 passed, 1 warning" in out, out
+        # an edit of the app rebuilds the project level: no second try
+        project.write("app/models.py", MODELS.format(target=target, extra=extra).replace(
+            "Base = declarative_base()", "Base = declarative_base()  # edited"))
+        r = project.fast("--workers", "1", "tests/test_models.py")
+        assert "2 passed, 1 warning" in r.out, r
+        assert project.log().count(RETRIED) == 1, project.log()
