@@ -58,7 +58,8 @@ SUITE = ["test/test_engine.py", "test/test_plugin.py", "test/test_edit_loop.py"]
 # plugin, the parts that lean on pytest's internals most: parity of pytest's
 # own reporting (-rA -v, junitxml), conftest options declared from the
 # daemon's table (test_app_parity), usage errors, inertness in the zygote;
-# and preloading through pytest's own assertion-rewriting import hook.
+# preloading through pytest's own assertion-rewriting import hook; and
+# what the tests' process inherits from the collection and the client.
 SMOKE = [
     "test_parity_cold_then_warm",
     "test_summary_shows_failures_and_counts",
@@ -68,6 +69,9 @@ SMOKE = [
     "test_app_parity",
     "test_inert_in_the_zygote_even_with_fast",
     "test_preloads_are_rewritten_as_pytest_would",
+    # the run's environment, TZ and sys.argv (PYTEST_VERSION exists from pytest 8.2)
+    "test_environment_changes_of_the_collection_reach_the_tests",
+    "test_time_zone_argv_and_gc_are_as_in_a_plain_run",
 ]
 
 PROBE = r"""
