@@ -3858,6 +3858,7 @@ static const char zyg_glue[] =
     "            \"inifile\": str(config.inipath) if getattr(config, \"inipath\", None) else None,\n"
     "            \"options\": _option_table(config),\n"
     "            \"preload\": _plan(config),\n"
+    "            \"threads\": _threads(),\n"
     "        })\n"
     "        self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}\n"
     "        self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]\n"
@@ -4343,7 +4344,7 @@ static const char zyg_glue[] =
     "        tainted = level == 1 and _warm_up(plan.get(\"warmup\", True))\n"
     "        _freeze_level()\n"
     "        _send(fd, {\"op\": \"level\", \"level\": level, \"files\": _module_files(new), \"failed\": failed,\n"
-    "                   \"tainted\": tainted,\n"
+    "                   \"tainted\": tainted, \"threads\": _threads(),\n"
     "                   \"dirs\": _site_dirs() if level == 0 else []})\n"
     "        fd, plan = _await_fork(fd)\n"
     "        level = plan[\"level\"]\n"
@@ -4484,6 +4485,23 @@ static const char zyg_glue[] =
     "    new = [name for name in sys.modules if name not in before]\n"
     "    _PRELOADED.update(new)\n"
     "    return new, failed\n"
+    "\n"
+    "\n"
+    "def _threads():\n"
+    "    \"\"\"The threads besides this one that are running: none of them survives\n"
+    "    the fork into the level above or into a worker.\"\"\"\n"
+    "    threading = sys.modules.get(\"threading\")\n"
+    "    if threading is None:\n"
+    "        return []\n"
+    "    out = []\n"
+    "    for thread in threading.enumerate():\n"
+    "        if thread is threading.current_thread() or not thread.is_alive():\n"
+    "            continue\n"
+    "        target = getattr(thread, \"_target\", None)\n"
+    "        where = \".\".join(filter(None, (getattr(target, \"__module__\", None),\n"
+    "                                       getattr(target, \"__qualname__\", None))))\n"
+    "        out.append(\"%s (%s)\" % (thread.name, where) if where else thread.name)\n"
+    "    return out\n"
     "\n"
     "\n"
     "def _freeze_level():\n"
@@ -5060,6 +5078,7 @@ typedef struct dmn_zygote {
     size_t nwarnings;
     dmn_watch *watch;
     size_t nwatch;
+    bool threads_told;          /* collected level: its first run heard of lost threads */
     char rootdir[PATH_MAX];
 } dmn_zygote;
 
@@ -7191,6 +7210,37 @@ static dmn_zygote *dmn_pick(dmn_conn *c)
     return NULL;
 }
 
+/* Threads that modules started at import run in the zygote, but fork()
+ * keeps only the forking thread: the first run of a collection is told
+ * which ones its tests will not have, instead of meeting a mystery. */
+static void dmn_tell_lost_threads(dmn_conn *c, dmn_zygote *z)
+{
+    if (z->threads_told)
+        return;
+    z->threads_told = true;
+    pf_buf names = {0};
+    size_t n = 0;
+    for (const dmn_zygote *p = z; p; p = p->parent) {
+        const pf_value *list = p->ready ? pf_dict_get(p->ready, "threads") : NULL;
+        for (size_t i = 0; list && pf_is_seq(list) && i < list->u.seq.len; i++) {
+            const pf_value *name = list->u.seq.items[i];
+            if (name->kind != PF_STR)
+                continue;
+            pf_buf_printf(&names, "%s%.*s", n++ ? ", " : "", (int)name->u.s.len, name->u.s.ptr);
+        }
+    }
+    if (n) {
+        char *note = util_fmt("the collection left %zu thread%s running that no test will have "
+                              "(fork() keeps only the forking thread): %.*s; start such threads "
+                              "in a fixture, or run plain pytest",
+                              n, n == 1 ? "" : "s", (int)names.len, (const char *)names.data);
+        util_log("%s", note);
+        dmn_send_note(c, note);
+        free(note);
+    }
+    pf_buf_free(&names);
+}
+
 /* Start the run at the head of the queue once the zygote is fit for it. */
 static void dmn_run_next(void)
 {
@@ -7223,6 +7273,7 @@ static void dmn_run_next(void)
             dmn_conn_drop(c);
             continue;
         }
+        dmn_tell_lost_threads(c, z);
         dmn_run *r = util_alloc(sizeof *r);
         r->client = c;
         r->z = z;

@@ -426,6 +426,34 @@ def test_time_zone_argv_and_gc_are_as_in_a_plain_run(project):
     assert "warm" in ours.out, ours
 
 
+def test_threads_started_at_import_are_named_once_per_collection(project):
+    """fork() keeps only the forking thread: the first run of a collection says
+    which threads the modules started that its tests will not have."""
+    project.write("app/__init__.py", "")
+    project.write("app/bg.py", """
+        import threading
+        stop = threading.Event()
+        def consume():
+            stop.wait()
+        threading.Thread(target=consume, name="bg-consumer", daemon=True).start()
+    """)
+    project.write("tests/test_bg.py", """
+        import threading
+        from app import bg
+
+        def test_alone():
+            assert threading.active_count() == 1
+    """)
+    note = "1 thread running that no test will have"
+    first, second = project.fast(), project.fast()
+    assert first.dump == second.dump == {"tests/test_bg.py::test_alone": "passed"}, first
+    assert note in first.err and "bg-consumer (app.bg.consume)" in first.err, first
+    assert note not in second.err, second
+    project.write("tests/test_other.py", "def test_other():\n    pass\n")
+    third = project.fast()
+    assert note in third.err, third   # a new collection, told again
+
+
 def test_venv_interpreter(project, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
