@@ -334,3 +334,38 @@ def test_project_level_configures_sqlalchemy_mappers_only_when_clean(project, ta
         r = project.fast("--workers", "1", "tests/test_models.py")
         assert "2 passed, 1 warning" in r.out, r
         assert project.log().count(RETRIED) == 1, project.log()
+
+
+def test_threads_started_at_import_are_named_once_per_collection(project):
+    """fork() keeps only the forking thread: the first run of each collection
+    (single-level, then layered with the thread started in the project level,
+    then after an edit) says which threads its tests will not have."""
+    project.write("app/__init__.py", "")
+    project.write("app/bg.py", """
+        import threading
+        stop = threading.Event()
+        def consume():
+            stop.wait()
+        threading.Thread(target=consume, name="bg-consumer", daemon=True).start()
+    """)
+    project.write("tests/test_bg.py", """
+        import threading
+        from app import bg
+
+        def test_alone():
+            assert threading.active_count() == 1
+    """)
+    note = "1 thread running that no test will have"
+    named = "bg-consumer (app.bg.consume)"
+    r = project.fast()
+    assert r.dump == {"tests/test_bg.py::test_alone": "passed"}, r
+    assert note in r.err and named in r.err, r
+    wait_for(lambda: "on (preloading)" in project.status().stdout and
+             "zygote   : ready" in project.status().stdout, what="the preloading layers")
+    first, second = project.fast(), project.fast()
+    assert first.dump == second.dump == r.dump, (first, second)
+    assert note in first.err and named in first.err, first
+    assert note not in second.err, second
+    project.write("tests/test_other.py", "def test_other():\n    pass\n")
+    third = project.fast()
+    assert note in third.err, third

@@ -403,7 +403,8 @@ def test_environment_changes_of_the_collection_reach_the_tests(project):
 
 def test_time_zone_argv_and_gc_are_as_in_a_plain_run(project):
     """TZ (not part of the fingerprint) and sys.argv as a plain run of the
-    same command has them, though the zygote started with others."""
+    same command has them, though every zygote that may serve the second run
+    started with TZ=UTC0."""
     project.write("tests/test_proc.py", """
         import os, sys, time
 
@@ -423,35 +424,6 @@ def test_time_zone_argv_and_gc_are_as_in_a_plain_run(project):
     oracle, ours = project.pytest("-rs", "tests", env=env), project.fast("-rs", "tests", env=env)
     assert oracle.rc == 0, oracle
     assert (ours.rc, ours.dump) == (oracle.rc, oracle.dump), ours
-    assert "warm" in ours.out, ours
-
-
-def test_threads_started_at_import_are_named_once_per_collection(project):
-    """fork() keeps only the forking thread: the first run of a collection says
-    which threads the modules started that its tests will not have."""
-    project.write("app/__init__.py", "")
-    project.write("app/bg.py", """
-        import threading
-        stop = threading.Event()
-        def consume():
-            stop.wait()
-        threading.Thread(target=consume, name="bg-consumer", daemon=True).start()
-    """)
-    project.write("tests/test_bg.py", """
-        import threading
-        from app import bg
-
-        def test_alone():
-            assert threading.active_count() == 1
-    """)
-    note = "1 thread running that no test will have"
-    first, second = project.fast(), project.fast()
-    assert first.dump == second.dump == {"tests/test_bg.py::test_alone": "passed"}, first
-    assert note in first.err and "bg-consumer (app.bg.consume)" in first.err, first
-    assert note not in second.err, second
-    project.write("tests/test_other.py", "def test_other():\n    pass\n")
-    third = project.fast()
-    assert note in third.err, third   # a new collection, told again
 
 
 def test_venv_interpreter(project, tmp_path):
