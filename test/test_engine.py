@@ -426,6 +426,28 @@ def test_time_zone_argv_and_gc_are_as_in_a_plain_run(project):
     assert (ours.rc, ours.dump) == (oracle.rc, oracle.dump), ours
 
 
+def test_a_conftest_chdir_at_import_is_where_the_tests_run(project):
+    """A conftest that changes the working directory at import: the arguments
+    are resolved from the client's directory, the tests run in the new one."""
+    project.write("tests/conftest.py", """
+        import os
+        os.chdir(os.path.dirname(os.path.abspath(__file__)))
+    """)
+    project.write("tests/data.txt", "x")
+    project.write("tests/test_cwd.py", """
+        import os
+
+        def test_relative_file():
+            assert open("data.txt").read() == "x"
+            assert os.path.basename(os.getcwd()) == "tests"
+    """)
+    oracle = project.pytest("tests/test_cwd.py")
+    assert oracle.rc == 0, oracle
+    for _ in range(2):
+        r = project.fast("tests/test_cwd.py")
+        assert (r.rc, r.dump) == (oracle.rc, oracle.dump), r
+
+
 def test_venv_interpreter(project, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
