@@ -95,7 +95,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     if reply["op"] != "options":
         _early_exit(reply)
     _declare_options(parser, reply["options"])
-    early_config.pluginmanager.register(Controller(early_config, daemon, timeout),
+    header = [str(line) for line in reply.get("header") or ()]
+    early_config.pluginmanager.register(Controller(early_config, daemon, timeout, header),
                                         "pytest-fast-controller")
 
 
@@ -363,10 +364,16 @@ def _remote_item(session: pytest.Session, nodeid: str, fspath: str, lineno: int 
 class Controller:
     """Stands in for collection and the test loop while --fast is on."""
 
-    def __init__(self, config: pytest.Config, daemon: Daemon, timeout: float) -> None:
+    def __init__(self, config: pytest.Config, daemon: Daemon, timeout: float,
+                 header: list[str]) -> None:
         self.config = config
         self.daemon = daemon
         self.timeout = timeout
+        self.header = header
+
+    def pytest_report_header(self) -> list[str]:
+        """What the conftests (imported by the daemon, not here) add."""
+        return self.header
 
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:

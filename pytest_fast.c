@@ -3803,6 +3803,7 @@ static const char zyg_glue[] =
     "        self.collect_skips = []\n"
     "        self.warnings = []\n"
     "        self.config = None\n"
+    "        self.header = []\n"
     "        self.worker = None\n"
     "        self.env_set = {}\n"
     "        self.env_unset = []\n"
@@ -3811,6 +3812,7 @@ static const char zyg_glue[] =
     "\n"
     "    def pytest_configure(self, config):\n"
     "        self.config = config\n"
+    "        self.header = _conftest_header(config)\n"
     "\n"
     "    def pytest_collectreport(self, report):\n"
     "        # Failed collectors are errors; skipped ones (a module-level skip)\n"
@@ -3859,6 +3861,7 @@ static const char zyg_glue[] =
     "            \"rootdir\": rootdir,\n"
     "            \"inifile\": str(config.inipath) if getattr(config, \"inipath\", None) else None,\n"
     "            \"options\": _option_table(config),\n"
+    "            \"header\": self.header,\n"
     "            \"preload\": _plan(config),\n"
     "            \"threads\": _threads(),\n"
     "        })\n"
@@ -3877,6 +3880,32 @@ static const char zyg_glue[] =
     "                self.role = \"leader\"\n"
     "                _Leader(session, msg, fds).lead(self)\n"
     "                return True\n"
+    "\n"
+    "\n"
+    "def _conftest_header(config):\n"
+    "    \"\"\"The lines the initial conftests' pytest_report_header add to pytest's\n"
+    "    header (those loaded before the session starts, as in a plain run), for\n"
+    "    the plugin's controller, which imports no conftest.  Computed with this\n"
+    "    collection's configuration.\"\"\"\n"
+    "    import inspect\n"
+    "    args = {\"config\": config, \"start_path\": config.invocation_params.dir}\n"
+    "    try:\n"
+    "        from _pytest.compat import legacy_path\n"
+    "        args[\"startdir\"] = legacy_path(args[\"start_path\"])\n"
+    "    except ImportError:\n"
+    "        pass\n"
+    "    lines = []\n"
+    "    for _, plugin in config.pluginmanager.list_name_plugin():\n"
+    "        hook = getattr(plugin, \"pytest_report_header\", None)\n"
+    "        if os.path.basename(getattr(plugin, \"__file__\", None) or \"\") != \"conftest.py\" or not callable(hook):\n"
+    "            continue\n"
+    "        try:\n"
+    "            wanted = inspect.signature(hook).parameters\n"
+    "            got = hook(**{k: v for k, v in args.items() if k in wanted})\n"
+    "        except Exception:\n"
+    "            continue   # its error belongs to the run that shows the header\n"
+    "        lines.extend([got] if isinstance(got, str) else [str(line) for line in got or ()])\n"
+    "    return lines\n"
     "\n"
     "\n"
     "_FLAG_ACTIONS = (\"store_true\", \"store_false\", \"store_const\", \"append_const\", \"count\", \"help\", \"version\")\n"
@@ -7278,7 +7307,9 @@ static void dmn_run_next(void)
             pf_arena *a = pf_arena_new(0);
             pf_value *d = util_msg(a, "options");
             const pf_value *opts = pf_dict_get(z->ready, "options");
+            const pf_value *header = pf_dict_get(z->ready, "header");
             util_set(a, d, "options", opts ? (pf_value *)opts : pf_new_container(a, PF_LIST));
+            util_set(a, d, "header", header ? (pf_value *)header : pf_new_container(a, PF_LIST));
             dmn_send(c, d);
             pf_arena_free(a);
             dmn_conn_drop(c);

@@ -72,6 +72,7 @@ SMOKE = [
     # the run's environment, TZ and sys.argv (PYTEST_VERSION exists from pytest 8.2)
     "test_environment_changes_of_the_collection_reach_the_tests",
     "test_time_zone_argv_and_gc_are_as_in_a_plain_run",
+    "test_header_lines_of_the_initial_conftests",
 ]
 
 PROBE = r"""

@@ -711,6 +711,33 @@ def test_shares_the_daemon_with_the_cli(app_project):
                        timeout=30)
 
 
+def test_header_lines_of_the_initial_conftests(project):
+    """pytest_report_header of the conftests loaded before the session starts
+    (not of one found while collecting): the same header as a plain run."""
+    project.write("conftest.py", """
+        def pytest_report_header(config):
+            return "root: demo"
+    """)
+    project.write("tests/conftest.py", """
+        def pytest_report_header(config, start_path):
+            return ["tests 1", "tests 2"]
+    """)
+    project.write("tests/sub/conftest.py", """
+        def pytest_report_header():
+            return "nested: not initial"
+    """)
+    project.write("tests/sub/test_a.py", "def test_a():\n    pass\n")
+
+    def header(out):
+        return out.split("rootdir:")[0].splitlines()[2:]
+
+    plain = run(project)
+    assert header(plain.out) == ["root: demo", "tests 1", "tests 2"], plain
+    for _ in range(2):
+        ours = fast(project)
+        assert header(ours.out) == header(plain.out), ours
+
+
 def test_environment_changes_of_the_collection_reach_the_tests(project):
     """What the conftest did to os.environ at import reaches the daemon's
     tests, though the controller never imports it."""
