@@ -8,7 +8,7 @@ forked workers run the tests; this plugin
 * keeps the controller from importing any conftest.py (and so the app): it
   sets ``noconftest`` before pytest's own ``pytest_load_initial_conftests``
   runs, and declares the options the conftests add, as the daemon reports
-  them, so that they still parse;
+  them, so that they still parse (and shows the header lines they add);
 * replaces collection by the daemon's selection (``pytest_collection``) and
   the test loop by republishing the serialized reports the daemon streams
   (``pytest_runtestloop``), through the same hooks xdist's controller uses.
