@@ -2,12 +2,16 @@
 # build.sh — build, test, fuzz and benchmark pytest-fast.
 #
 #   ./build.sh            build ./pytest-fast against the Python that can import pytest
-#   ./build.sh test       build, then the C unit tests, a smoke run on every other
+#   ./build.sh amalgamate write pytest_fast.c from pytest_fast.h and src/
+#   ./build.sh test       check that pytest_fast.c is not stale, lint (ruff, mypy),
+#                         build, then the C unit tests, a smoke run on every other
 #                         Python x pytest present (PF_NO_MATRIX=1 skips it) and the
-#                         whole pytest suite
+#                         whole pytest suite, in an environment scrubbed of the
+#                         caller's venv and pytest/Python settings
 #   ./build.sh asan       the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   ./build.sh fuzz [S]   fuzz the pickle decoder for S seconds (default 600)
-#   ./build.sh demo       build and run the example project (test/example), cold then warm
+#   ./build.sh demo       make_app (FastAPI + SQLAlchemy + Pydantic): plain pytest,
+#                         pytest-xdist, pytest-fast cold, warm, edit -> result
 #   ./build.sh bench      benchmarks side by side (see bench/README.md)
 #   ./build.sh matrix     every CPython 3.9-3.13 here x pytest 7.4 / 8.x / 9.x (--smoke)
 #
@@ -109,6 +113,31 @@ build() {  # build [SANITIZE-FLAGS]
     say "built $dir/pytest-fast for $PY_EXE"
 }
 
+# The suite passes from any shell: another venv, PYTEST_ADDOPTS, CI=true or
+# PYTHON* settings of the caller must not reach the binary under test nor the
+# pytest that runs the suite (test/conftest.py scrubs the same names).
+scrub_env() {
+    local v
+    for v in $(compgen -e); do
+        case $v in
+        VIRTUAL_ENV|CI|PYTEST_ADDOPTS|PYTEST_PLUGINS|PYTEST_DISABLE_PLUGIN_AUTOLOAD|PYTEST_FAST_*|PYTHON*)
+            unset "$v" ;;
+        esac
+    done
+}
+
+# pytest_fast.c must be what src/amalgamate.py makes of the sources.
+check_amalgamation() {
+    "$1" "$ROOT/src/amalgamate.py" --check
+}
+
+lint() {  # lint PYTHON
+    local py=$1
+    "$py" -m ruff check --quiet "$ROOT"
+    "$py" -m mypy --config-file "$ROOT/pyproject.toml" "$ROOT/plugin.py" "$ROOT/src/glue.py" "$ROOT/src/amalgamate.py"
+    say "lint: ruff and mypy clean"
+}
+
 run_tests() {  # run_tests BUILD-DIR [pytest args]
     local dir=$1; shift
     for t in "$dir"/unit_*; do
@@ -118,10 +147,10 @@ run_tests() {  # run_tests BUILD-DIR [pytest args]
     PF_BUILD_DIR=$dir PF_BIN=$dir/pytest-fast "$ROOT/.venv/bin/python" -m pytest "$ROOT/test" "$@"
 }
 
-test_env() {
+test_env() {  # after scrub_env: PYTHON (given as the base) is the only choice kept
     local base=""
-    if [ -n "${PYTHON:-}" ]; then base=$PYTHON; else
-        for c in ${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python} python3 python3.13 python3.12 python3.11 python3.10 python3.9; do
+    if [ -n "${1:-}" ]; then base=$1; else
+        for c in python3 python3.13 python3.12 python3.11 python3.10 python3.9; do
             if command -v "$c" >/dev/null 2>&1 && embeddable "$c"; then base=$(command -v "$c"); break; fi
         done
     fi
@@ -138,9 +167,17 @@ case "$cmd" in
 build)
     build
     ;;
+amalgamate)
+    command -v python3 >/dev/null || { say "amalgamate needs python3"; exit 1; }
+    python3 "$ROOT/src/amalgamate.py"
+    ;;
 test)
     shift || true
-    test_env
+    base=${PYTHON:-}
+    scrub_env
+    test_env "$base"
+    check_amalgamation "$PYTHON"
+    lint "$PYTHON"
     build
     # The other CPython x pytest combinations present here get a smoke run;
     # this one (./.venv) gets the whole suite, whose summary ends the output.
@@ -149,7 +186,9 @@ test)
     ;;
 asan)
     shift || true
-    test_env
+    base=${PYTHON:-}
+    scrub_env
+    test_env "$base"
     build "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
     PF_SANITIZED=1 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:handle_segv=0} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
@@ -168,15 +207,11 @@ fuzz)
         "$BUILD/fuzz-corpus" test/corpus
     ;;
 demo)
+    base=${PYTHON:-}
+    scrub_env
+    test_env "$base"
     build
-    cd "$ROOT/test/example"
-    export PYTEST_FAST_ADDRESS=$BUILD/demo.sock
-    "$ROOT/pytest-fast" --stop >/dev/null
-    echo "== first run: the daemon starts, imports the app and collects once (cold)"
-    "$ROOT/pytest-fast" --workers 2
-    echo "== second run: workers fork from the warm zygote"
-    "$ROOT/pytest-fast" --workers 2
-    "$ROOT/pytest-fast" --stop
+    exec "$PYTHON" "$ROOT/bench/demo.py" --bin "$ROOT/pytest-fast"
     ;;
 bench)
     shift || true

@@ -29,7 +29,8 @@ import struct
 import subprocess
 import sys
 import warnings
-from typing import Any, Iterator, NoReturn, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 import pytest
 
@@ -229,7 +230,7 @@ class Daemon:
             sock.connect(self.address)
         except OSError as exc:
             sock.close()
-            raise pytest.UsageError(f"pytest-fast: cannot connect to {self.address}: {exc}")
+            raise pytest.UsageError(f"pytest-fast: cannot connect to {self.address}: {exc}") from None
         self.sock = sock
         self.reader = sock.makefile("rb")
         args = forwarded_args(config.invocation_params.args)

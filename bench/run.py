@@ -133,7 +133,7 @@ class Procs:
         snap = snap if snap is not None else self.snapshot()
         me = os.getpid()
         pids = []
-        for pid, (ppid, start) in snap.items():
+        for pid, (_ppid, start) in snap.items():
             if pid == me:
                 continue
             run, k, cmd = self.tag(pid, start)
@@ -533,7 +533,7 @@ class Bench:
                 specs[rid] = (c, self.spec(c, proj, pytest_args, w))
                 samples[rid] = []
         for rnd in range(warmups + reps):
-            for rid, (c, (argv, env, key, addr)) in specs.items():
+            for rid, (c, (argv, env, key, _addr)) in specs.items():
                 if rnd < warmups and self.args.quick and (c.family == "xdist" or c.cold):
                     continue            # quick: warm only .pyc (plain pytest) and daemons
                 if c.cold:
@@ -575,7 +575,7 @@ class Bench:
                 samples[c.id] = []
         watchers = [specs[i][1][2] for i in specs if specs[i][0].watch]
         for rnd in range(1 + reps):
-            for rid, (c, (argv, env, key, addr)) in specs.items():
+            for rid, (c, (argv, env, key, _addr)) in specs.items():
                 logp = os.path.join(LOGS, sid, rid + ".log")
                 if rnd == 0 and c.watch:
                     continue            # isolated below before each of its rounds anyway
@@ -661,7 +661,7 @@ class Bench:
                 continue
             (total, per), nsamp, res, s = best
             by_role = {}
-            for k, (pss, priv) in per.items():
+            for k, (pss, _priv) in per.items():
                 r = s.role(k)
                 by_role[r] = by_role.get(r, 0) + pss
             procs = [(v[0], s.role(k), v[1]) for k, v in s.maxpriv.items()]

@@ -19,6 +19,19 @@ from pathlib import Path
 
 import pytest
 
+# The suite passes from any shell: what the caller's shell says about its
+# venv, pytest or Python must reach neither the binary under test nor the
+# oracle runs (build.sh scrubs the same names before the suite starts).
+SCRUBBED = ("VIRTUAL_ENV", "CI", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+
+
+def _scrubbed(name):
+    return name in SCRUBBED or name.startswith(("PYTEST_FAST_", "PYTHON"))
+
+
+for _name in [n for n in os.environ if _scrubbed(n)]:
+    del os.environ[_name]
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("PF_BUILD_DIR", ROOT / "build"))
 BIN = Path(os.environ.get("PF_BIN", ROOT / "pytest-fast"))

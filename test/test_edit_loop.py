@@ -1,14 +1,12 @@
 """The edit loop: the layered zygote restarts only the level holding a
 changed file, and the watcher pre-warms a fresh zygote before the next run.
 Results after every edit must equal plain pytest's."""
-import os
 import re
 import subprocess
 import sys
 import time
 
 import pytest
-
 from conftest import BIN, ROOT
 from test_engine import PARITY, write_all
 

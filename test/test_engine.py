@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import BIN
 
 PARITY = {
@@ -197,7 +196,7 @@ def test_crashes_and_timeout_match_xdist(project):
     assert "signal 11" in r.out
     assert "Segmentation fault" in r.out
     assert "timed out after 3s" in r.out
-    assert "test_hang" in r.out and "time.sleep(60)" in r.out or "in test_hang" in r.out
+    assert ("test_hang" in r.out and "time.sleep(60)" in r.out) or "in test_hang" in r.out
     # pytest-xdist's verdict for the two crashes (no timeout there)
     os.remove(project.path / "tests/test_crash.py")
     project.write("tests/test_crash.py", CRASHY["tests/test_crash.py"].replace("def test_hang", "def _no_hang"))

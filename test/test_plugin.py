@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, HERE, ROOT, Result, copies_of_the_binary
 from test_engine import ENV_CONFTEST, EXIT_MODULE, PARITY, env_conftest_env, write_all
 
@@ -309,7 +308,8 @@ def test_collection_warnings(project):
     oracle = project.pytest("-rA")
     ours = fast(project, "-rA")
     assert section(ours.out, "warnings summary") == section(oracle.out, "warnings summary")
-    assert final_line(ours.out) == final_line(oracle.out) == "======================== 1 passed, 2 warnings in T ========================="
+    expected = "======================== 1 passed, 2 warnings in T ========================="
+    assert final_line(ours.out) == final_line(oracle.out) == expected
 
 
 def test_module_level_skip(project):

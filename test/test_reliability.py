@@ -34,9 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import conftest
+import pytest
 from conftest import BIN, HERE, copies_of_the_binary
 
 pytestmark = pytest.mark.reliability
@@ -241,7 +240,7 @@ class Client:
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait()
-            raise AssertionError(f"the client did not finish within {timeout}s:\n{self}")
+            raise AssertionError(f"the client did not finish within {timeout}s:\n{self}") from None
 
     @property
     def out(self):
@@ -447,7 +446,7 @@ def test_kill9_zygote_mid_run(project, which):
     assert re.search(r"zygote|leader", c.out + c.err), c
     wait_for(lambda: not alive(victim), CLEAR_WITHIN, "the victim worker to die with its zygote")
     for pid in chain[chain.index(target):]:
-        wait_for(lambda: not alive(pid), CLEAR_WITHIN, f"zygote {pid} to die with {target}")
+        wait_for(lambda pid=pid: not alive(pid), CLEAR_WITHIN, f"zygote {pid} to die with {target}")
     next_run_works(project, sync, warm=None)       # a fresh zygote: re-collected, or re-forked in time
     st2 = status(project)
     assert st2["pid"] == st["pid"] and st2["zygote_pid"] != st["zygote_pid"], (st, st2)
@@ -505,7 +504,7 @@ def test_kill9_client_mid_run(project):
 def test_sigterm_daemon_mid_run(project):
     sync = fault_project(project)
     st = status(project)
-    c, victim = start_victim_run(project, sync)
+    c, _victim = start_victim_run(project, sync)
     os.kill(st["pid"], signal.SIGTERM)
     rc = wait_client(c, time.monotonic())
     assert rc != 0, c
@@ -581,7 +580,7 @@ def test_forked_child_keeps_report_socket(project):
 
     oracle, took = pytest_files(project)
     assert len(kill_children()) == 1 and oracle.dump, oracle
-    for attempt in range(2):          # cold, then warm
+    for _ in range(2):          # cold, then warm
         r, took = fast_files(project, "--workers", "2")
         children = kill_children()
         assert len(children) == 1, (r, children)
@@ -1423,7 +1422,7 @@ class StatusProbe(threading.Thread):
 def slowloris(address, rng, n=100):
     """Connections that send part of a request and stall."""
     socks = []
-    for i in range(n):
+    for _ in range(n):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(address)
         body = pickle.dumps({"op": "status", "proto": 1}, protocol=4)
@@ -1461,7 +1460,7 @@ def wait_all_closed(socks, deadline):
             while s.recv(4096):
                 pass
         except socket.timeout:
-            raise AssertionError("the daemon kept a stalled connection open")
+            raise AssertionError("the daemon kept a stalled connection open") from None
         except OSError:
             pass
         s.close()

@@ -1,0 +1,255 @@
+/* ==========================================================================
+ * Arguments
+ *
+ * Owns: the table of pytest options whose meaning is known here.
+ * Splits a pytest command line into what shapes one run (selection and
+ * reporting, applied per run against the cached collection) and what
+ * shapes collection (part of the zygote's identity: a change re-collects).
+ * Unknown options are conservatively collection-affecting.  Calls Utilities.
+ * ========================================================================== */
+
+enum {
+    ARG_VALUE = 1,     /* takes a value */
+    ARG_RUN = 2,       /* per run (otherwise collection-affecting) */
+    ARG_REFUSE = 4     /* not available in the lean CLI */
+};
+
+typedef struct arg_spec {
+    const char *name;  /* "-k" or "--maxfail" */
+    int flags;
+} arg_spec;
+
+static const arg_spec arg_table[] = {
+    {"-k", ARG_VALUE | ARG_RUN},
+    {"-m", ARG_VALUE | ARG_RUN},
+    {"--deselect", ARG_VALUE | ARG_RUN},
+    {"--maxfail", ARG_VALUE | ARG_RUN},
+    {"-x", ARG_RUN},
+    {"--exitfirst", ARG_RUN},
+    {"--lf", ARG_RUN},
+    {"--last-failed", ARG_RUN},
+    {"--ff", ARG_RUN},
+    {"--failed-first", ARG_RUN},
+    {"--nf", ARG_RUN},
+    {"--new-first", ARG_RUN},
+    {"--lfnf", ARG_VALUE | ARG_RUN},
+    {"--last-failed-no-failures", ARG_VALUE | ARG_RUN},
+    {"-v", ARG_RUN},
+    {"--verbose", ARG_RUN},
+    {"-q", ARG_RUN},
+    {"--quiet", ARG_RUN},
+    {"--verbosity", ARG_VALUE | ARG_RUN},
+    {"-s", ARG_RUN},
+    {"--capture", ARG_VALUE | ARG_RUN},
+    {"--tb", ARG_VALUE | ARG_RUN},
+    {"-r", ARG_VALUE | ARG_RUN},
+    {"-l", ARG_RUN},
+    {"--showlocals", ARG_RUN},
+    {"--no-showlocals", ARG_RUN},
+    {"--full-trace", ARG_RUN},
+    {"--durations", ARG_VALUE | ARG_RUN},
+    {"--durations-min", ARG_VALUE | ARG_RUN},
+    {"--color", ARG_VALUE | ARG_RUN},
+    {"--code-highlight", ARG_VALUE | ARG_RUN},
+    {"--no-header", ARG_RUN},
+    {"--no-summary", ARG_RUN},
+    {"--show-capture", ARG_VALUE | ARG_RUN},
+    {"--collect-only", ARG_RUN},
+    {"--co", ARG_RUN},
+    {"--continue-on-collection-errors", ARG_RUN},
+    {"--runxfail", ARG_RUN},
+    {"--disable-warnings", ARG_RUN},
+    {"--disable-pytest-warnings", ARG_RUN},
+    {"--setup-show", ARG_RUN},
+    {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
+    {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
+    {"--pdb", ARG_RUN | ARG_REFUSE},
+    {"--trace", ARG_RUN | ARG_REFUSE},
+    {"--sw", ARG_RUN | ARG_REFUSE},
+    {"--stepwise", ARG_RUN | ARG_REFUSE},
+    {"-n", ARG_VALUE | ARG_REFUSE},
+    {"--numprocesses", ARG_VALUE | ARG_REFUSE},
+    {"-p", ARG_VALUE},
+    {"-c", ARG_VALUE},
+    {"--config-file", ARG_VALUE},
+    {"-o", ARG_VALUE},
+    {"--override-ini", ARG_VALUE},
+    {"-W", ARG_VALUE},
+    {"--pythonwarnings", ARG_VALUE},
+    {"--rootdir", ARG_VALUE},
+    {"--confcutdir", ARG_VALUE},
+    {"--basetemp", ARG_VALUE},
+    {"--import-mode", ARG_VALUE},
+    {"--ignore", ARG_VALUE},
+    {"--ignore-glob", ARG_VALUE},
+    {"--doctest-glob", ARG_VALUE},
+    {"--assert", ARG_VALUE},
+    {"--log-level", ARG_VALUE},
+    {"--log-format", ARG_VALUE},
+    {"--log-date-format", ARG_VALUE},
+    {"--log-cli-level", ARG_VALUE},
+    {"--log-cli-format", ARG_VALUE},
+    {"--log-cli-date-format", ARG_VALUE},
+    {"--log-file", ARG_VALUE},
+    {"--log-file-mode", ARG_VALUE},
+    {"--log-file-level", ARG_VALUE},
+    {"--log-file-format", ARG_VALUE},
+    {"--log-file-date-format", ARG_VALUE},
+    {"--log-disable", ARG_VALUE},
+    {"--junit-prefix", ARG_VALUE},
+    {"--doctest-report", ARG_VALUE},
+    {"--cov", ARG_VALUE | ARG_REFUSE},
+};
+
+static const arg_spec *arg_lookup(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof arg_table / sizeof *arg_table; i++)
+        if (strlen(arg_table[i].name) == len && memcmp(arg_table[i].name, name, len) == 0)
+            return &arg_table[i];
+    return NULL;
+}
+
+/* The split of one command line.  Positional arguments (paths, node ids)
+ * are per run.  refused names the first option the lean CLI cannot honour. */
+typedef struct arg_split {
+    util_strv collect;
+    util_strv run;
+    int maxfail;          /* 0 = no limit */
+    bool collect_only;
+    bool continue_on_errors;
+    bool full_trace_none; /* --tb=no */
+    int durations;        /* --durations N, -1 when not given */
+    char refused[64];
+} arg_split;
+
+static void arg_split_free(arg_split *s)
+{
+    util_strv_free(&s->collect);
+    util_strv_free(&s->run);
+}
+
+/* Note what the daemon itself must know about a per-run option. */
+static void arg_note(arg_split *s, const char *name, const char *value)
+{
+    if (!strcmp(name, "-x") || !strcmp(name, "--exitfirst"))
+        s->maxfail = 1;
+    else if (!strcmp(name, "--maxfail") && value)
+        s->maxfail = atoi(value) > 0 ? atoi(value) : 0;
+    else if (!strcmp(name, "--collect-only") || !strcmp(name, "--co"))
+        s->collect_only = true;
+    else if (!strcmp(name, "--continue-on-collection-errors"))
+        s->continue_on_errors = true;
+    else if (!strcmp(name, "--tb") && value && !strcmp(value, "no"))
+        s->full_trace_none = true;
+    else if (!strcmp(name, "--durations") && value)
+        s->durations = atoi(value) >= 0 ? atoi(value) : 0;
+}
+
+/* Whether an option this table does not know takes a value: the zygote's
+ * parser says so when it has collected (plugins and conftests add options);
+ * otherwise a following word that is not a path is taken as the value. */
+static bool arg_unknown_takes_value(const char *name, size_t len, const char *next,
+                                    const pf_value *options, const char *cwd)
+{
+    for (size_t i = 0; options && pf_is_seq(options) && i < options->u.seq.len; i++) {
+        const pf_value *o = options->u.seq.items[i];
+        const pf_value *names = pf_dict_get(o, "names");
+        for (size_t k = 0; names && pf_is_seq(names) && k < names->u.seq.len; k++) {
+            const pf_value *n = names->u.seq.items[k];
+            if (n->kind == PF_STR && n->u.s.len == len && !memcmp(n->u.s.ptr, name, len)) {
+                const pf_value *v = pf_dict_get(o, "value");
+                return v && v->kind == PF_BOOL && v->u.b;
+            }
+        }
+    }
+    if (!next || next[0] == '-' || !cwd)
+        return false;
+    size_t plen = strcspn(next, ":");
+    char *path = next[0] == '/' ? util_strndup(next, plen) : util_fmt("%s/%.*s", cwd, (int)plen, next);
+    struct stat st;
+    bool is_path = stat(path, &st) == 0;
+    free(path);
+    return !is_path;
+}
+
+/* Returns 0, or -1 with msg set for a malformed command line.  options is
+ * the zygote's option table (or NULL), cwd the client's directory. */
+static int arg_classify(int argc, char **argv, arg_split *s, const pf_value *options, const char *cwd,
+                        char *msg, size_t msglen)
+{
+    bool only_positional = false;
+    s->durations = -1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_positional || a[0] != '-' || !a[1]) {
+            util_strv_push(&s->run, a);
+            continue;
+        }
+        if (!strcmp(a, "--")) {
+            only_positional = true;
+            util_strv_push(&s->run, a);
+            continue;
+        }
+        util_strv *dest;
+        const arg_spec *spec;
+        const char *value = NULL;
+        if (a[1] == '-') {
+            const char *eq = strchr(a, '=');
+            size_t len = eq ? (size_t)(eq - a) : strlen(a);
+            spec = arg_lookup(a, len);
+            int flags = spec ? spec->flags
+                        : !eq && arg_unknown_takes_value(a, len, i + 1 < argc ? argv[i + 1] : NULL, options, cwd)
+                            ? ARG_VALUE : 0;
+            dest = (flags & ARG_RUN) ? &s->run : &s->collect;
+            util_strv_push(dest, a);
+            if (eq)
+                value = eq + 1;
+            else if (flags & ARG_VALUE) {
+                if (i + 1 >= argc) {
+                    snprintf(msg, msglen, "argument %s: expected one argument", a);
+                    return -1;
+                }
+                value = argv[++i];
+                util_strv_push(dest, value);
+            }
+            if (spec && (flags & ARG_REFUSE) && !s->refused[0])
+                snprintf(s->refused, sizeof s->refused, "%.*s", (int)len, a);
+            if (spec) {
+                char name[64];
+                snprintf(name, sizeof name, "%.*s", (int)len, a);
+                arg_note(s, name, value);
+            }
+            continue;
+        }
+        /* A cluster of short options: "-xvs", "-ra", "-k expr", "-kexpr". */
+        char name[3] = {'-', 0, 0};
+        for (const char *c = a + 1; *c; c++) {
+            name[1] = *c;
+            spec = arg_lookup(name, 2);
+            int flags = spec ? spec->flags
+                        : !c[1] && arg_unknown_takes_value(name, 2, i + 1 < argc ? argv[i + 1] : NULL, options, cwd)
+                            ? ARG_VALUE : 0;
+            dest = (flags & ARG_RUN) ? &s->run : &s->collect;
+            if (spec && (flags & ARG_REFUSE) && !s->refused[0])
+                snprintf(s->refused, sizeof s->refused, "%s", name);
+            if (flags & ARG_VALUE) {
+                util_strv_push(dest, name);
+                if (c[1])
+                    value = c + 1;
+                else if (i + 1 < argc)
+                    value = argv[++i];
+                else {
+                    snprintf(msg, msglen, "argument %s: expected one argument", name);
+                    return -1;
+                }
+                util_strv_push(dest, value);
+                arg_note(s, name, value);
+                break;
+            }
+            util_strv_push(dest, name);
+            if (spec)
+                arg_note(s, name, NULL);
+        }
+    }
+    return 0;
+}

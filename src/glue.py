@@ -1,0 +1,938 @@
+"""pytest-fast: the Python side of the zygote, its run leaders and workers.
+
+The zygote runs pytest's own main with the _Zygote plugin below, so that
+configuration and collection happen under all of pytest's hook wrappers.
+Its pytest_runtestloop never runs a test: it reports the collection to the
+daemon, freezes the heap and waits in C (_pytest_fast.serve) for fork
+requests.  A forked *leader* applies one run's options and selection; the
+*workers* it forks run items with pytest's real protocol.  Frames to the
+daemon are pickles of plain builtins; frames from it are decoded by the C
+decoder, which cannot instantiate anything.
+"""
+import gc
+import io
+import os
+import pickle
+import sys
+import time
+
+import _pytest_fast as _c
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+# The environment and working directory this zygote was started with: what
+# preloading, plugins and conftests change in them is part of the collection
+# every run inherits.
+_BOOT_ENV = dict(os.environ)
+_BOOT_CWD = os.getcwd()
+
+
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainPickler(pickle.Pickler):
+    # The C pickler handles exact builtins itself and asks us only about
+    # everything else, which the daemon would refuse: bail out and convert.
+    def reducer_override(self, obj):
+        raise _NotPlain
+
+
+def _plain(obj, depth=0):
+    t = type(obj)
+    if t in _PLAIN:
+        return obj
+    if depth > 150:
+        return repr(obj)
+    d = depth + 1
+    if isinstance(obj, dict):
+        return {(k if type(k) in _PLAIN else repr(k)): _plain(v, d) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        seq = [_plain(v, d) for v in obj]
+        return seq if isinstance(obj, list) else tuple(seq)
+    if isinstance(obj, (set, frozenset)):
+        return frozenset(v if type(v) in _PLAIN else repr(v) for v in obj)
+    for base in (bool, int, float, str, bytes):
+        if isinstance(obj, base):
+            return base(obj)
+    return repr(obj)
+
+
+def _dumps(obj):
+    buf = io.BytesIO()
+    try:
+        _PlainPickler(buf, 5).dump(obj)
+    except _NotPlain:
+        buf = io.BytesIO()
+        pickle.Pickler(buf, 5).dump(_plain(obj))
+    return buf.getvalue()
+
+
+def _send(fd, obj):
+    _c.send(fd, _dumps(obj))
+
+
+def _longrepr_text(rep):
+    try:
+        return rep.longreprtext
+    except Exception as exc:  # a plugin's custom longrepr that cannot render
+        return "<longrepr not renderable: %r>" % (exc,)
+
+
+class _Zygote:
+    """Registered as a plugin in the zygote's pytest.main()."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.role = "zygote"
+        self.collect_errors = []
+        self.collect_skips = []
+        self.warnings = []
+        self.config = None
+        self.header = []
+        self.worker = None
+        self.env_set = {}
+        self.env_unset = []
+        self.cwd = None
+
+    def pytest_configure(self, config):
+        self.config = config
+        self.header = _conftest_header(config)
+
+    def pytest_collectreport(self, report):
+        # Failed collectors are errors; skipped ones (a module-level skip)
+        # count as skipped in pytest's summary.
+        if report.failed or report.skipped:
+            data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+            path = str(getattr(report, "fspath", "") or report.nodeid.split("::")[0])
+            text = _longrepr_text(report) if report.failed else str(report.longrepr[2])
+            (self.collect_errors if report.failed else self.collect_skips).append(
+                (report.nodeid, path, text, data))
+
+    def pytest_warning_recorded(self, warning_message, when, nodeid, location):
+        self.warnings.append(_warning_data(warning_message, when, nodeid, location))
+
+    def pytest_collection(self, session):
+        """Replay what the preloads warned, inside pytest's warning capture."""
+        import warnings
+        seen = set()
+        for w in _PRELOAD_WARNINGS:
+            key = (str(w.message), w.category, w.filename, w.lineno)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            except Warning:
+                pass   # -W error: the module is imported already (see the README)
+        return None
+
+    def pytest_runtestloop(self, session):
+        config = session.config
+        items = session.items
+        rootdir = str(config.rootpath)
+        locs = []
+        for item in items:
+            fspath, lineno, domain = item.location
+            locs.append((item.nodeid, fspath, lineno, domain))
+        _send(self.fd, {
+            "op": "ready",
+            "items": locs,
+            "errors": self.collect_errors,
+            "skips": self.collect_skips,
+            "warnings": self.warnings,
+            "files": _imported_files(exclude=_PRELOADED),
+            "dirs": _collection_dirs(config, session),
+            "rootdir": rootdir,
+            "inifile": str(config.inipath) if getattr(config, "inipath", None) else None,
+            "options": _option_table(config),
+            "header": self.header,
+            "preload": _plan(config),
+            "threads": _threads(),
+        })
+        self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}
+        self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]
+        if os.getcwd() != _BOOT_CWD:
+            self.cwd = os.getcwd()   # a conftest's os.chdir at import
+        gc.collect()
+        gc.freeze()
+        while True:
+            got = _c.serve(self.fd)
+            if got is None:
+                os._exit(0)
+            msg, fds, forked = got
+            if forked:
+                self.role = "leader"
+                _Leader(session, msg, fds).lead(self)
+                return True
+
+
+def _conftest_header(config):
+    """The lines the initial conftests' pytest_report_header add to pytest's
+    header (those loaded before the session starts, as in a plain run), for
+    the plugin's controller, which imports no conftest.  Computed with this
+    collection's configuration."""
+    import inspect
+    args = {"config": config, "start_path": config.invocation_params.dir}
+    try:
+        from _pytest.compat import legacy_path
+        args["startdir"] = legacy_path(args["start_path"])
+    except ImportError:
+        pass
+    lines = []
+    for _, plugin in config.pluginmanager.list_name_plugin():
+        hook = getattr(plugin, "pytest_report_header", None)
+        if os.path.basename(getattr(plugin, "__file__", None) or "") != "conftest.py" or not callable(hook):
+            continue
+        try:
+            wanted = inspect.signature(hook).parameters
+            got = hook(**{k: v for k, v in args.items() if k in wanted})
+        except Exception:
+            continue   # its error belongs to the run that shows the header
+        lines.extend([got] if isinstance(got, str) else [str(line) for line in got or ()])
+    return lines
+
+
+_FLAG_ACTIONS = ("store_true", "store_false", "store_const", "append_const", "count", "help", "version")
+
+
+def _option_table(config):
+    """Every command-line option the zygote's parser knows, conftests'
+    included, for `pytest --fast` controllers that never import them, and
+    for the daemon, which must know which options take a value."""
+    parser = config._parser
+    out = []
+    seen = set()
+    for group in [parser._anonymous] + list(parser._groups):
+        for opt in group.options:
+            names = list(opt.names())
+            if tuple(names) in seen:
+                continue
+            seen.add(tuple(names))
+            attrs = opt.attrs()
+            action = attrs.get("action")
+            if not isinstance(action, str):
+                # pytest 9 hands out the argparse action's attributes: name
+                # the action by what it consumes.
+                nargs = attrs.get("nargs")
+                action = "store" if nargs != 0 else ("store_const" if "const" in attrs else "store_true")
+            nargs = attrs.get("nargs")
+            out.append({
+                "names": names,
+                "action": action,
+                "value": action not in _FLAG_ACTIONS and nargs != 0,
+                "dest": attrs.get("dest"),
+                "default": _plain(attrs.get("default")),
+                "const": _plain(attrs.get("const")),
+                "nargs": _plain(nargs),
+                "choices": _plain(list(attrs["choices"])) if attrs.get("choices") else None,
+                "help": str(attrs.get("help") or ""),
+            })
+    return out
+
+
+def _warning_data(warning_message, when, nodeid, location):
+    msg = warning_message.message
+    return {
+        "message": str(msg),
+        "category": type(msg).__name__ if isinstance(msg, Warning) else warning_message.category.__name__,
+        "filename": str(warning_message.filename),
+        "lineno": warning_message.lineno,
+        "when": when,
+        "nodeid": nodeid,
+        "location": location,
+    }
+
+
+def _stdlib_dirs():
+    import sysconfig
+    paths = sysconfig.get_paths()
+    out = set()
+    for key in ("stdlib", "platstdlib"):
+        p = paths.get(key)
+        if p:
+            out.add(os.path.realpath(p) + os.sep)
+    return tuple(out)
+
+
+def _imported_files(exclude=()):
+    skip = _stdlib_dirs()
+    site = tuple(os.path.realpath(p) + os.sep for p in sys.path if "site-packages" in p or "dist-packages" in p)
+    files = set()
+    for name, mod in list(sys.modules.items()):
+        if name in exclude:
+            continue
+        f = getattr(mod, "__file__", None)
+        if not f:
+            continue
+        f = os.path.realpath(f)
+        if f.startswith(skip) and not f.startswith(site):
+            continue
+        files.add(f)
+    return sorted(files)
+
+
+def _collection_dirs(config, session):
+    """Directories whose listing decides what is collected: a test file
+    added or deleted below them must trigger a re-collect."""
+    import fnmatch
+    try:
+        norecurse = list(config.getini("norecursedirs"))
+    except Exception:
+        norecurse = []
+    roots = []
+    for arg in config.args or [str(config.rootpath)]:
+        path = os.path.abspath(str(arg).split("::")[0])
+        roots.append(path if os.path.isdir(path) else os.path.dirname(path))
+    out = []
+    seen = set()
+    for root in roots:
+        for dirpath, dirnames, _ in os.walk(root):
+            if dirpath in seen:
+                dirnames[:] = []
+                continue
+            seen.add(dirpath)
+            out.append(dirpath)
+            dirnames[:] = sorted(
+                d for d in dirnames
+                if not any(fnmatch.fnmatch(d, pat) for pat in norecurse)
+                and not os.path.exists(os.path.join(dirpath, d, "pyvenv.cfg"))
+                and d != "__pycache__"
+            )
+            if len(out) > 20000:
+                return out
+    return out
+
+
+class _Leader:
+    """One run: applies its options and selection, forks its workers."""
+
+    def __init__(self, session, msg, fds):
+        self.session = session
+        self.config = session.config
+        self.msg = msg
+        self.fd = fds[0]
+        self.stdio = fds[1:4]
+
+    def lead(self, zygote):
+        msg = self.msg
+        os.setpgid(0, 0)
+        _adopt_stdio(self.stdio)
+        # The client's environment, then what the collection changed in the
+        # zygote's own (a conftest's os.environ[...] = ..., PYTEST_VERSION),
+        # as a plain run's tests see both.
+        os.environ.clear()
+        os.environ.update(kv.split("=", 1) for kv in msg["env"] if "=" in kv)
+        os.environ.update(zygote.env_set)
+        for name in zygote.env_unset:
+            os.environ.pop(name, None)
+        time.tzset()   # the C library read TZ when the zygote started
+        sys.argv[1:] = msg["argv"]
+        os.chdir(msg["cwd"])
+        try:
+            selected, deselected = self.select(msg["args"])
+        except Exception as exc:
+            _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
+            os._exit(0)
+        _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
+                        "scoped_errors": self.scoped_errors})
+        if zygote.cwd:
+            # The arguments were the client's to resolve; the tests run where
+            # the collection left the working directory, as in a plain run.
+            try:
+                os.chdir(zygote.cwd)
+            except OSError:
+                pass
+        while True:
+            got = _c.serve(self.fd)
+            if got is None:
+                os._exit(0)
+            req, fds, forked = got
+            if forked:
+                zygote.worker = _Worker(self.session, msg, req, fds)
+                zygote.role = "worker"
+                return zygote.worker.work()
+            if req.get("op") == "finish":
+                self.finish(req)
+                os._exit(0)
+
+    def select(self, args):
+        config, session = self.config, self.session
+        config._parser.parse_known_args(list(args), namespace=config.option)
+        index = {id(item): i for i, item in enumerate(session.items)}
+        items = list(session.items)
+        paths = [a for a in (config.option.file_or_dir or []) if a]
+        self.scoped_errors = None
+        if paths:
+            items, self.scoped_errors = _select_by_args(config, items, paths, self.collect_error_paths())
+        pm = config.pluginmanager
+        from _pytest import cacheprovider
+        for name, cls in (("lfplugin", cacheprovider.LFPlugin), ("nfplugin", cacheprovider.NFPlugin)):
+            old = pm.get_plugin(name)
+            if old is not None:
+                pm.unregister(old)
+                pm.register(cls(config), name)
+        coll = pm.get_plugin("lfplugin-collwrapper")
+        if coll is not None:
+            pm.unregister(coll)
+        counter = _DeselectCounter()
+        pm.register(counter, "pytest-fast-deselect-counter")
+        try:
+            config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)
+        finally:
+            pm.unregister(counter)
+        return [index[id(item)] for item in items], counter.count
+
+    def collect_error_paths(self):
+        rootdir = str(self.config.rootpath)
+        return [os.path.join(rootdir, nodeid.split("::")[0]) for nodeid in self.msg.get("error_nodeids", [])]
+
+    def finish(self, req):
+        """Update .pytest_cache the way the session would have."""
+        config = self.config
+        if getattr(config, "cache", None) is None:
+            return
+        lf = config.pluginmanager.get_plugin("lfplugin")
+        nf = config.pluginmanager.get_plugin("nfplugin")
+        if lf is not None:
+            from _pytest.reports import TestReport
+            for nodeid, when, outcome in req.get("reports", ()):
+                rep = TestReport(nodeid, (nodeid.split("::")[0], None, nodeid), {}, outcome, None, when)
+                lf.pytest_runtest_logreport(rep)
+            for nodeid in req.get("collect_errors", ()):
+                lf.lastfailed[nodeid] = True
+            for nodeid in req.get("collected_ok", ()):
+                if nodeid in lf.lastfailed:
+                    lf.lastfailed.pop(nodeid)
+                    prefix = nodeid + ("/" if "::" not in nodeid and not nodeid.endswith(".py") else "::")
+                    lf.lastfailed.update((i.nodeid, True) for i in self.session.items
+                                         if i.nodeid.startswith(prefix))
+            lf.pytest_sessionfinish(self.session)
+        if nf is not None and not config.getoption("collectonly"):
+            nf.pytest_sessionfinish()
+
+
+class _DeselectCounter:
+    def __init__(self):
+        self.count = 0
+
+    def pytest_deselected(self, items):
+        self.count += len(items)
+
+
+def _usage_message(exc):
+    if type(exc).__name__ == "UsageError":
+        return "ERROR: " + str(exc)
+    import traceback
+    return "INTERNALERROR> " + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _select_by_args(config, items, args, error_paths):
+    """Restrict items to the given paths / node ids, in argument order, with
+    pytest's matching rules; also say which collection errors are in scope."""
+    cwd = os.getcwd()
+    chosen = []
+    seen = set()
+    scoped = set()
+    for arg in args:
+        strpath, sep, rest = str(arg).partition("::")
+        parts = rest.split("::") if sep else []
+        path = os.path.abspath(os.path.join(cwd, strpath))
+        if not os.path.exists(path):
+            from _pytest.config import UsageError
+            raise UsageError("file or directory not found: %s" % arg)
+        isdir = os.path.isdir(path)
+        matched = 0
+        for item in items:
+            ipath = str(item.path)
+            if isdir:
+                ok = ipath.startswith(path.rstrip(os.sep) + os.sep)
+            else:
+                ok = ipath == path and _parts_match(item.nodeid, parts)
+            if ok:
+                matched += 1
+                if id(item) not in seen:
+                    seen.add(id(item))
+                    chosen.append(item)
+        for i, epath in enumerate(error_paths):
+            if epath == path or (isdir and epath.startswith(path.rstrip(os.sep) + os.sep)):
+                scoped.add(i)
+        if not matched and parts and not scoped:
+            from _pytest.config import UsageError
+            raise UsageError("not found: %s\n(no match in any of the collected items)" % arg)
+    return chosen, sorted(scoped)
+
+
+def _parts_match(nodeid, parts):
+    if not parts:
+        return True
+    have = nodeid.split("::")[1:]
+    if len(have) < len(parts):
+        return False
+    for i, want in enumerate(parts):
+        got = have[i]
+        if got == want:
+            continue
+        if i == len(parts) - 1 and "[" not in want and got.split("[", 1)[0] == want and len(have) == len(parts):
+            continue
+        return False
+    return True
+
+
+def _adopt_stdio(fds):
+    """The client's stdout and stderr become ours (so `-s` output reaches its
+    terminal); stdin is /dev/null, as tests must not wait for input."""
+    if len(fds) >= 3:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(fds[1], 1)
+        os.dup2(fds[2], 2)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+
+
+class _Worker:
+    """Runs items handed out by the daemon, one claimed item ahead."""
+
+    def __init__(self, session, run, req, fds):
+        self.session = session
+        self.config = session.config
+        self.run = run
+        self.wid = req["wid"]
+        self.fd = fds[0]
+        self.fault = os.fdopen(fds[1], "w", buffering=1)
+        self.full = run.get("full", False)
+        self.timeout = float(run.get("timeout") or 0)
+        self.reports = []
+        self.warnings = []
+
+    def work(self):
+        import faulthandler
+        config, session = self.config, self.session
+        name = "gw%d" % self.wid
+        os.environ["PYTEST_XDIST_WORKER"] = name
+        os.environ["PYTEST_XDIST_WORKER_COUNT"] = str(self.run.get("workers", 1))
+        os.environ["PYTEST_XDIST_TESTRUNUID"] = self.run.get("runid", "")
+        faulthandler.enable(file=self.fault, all_threads=True)
+        self.quiet_controller_plugins()
+        self.reset_capture()
+        # tmp_path: like plain pytest, a numbered basetemp made on first use
+        # (pytest's own locking keeps concurrent workers apart); a given
+        # --basetemp gets one subdirectory per worker, as under xdist.
+        factory = getattr(config, "_tmp_path_factory", None)
+        if factory is not None:
+            if factory._given_basetemp is not None:
+                os.makedirs(factory._given_basetemp, exist_ok=True)
+                factory._given_basetemp = factory._given_basetemp / ("popen-" + name)
+            factory._basetemp = None
+        config.pluginmanager.register(self, "pytest-fast-worker")
+        self.warnings = []   # registering replayed the collection's warnings
+        items = session.items
+        cur = self.ask(("n",))
+        nxt = self.ask(("n",)) if cur is not None else None
+        try:
+            while cur is not None:
+                item = items[cur]
+                nextitem = items[nxt] if nxt is not None else None
+                if self.timeout > 0:
+                    faulthandler.dump_traceback_later(self.timeout, exit=True, file=self.fault)
+                config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                if self.timeout > 0:
+                    faulthandler.cancel_dump_traceback_later()
+                stop = session.shouldfail or session.shouldstop
+                reply = self.done(cur, want=nxt is not None and not stop)
+                if stop or reply == -1:
+                    break
+                cur, nxt = nxt, reply
+        except BaseException as exc:
+            if type(exc).__name__ == "Exit" or isinstance(exc, KeyboardInterrupt):
+                code = getattr(exc, "returncode", None)
+                self.flush_reports(cur)
+                _send(self.fd, ("x", 2 if code is None else int(code), str(getattr(exc, "msg", exc))))
+            raise
+
+    def finish(self, rc):
+        """After pytest's session teardown ran in this worker."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _send(self.fd, ("f", int(rc)))
+        os._exit(0)
+
+    def ask(self, frame):
+        _send(self.fd, frame)
+        return _c.recv(self.fd)
+
+    def done(self, idx, want):
+        frame = ("d", idx, self.reports, self.warnings, want)
+        self.reports = []
+        self.warnings = []
+        if want:
+            return self.ask(frame)
+        _send(self.fd, frame)
+        return None
+
+    def flush_reports(self, idx):
+        if self.reports or self.warnings:
+            self.done(idx, False)
+
+    def quiet_controller_plugins(self):
+        """The daemon and the client own reporting, caches and junit."""
+        pm = self.config.pluginmanager
+        for name in ("lfplugin", "nfplugin", "stepwiseplugin", "lfplugin-collwrapper"):
+            plugin = pm.get_plugin(name)
+            if plugin is not None:
+                pm.unregister(plugin)
+        for plugin in list(pm.get_plugins()):
+            if type(plugin).__name__ == "LogXML":
+                pm.unregister(plugin)
+        tr = pm.get_plugin("terminalreporter")
+        if tr is not None:
+            # Its session summary (and what plugins do for it) would only
+            # be thrown away here: a silent stand-in keeps the name alive.
+            pm.unregister(tr)
+            pm.register(_QuietTerminal(self.config), "terminalreporter")
+
+    def reset_capture(self):
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        if capman is None:
+            return
+        # Stopping restores the zygote's own stdout/stderr (the daemon's
+        # log) over the client's: put the client's back before restarting.
+        client = os.dup(1), os.dup(2)
+        capman.stop_global_capturing()
+        os.dup2(client[0], 1)
+        os.dup2(client[1], 2)
+        os.close(client[0])
+        os.close(client[1])
+        method = getattr(self.config.option, "capture", None)
+        if method:
+            capman._method = method
+        capman.start_global_capturing()
+        capman.suspend_global_capture()
+        if method == "no" and os.isatty(1):
+            try:
+                sys.stdout.reconfigure(line_buffering=True)
+            except Exception:
+                pass
+
+    def pytest_runtest_logreport(self, report):
+        config = self.config
+        category = config.hook.pytest_report_teststatus(report=report, config=config)[0]
+        if self.full:
+            data = config.hook.pytest_report_to_serializable(config=config, report=report)
+            self.reports.append((report.when, report.outcome, category, report.duration,
+                                 _longrepr_text(report) if report.failed else None,
+                                 report.sections if report.failed else None,
+                                 getattr(report, "wasxfail", None), data))
+            return
+        text = sections = None
+        if report.failed:
+            text = _longrepr_text(report)
+            sections = report.sections
+        elif report.skipped and isinstance(report.longrepr, tuple):
+            text = str(report.longrepr[2])
+        wasxfail = getattr(report, "wasxfail", None)
+        self.reports.append((report.when, report.outcome, category, report.duration, text, sections,
+                             wasxfail, None))
+
+    def pytest_warning_recorded(self, warning_message, when, nodeid, location):
+        self.warnings.append(_warning_data(warning_message, when, nodeid, location))
+
+
+class _QuietTerminal:
+    """Stands in for the TerminalReporter in workers: every call is a no-op."""
+
+    def __init__(self, config):
+        from _pytest._io import TerminalWriter
+        self.config = config
+        self.stats = {}
+        self._tw = TerminalWriter(open(os.devnull, "w"))
+
+    def __getattr__(self, name):
+        if name.startswith("pytest_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+
+def main(fd, args):
+    plan = _c.recv(fd)
+    level = plan["level"] if isinstance(plan, dict) else 2
+    # What `python -m pytest` does: the working directory is importable.
+    sys.path.insert(0, os.getcwd())
+    while level < 2:
+        # A site or project zygote: preload, report, then wait to be forked
+        # into the level above.
+        gc.disable()   # one collection at the end, not one per few imports
+        new, failed = _preload(plan["modules"], plan.get("rewrite") or ())
+        tainted = level == 1 and _warm_up(plan.get("warmup", True))
+        _freeze_level()
+        _send(fd, {"op": "level", "level": level, "files": _module_files(new), "failed": failed,
+                   "tainted": tainted, "threads": _threads(),
+                   "dirs": _site_dirs() if level == 0 else []})
+        fd, plan = _await_fork(fd)
+        level = plan["level"]
+    try:
+        import pytest
+    except ImportError as exc:
+        sys.stderr.write("pytest-fast: pytest is not importable by %s (%s).\n"
+                         "Install it there: %s -m pip install pytest\n"
+                         % (sys.executable, exc, sys.executable))
+        _send(fd, {"op": "exited", "rc": 4, "files": [], "dirs": []})
+        return 4
+    sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py")] + list(args)
+    plugin = _Zygote(fd)
+    _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)
+    _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)
+    rc = pytest.main(list(args), plugins=[plugin])
+    if plugin.role == "worker":
+        plugin.worker.finish(rc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _send(fd, {"op": "exited", "rc": int(rc), "files": _imported_files() + _project_files(),
+               "dirs": _project_dirs()})
+    return int(rc)
+
+
+def _await_fork(fd):
+    while True:
+        got = _c.serve(fd)
+        if got is None:
+            os._exit(0)
+        msg, fds, forked = got
+        if forked:
+            return fds[0], msg
+
+
+# Modules the lower levels imported, and the warnings they raised: pytest
+# did not see those imports, so the warnings are replayed at collection.
+_PRELOADED: set = set()
+_PRELOAD_WARNINGS: list = []
+
+
+class _Blocker:
+    """While preloading, when pytest's import hook cannot be reproduced (a
+    pytest whose internals differ), modules it would rewrite must not be
+    imported: a preload that needs one fails and is left to pytest."""
+
+    def __init__(self, marked):
+        self.marked = tuple(marked)
+
+    def find_spec(self, name, path=None, target=None):
+        if _is_marked(name, self.marked):
+            raise ImportError("pytest-fast: %s is left to pytest's assertion rewriting" % name)
+        return None
+
+
+def _is_marked(name, marked):
+    return any(name == m or name.startswith(m + ".") for m in marked)
+
+
+def _marked_names(rewrite):
+    """The names pytest marked for rewriting, in the plan's rewrite list
+    (whose settings start with ":")."""
+    return [m for m in rewrite if not m.startswith(":")]
+
+
+class _RewriteConfig:
+    """What pytest's import hook reads of a Config, as the collection that
+    wrote the plan had it; it is also the hook's (silent) assertion state."""
+
+    def __init__(self, fnpats, pass_hook, key):
+        self.stash = {key: self}
+        self.ini = {"python_files": fnpats, "enable_assertion_pass_hook": pass_hook}
+
+    def getini(self, name):
+        return self.ini[name]
+
+    def trace(self, *args):
+        pass
+
+
+def _preload_hook(rewrite):
+    """The finder that imports preloads the way pytest's session would:
+    modules pytest rewrites (plugins' packages, register_assert_rewrite
+    names, test-like files) go through pytest's own AssertionRewritingHook,
+    set up as the last collection's was, so the code, the cached pyc and the
+    module's loader are what pytest's import makes (and pytest does not warn
+    that it cannot rewrite them).  None when pytest does not rewrite."""
+    if ":rewrite" not in rewrite:
+        return None
+    marked = _marked_names(rewrite)
+    try:
+        from _pytest.assertion.rewrite import AssertionRewritingHook, assertstate_key
+        fnpats = [m[len(":python_files "):] for m in rewrite if m.startswith(":python_files ")]
+        hook = AssertionRewritingHook(_RewriteConfig(fnpats, ":assertion_pass_hook" in rewrite,
+                                                     assertstate_key))
+        hook._must_rewrite.update(marked)
+        return hook
+    except Exception:
+        return _Blocker(marked)
+
+
+def _rewrite_settings(config):
+    """How this session's assertion rewriting is set up, for the next
+    boot's preloads: [] when pytest rewrites nothing (--assert=plain)."""
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+    for hook in sys.meta_path:
+        if isinstance(hook, AssertionRewritingHook):
+            out = [":rewrite"]
+            if config.getini("enable_assertion_pass_hook"):
+                out.append(":assertion_pass_hook")
+            out += [":python_files " + p for p in hook.fnpats]
+            return out + sorted(hook._must_rewrite)
+    return []
+
+
+def _preload(names, rewrite):
+    import importlib
+    import warnings
+    before = set(sys.modules)
+    failed = 0
+    hook = _preload_hook(rewrite)
+    if hook is not None:
+        sys.meta_path.insert(0, hook)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name in names:
+                if name in sys.modules:
+                    continue
+                try:
+                    importlib.import_module(name)
+                except BaseException:
+                    failed += 1   # left to the normal import
+    finally:
+        if hook is not None:
+            sys.meta_path.remove(hook)
+    _PRELOAD_WARNINGS.extend(caught)
+    new = [name for name in sys.modules if name not in before]
+    _PRELOADED.update(new)
+    return new, failed
+
+
+def _threads():
+    """The threads besides this one that are running: none of them survives
+    the fork into the level above or into a worker."""
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return []
+    out = []
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or not thread.is_alive():
+            continue
+        target = getattr(thread, "_target", None)
+        where = ".".join(filter(None, (getattr(target, "__module__", None),
+                                       getattr(target, "__qualname__", None))))
+        out.append("%s (%s)" % (thread.name, where) if where else thread.name)
+    return out
+
+
+def _freeze_level():
+    """Collect what the level left behind (a finalizer's warning is replayed
+    at collection like the imports' own), then freeze the rest: the levels
+    above never traverse it again, so their collections, and the one before
+    the collected level forks (on the critical path of every re-collect),
+    only walk what came after."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.enable()
+        gc.collect()
+    _PRELOAD_WARNINGS.extend(caught)
+    gc.freeze()
+
+
+def _warm_up(allowed):
+    """Do once, in the project level, what every worker would otherwise do
+    first: configure SQLAlchemy's mappers (a large share of a worker's time
+    in an app with many models).  True when that raised or warned: a mapping
+    problem must reach the first test that meets it, as in plain pytest, so
+    the daemon then builds the level again without the warm-up (`allowed`
+    is false from then on).  PYTEST_FAST_WARMUP=0 turns it off."""
+    orm = sys.modules.get("sqlalchemy.orm")
+    if not allowed or os.environ.get("PYTEST_FAST_WARMUP") == "0" or not hasattr(orm, "configure_mappers"):
+        return False
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            orm.configure_mappers()
+        except Exception:
+            return True
+    return bool(caught)
+
+
+def _module_files(names):
+    files = set()
+    for name in names:
+        f = getattr(sys.modules.get(name), "__file__", None)
+        if f:
+            files.add(os.path.realpath(f))
+    return sorted(files)
+
+
+def _site_dirs():
+    """Where `pip install` lands: a changed listing restarts the site level."""
+    return sorted({os.path.realpath(p) for p in sys.path
+                   if p and os.path.isdir(p) and p.rstrip(os.sep).endswith(("site-packages", "dist-packages"))})
+
+
+def _plan(config):
+    """The modules this collection imported, in first-import order, split
+    into what the site and project levels may preload next time.  Test
+    modules and conftests stay with the collection: pytest imports them."""
+    import fnmatch
+
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+    site_dirs = tuple(p + os.sep for p in _site_dirs())
+    std = _stdlib_dirs()
+    try:
+        patterns = list(config.getini("python_files"))
+    except Exception:
+        patterns = ["test_*.py", "*_test.py"]
+    rewrite = _rewrite_settings(config)
+    marked = _marked_names(rewrite)
+    site, project = [], []
+    for name, mod in list(sys.modules.items()):
+        if name in ("__main__", "__mp_main__") or name.startswith("_pytest_fast"):
+            continue
+        if isinstance(getattr(mod, "__loader__", None), AssertionRewritingHook) and not _is_marked(name, marked):
+            continue   # rewritten as a test module, a conftest or a file named on the command line
+        f = getattr(mod, "__file__", None)
+        if not f:
+            site.append(name)
+            continue
+        f = os.path.realpath(f)
+        base = os.path.basename(f)
+        if f.startswith(site_dirs) or f.startswith(std):
+            site.append(name)
+        elif base != "conftest.py" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):
+            project.append(name)
+    return {"site": site, "project": project, "rewrite": rewrite}
+
+
+_NORECURSE = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}",
+              "__pycache__")
+
+
+def _walk_project(limit=20000):
+    """pytest stopped before collecting (a broken conftest, a usage error):
+    whatever the user edits next under the working directory may fix it."""
+    import fnmatch
+    for dirpath, dirnames, filenames in os.walk(os.getcwd()):
+        dirnames[:] = [d for d in dirnames if not any(fnmatch.fnmatch(d, p) for p in _NORECURSE)
+                       and not os.path.exists(os.path.join(dirpath, d, "pyvenv.cfg"))]
+        yield dirpath, filenames
+        limit -= 1 + len(filenames)
+        if limit <= 0:
+            return
+
+
+def _project_files():
+    return [os.path.join(d, f) for d, names in _walk_project() for f in names
+            if f.endswith((".py", ".ini", ".toml", ".cfg"))]
+
+
+def _project_dirs():
+    return [d for d, _ in _walk_project()]

@@ -1,0 +1,411 @@
+/* ==========================================================================
+ * Zygote
+ *
+ * Owns: the embedded interpreter of this process, the SIGCHLD self-pipe
+ * and the list of children this process forked.
+ * The zygote is this binary exec'ed by the daemon as `--zygote`: it
+ * initializes CPython as the user's interpreter would be, runs pytest's
+ * main with the glue below (configure + collect once), and then waits in
+ * zyg_serve for fork requests.  Leaders and workers are its forks and run
+ * the same glue.  Calls Utilities, codec, Framing, Identity.
+ * ========================================================================== */
+
+/* The Python glue: src/glue.py, inlined here by src/amalgamate.py as one C
+ * string line per Python line, so line numbers in its tracebacks are the
+ * source's. */
+static const char zyg_glue[] =
+#include "glue.py"
+;
+
+static int zyg_sigpipe[2] = {-1, -1};
+static pid_t zyg_sigpipe_owner;       /* the process that made the pipe */
+static pid_t zyg_children[4096];
+static size_t zyg_nchildren;
+
+static void zyg_on_sigchld(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    if (zyg_sigpipe[1] >= 0 && write(zyg_sigpipe[1], "c", 1) < 0) {
+        /* full pipe: a wake-up is already pending */
+    }
+    errno = saved;
+}
+
+static void zyg_sigchld_setup(void)
+{
+    if (zyg_sigpipe_owner == getpid())
+        return;
+    util_close(&zyg_sigpipe[0]);
+    util_close(&zyg_sigpipe[1]);
+    zyg_nchildren = 0;
+    if (pipe(zyg_sigpipe) < 0)
+        return;
+    util_cloexec(zyg_sigpipe[0]);
+    util_cloexec(zyg_sigpipe[1]);
+    util_nonblock(zyg_sigpipe[0]);
+    util_nonblock(zyg_sigpipe[1]);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = zyg_on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGCHLD, &sa, NULL);
+    zyg_sigpipe_owner = getpid();
+}
+
+/* Report and forget the children of ours that have exited. */
+static void zyg_reap(int fd)
+{
+    char drain[64];
+    while (read(zyg_sigpipe[0], drain, sizeof drain) > 0)
+        ;
+    for (size_t i = 0; i < zyg_nchildren;) {
+        int status;
+        pid_t pid = waitpid(zyg_children[i], &status, WNOHANG);
+        if (pid == zyg_children[i] || (pid < 0 && errno == ECHILD)) {
+            pf_arena *a = pf_arena_new(0);
+            pf_value *msg = util_msg(a, "reaped");
+            util_set(a, msg, "pid", pf_new_int(a, zyg_children[i]));
+            util_set(a, msg, "status", pf_new_int(a, pid > 0 ? status : 0));
+            pf_send_value(fd, msg);
+            pf_arena_free(a);
+            zyg_children[i] = zyg_children[--zyg_nchildren];
+            continue;
+        }
+        i++;
+    }
+}
+
+static PyObject *zyg_to_py(const pf_value *v)
+{
+    switch (v->kind) {
+    case PF_NONE:
+        Py_RETURN_NONE;
+    case PF_BOOL:
+        return PyBool_FromLong(v->u.b);
+    case PF_INT:
+        return PyLong_FromLongLong(v->u.i);
+    case PF_BIGINT: {
+        PyObject *b = PyBytes_FromStringAndSize(v->u.s.ptr, (Py_ssize_t)v->u.s.len);
+        if (!b)
+            return NULL;
+        PyObject *r = PyObject_CallMethod((PyObject *)&PyLong_Type, "from_bytes", "Osi", b,
+                                          "little", 1);
+        Py_DECREF(b);
+        return r;
+    }
+    case PF_FLOAT:
+        return PyFloat_FromDouble(v->u.f);
+    case PF_STR:
+        return PyUnicode_DecodeUTF8(v->u.s.ptr, (Py_ssize_t)v->u.s.len, "surrogatepass");
+    case PF_BYTES:
+        return PyBytes_FromStringAndSize(v->u.s.ptr, (Py_ssize_t)v->u.s.len);
+    case PF_BYTEARRAY:
+        return PyByteArray_FromStringAndSize(v->u.s.ptr, (Py_ssize_t)v->u.s.len);
+    case PF_TUPLE:
+    case PF_LIST: {
+        size_t n = v->u.seq.len;
+        PyObject *o = v->kind == PF_TUPLE ? PyTuple_New((Py_ssize_t)n) : PyList_New((Py_ssize_t)n);
+        for (size_t i = 0; o && i < n; i++) {
+            PyObject *item = zyg_to_py(v->u.seq.items[i]);
+            if (!item) {
+                Py_CLEAR(o);
+                break;
+            }
+            if (v->kind == PF_TUPLE)
+                PyTuple_SET_ITEM(o, (Py_ssize_t)i, item);
+            else
+                PyList_SET_ITEM(o, (Py_ssize_t)i, item);
+        }
+        return o;
+    }
+    case PF_DICT: {
+        PyObject *d = PyDict_New();
+        for (size_t i = 0; d && i < v->u.seq.len; i++) {
+            PyObject *k = zyg_to_py(v->u.seq.items[2 * i]);
+            PyObject *val = k ? zyg_to_py(v->u.seq.items[2 * i + 1]) : NULL;
+            if (!val || PyDict_SetItem(d, k, val) < 0)
+                Py_CLEAR(d);
+            Py_XDECREF(k);
+            Py_XDECREF(val);
+        }
+        return d;
+    }
+    case PF_SET:
+    case PF_FROZENSET: {
+        PyObject *s = v->kind == PF_SET ? PySet_New(NULL) : PyFrozenSet_New(NULL);
+        for (size_t i = 0; s && i < v->u.seq.len; i++) {
+            PyObject *item = zyg_to_py(v->u.seq.items[i]);
+            if (!item || PySet_Add(s, item) < 0)
+                Py_CLEAR(s);
+            Py_XDECREF(item);
+        }
+        return s;
+    }
+    }
+    PyErr_SetString(PyExc_ValueError, "pytest-fast: unknown value kind");
+    return NULL;
+}
+
+/* Read and decode one frame; NULL with a Python exception, or Py_None
+ * (new reference) at EOF.  fds received with it go to *fds. */
+static PyObject *zyg_read(int fd, int *fds, int *nfds)
+{
+    pf_reader r;
+    pf_reader_init(&r);
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = pf_read_frame(&r, fd, -1);
+    Py_END_ALLOW_THREADS
+    if (st != PF_READ_FRAME) {
+        pf_reader_free(&r);
+        if (st == PF_READ_EOF || errno == ECONNRESET || errno == EPIPE)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    pf_arena *a = pf_arena_new(0);
+    pf_value *v;
+    char err[160];
+    PyObject *o = NULL;
+    if (pf_decode(a, r.body.data, r.need, &v, err, sizeof err) < 0)
+        PyErr_Format(PyExc_ValueError, "pytest-fast: bad frame from the daemon: %s", err);
+    else
+        o = zyg_to_py(v);
+    pf_arena_free(a);
+    if (fds && nfds) {
+        *nfds = r.nfds;
+        memcpy(fds, r.fds, sizeof r.fds);
+        r.nfds = 0;
+    }
+    pf_reader_free(&r);
+    return o;
+}
+
+static PyObject *zyg_py_send(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int fd;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "iy*", &fd, &buf))
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pf_frame_write(fd, buf.buf, (size_t)buf.len, NULL, 0);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (rc < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *zyg_py_recv(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    return zyg_read(fd, NULL, NULL);
+}
+
+static void zyg_flush_python(void)
+{
+    static const char *const names[] = {"stdout", "stderr"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *f = PySys_GetObject(names[i]);   /* borrowed */
+        if (f && f != Py_None) {
+            PyObject *r = PyObject_CallMethod(f, "flush", NULL);
+            if (!r)
+                PyErr_Clear();
+            Py_XDECREF(r);
+        }
+    }
+    fflush(NULL);
+}
+
+/* In a fresh child: forget the parent's serving state and die with it. */
+static void zyg_child_init(int serve_fd)
+{
+    close(serve_fd);
+    util_close(&zyg_sigpipe[0]);
+    util_close(&zyg_sigpipe[1]);
+    zyg_sigpipe_owner = 0;
+    zyg_nchildren = 0;
+    signal(SIGCHLD, SIG_DFL);
+#ifdef __linux__
+    pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+#endif
+}
+
+/* serve(fd): wait for the daemon's next message.  A {"op": "fork"} frame
+ * forks this process; the child returns (msg, fds, True), the parent
+ * answers {"op": "forked"} and keeps waiting.  Any other message returns
+ * (msg, fds, False) in this process; EOF returns None. */
+static PyObject *zyg_py_serve(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    zyg_sigchld_setup();
+    for (;;) {
+        struct pollfd p[2] = {{fd, POLLIN, 0}, {zyg_sigpipe[0], POLLIN, 0}};
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = poll(p, zyg_sigpipe[0] >= 0 ? 2 : 1, -1);
+        Py_END_ALLOW_THREADS
+        if (r < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0)
+                    return NULL;
+                continue;
+            }
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (zyg_sigpipe[0] >= 0 && p[1].revents)
+            zyg_reap(fd);
+        if (!p[0].revents)
+            continue;
+        int fds[PF_MAX_FDS], nfds = 0;
+        PyObject *msg = zyg_read(fd, fds, &nfds);
+        if (!msg || msg == Py_None)
+            return msg;
+        PyObject *op = PyDict_Check(msg) ? PyDict_GetItemString(msg, "op") : NULL;
+        bool fork_req = op && PyUnicode_Check(op) && PyUnicode_CompareWithASCIIString(op, "fork") == 0;
+        PyObject *fdlist = PyList_New(0);
+        for (int i = 0; fdlist && i < nfds; i++) {
+            PyObject *n = PyLong_FromLong(fds[i]);
+            if (!n || PyList_Append(fdlist, n) < 0)
+                Py_CLEAR(fdlist);
+            Py_XDECREF(n);
+        }
+        if (!fdlist) {
+            Py_DECREF(msg);
+            return NULL;
+        }
+        if (!fork_req)
+            return Py_BuildValue("(NNO)", msg, fdlist, Py_False);
+        zyg_flush_python();
+        PyOS_BeforeFork();
+        pid_t pid = fork();
+        if (pid == 0) {
+            PyOS_AfterFork_Child();
+            zyg_child_init(fd);
+            return Py_BuildValue("(NNO)", msg, fdlist, Py_True);
+        }
+        int saved = errno;
+        PyOS_AfterFork_Parent();
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        Py_DECREF(fdlist);
+        PyObject *id = PyDict_GetItemString(msg, "wid");
+        long wid = id && PyLong_Check(id) ? PyLong_AsLong(id) : -1;
+        Py_DECREF(msg);
+        if (pid > 0 && zyg_nchildren < sizeof zyg_children / sizeof *zyg_children)
+            zyg_children[zyg_nchildren++] = pid;
+        pf_arena *a = pf_arena_new(0);
+        pf_value *reply = util_msg(a, "forked");
+        util_set(a, reply, "pid", pf_new_int(a, pid));
+        util_set(a, reply, "wid", pf_new_int(a, wid));
+        if (pid < 0)
+            util_set(a, reply, "error", pf_new_cstr(a, strerror(saved)));
+        pf_send_value(fd, reply);
+        pf_arena_free(a);
+    }
+}
+
+static PyMethodDef zyg_methods[] = {
+    {"send", zyg_py_send, METH_VARARGS, "send(fd, payload): write one frame"},
+    {"recv", zyg_py_recv, METH_VARARGS, "recv(fd): read and safely decode one frame"},
+    {"serve", zyg_py_serve, METH_VARARGS, "serve(fd): wait for the daemon, fork on request"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef zyg_module = {
+    PyModuleDef_HEAD_INIT, "_pytest_fast", "pytest-fast internals", -1, zyg_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+static PyObject *zyg_module_init(void)
+{
+    return PyModule_Create(&zyg_module);
+}
+
+/* Refuse an interpreter whose major.minor differs from the libpython we
+ * were linked with: CPython would start but silently miss site-packages. */
+static int zyg_check_version(const char *python)
+{
+    int major, minor;
+    if (id_python_version(python, &major, &minor) &&
+        (major != PY_MAJOR_VERSION || minor != PY_MINOR_VERSION)) {
+        fprintf(stderr,
+                "pytest-fast: %s is Python %d.%d, but this pytest-fast was built against "
+                "libpython %d.%d.\nRebuild it for that interpreter (PYTHON=%s ./build.sh), or pip/uv install "
+                "pytest-fast into that environment.\n",
+                python, major, minor, PY_MAJOR_VERSION, PY_MINOR_VERSION, python);
+        return -1;
+    }
+    char linked[16];
+    snprintf(linked, sizeof linked, "%d.%d.", PY_MAJOR_VERSION, PY_MINOR_VERSION);
+    if (strncmp(Py_GetVersion(), linked, strlen(linked)) != 0) {
+        fprintf(stderr,
+                "pytest-fast: built with Python %s headers but the loader found libpython %.8s.\n"
+                "Rebuild with ./build.sh (it adds an rpath) or fix LD_LIBRARY_PATH.\n",
+                PY_VERSION, Py_GetVersion());
+        return -1;
+    }
+    return 0;
+}
+
+/* `pytest-fast --zygote FD PYTHON -- PYTEST-ARGS...`: never returns. */
+static int zyg_main(int fd, const char *python, int argc, char **argv)
+{
+    util_role = "zygote";
+    if (zyg_check_version(python) < 0)
+        return 4;
+#ifdef __APPLE__
+    /* The Objective-C runtime kills forked children that first touch it
+     * after fork(); the zygote forks by design (as gunicorn users do). */
+    setenv("OBJC_DISABLE_INITIALIZE_FORK_SAFETY", "YES", 0);
+#endif
+    if (PyImport_AppendInittab("_pytest_fast", zyg_module_init) < 0)
+        return 3;
+    PyConfig config;
+    PyConfig_InitPythonConfig(&config);
+    config.parse_argv = 0;
+    PyStatus st = PyConfig_SetBytesString(&config, &config.executable, python);
+    if (!PyStatus_Exception(st)) {
+        char *pyargv[] = {(char *)"pytest"};
+        st = PyConfig_SetBytesArgv(&config, 1, pyargv);
+    }
+    if (!PyStatus_Exception(st))
+        st = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(st)) {
+        fprintf(stderr, "pytest-fast: cannot initialize Python for %s: %s\n", python,
+                st.err_msg ? st.err_msg : "unknown error");
+        return 3;
+    }
+    PyObject *code = Py_CompileString(zyg_glue, "<pytest-fast glue>", Py_file_input);
+    PyObject *mod = code ? PyImport_ExecCodeModule("_pytest_fast_glue", code) : NULL;
+    Py_XDECREF(code);
+    PyObject *list = mod ? PyList_New(0) : NULL;
+    for (int i = 0; list && i < argc; i++) {
+        PyObject *s = PyUnicode_DecodeFSDefault(argv[i]);
+        if (!s || PyList_Append(list, s) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(s);
+    }
+    PyObject *r = list ? PyObject_CallMethod(mod, "main", "iO", fd, list) : NULL;
+    if (!r) {
+        PyErr_Print();
+        zyg_flush_python();
+        _exit(3);
+    }
+    long rc = PyLong_Check(r) ? PyLong_AsLong(r) : 3;
+    zyg_flush_python();
+    _exit((int)rc);
+}
