@@ -137,10 +137,13 @@ def main() -> int:
                     else os.cpu_count() or 2)
     args = ap.parse_args()
     work = Path(args.work)
+    binary = Path(args.bin).resolve()
+    # the last demo's daemon, if it still runs, goes before its socket does
+    subprocess.run([str(binary), "--address", str(work / "demo.sock"), "--stop"], capture_output=True)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     subprocess.run([sys.executable, str(HERE / "make_app.py"), str(work / "app")], check=True)
-    return Demo(Path(args.bin).resolve(), work, args.workers).main()
+    return Demo(binary, work, args.workers).main()
 
 
 if __name__ == "__main__":
