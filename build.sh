@@ -109,7 +109,10 @@ build() {  # build [SANITIZE-FLAGS]
         # shellcheck disable=SC2086
         compile "$dir/$(basename "${t%.c}")" "$t" $opt
     done
-    [ -z "$extra" ] && cp "$dir/pytest-fast" "$ROOT/pytest-fast"
+    # a rename, not a copy over: a running daemon keeps executing the old file
+    if [ -z "$extra" ]; then
+        cp "$dir/pytest-fast" "$ROOT/.pytest-fast.new" && mv -f "$ROOT/.pytest-fast.new" "$ROOT/pytest-fast"
+    fi
     say "built $dir/pytest-fast for $PY_EXE"
 }
 
@@ -134,7 +137,7 @@ check_amalgamation() {
 lint() {  # lint PYTHON
     local py=$1
     "$py" -m ruff check --quiet "$ROOT"
-    "$py" -m mypy --config-file "$ROOT/pyproject.toml" "$ROOT/plugin.py" "$ROOT/src/glue.py" "$ROOT/src/amalgamate.py"
+    "$py" -m mypy --config-file "$ROOT/pyproject.toml" "$ROOT/plugin.py" "$ROOT/src/glue.py" "$ROOT/src/affected.py" "$ROOT/src/amalgamate.py"
     say "lint: ruff and mypy clean"
 }
 

@@ -73,6 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="idle time before the daemon exits (or $PYTEST_FAST_TTL; default 600)")
     group.addoption("--fast-timeout", metavar="SECONDS", default=None,
                     help="per-test timeout, 0 = off (or $PYTEST_FAST_TIMEOUT)")
+    group.addoption("--fast-affected", action="store_true", default=False,
+                    help="with --fast: run only the tests an edit since their last run could change, "
+                         "those that failed and those never run")
     group.addoption("--fast-watch", action="store_true", default=False,
                     help="pre-warm: the daemon re-collects in the background as soon as "
                          "files change (or PYTEST_FAST_WATCH=1)")
@@ -426,6 +429,12 @@ class Controller:
         session.items = items
         session.testscollected = len(items)
         hook.pytest_collection_finish(session=session)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        # --fast-affected: nothing to re-run is good news, not "no tests ran"
+        if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.config.option.fast_affected:
+            session.exitstatus = pytest.ExitCode.OK
 
     def _ended_early(self, reply: dict[str, Any]) -> NoReturn:
         rc = int(reply.get("rc", 3))

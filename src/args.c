@@ -61,6 +61,7 @@ static const arg_spec arg_table[] = {
     {"--disable-warnings", ARG_RUN},
     {"--disable-pytest-warnings", ARG_RUN},
     {"--setup-show", ARG_RUN},
+    {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--pdb", ARG_RUN | ARG_REFUSE},
@@ -117,6 +118,7 @@ typedef struct arg_split {
     int maxfail;          /* 0 = no limit */
     bool collect_only;
     bool continue_on_errors;
+    bool affected;        /* --fast-affected: selecting nothing is a success */
     bool full_trace_none; /* --tb=no */
     int durations;        /* --durations N, -1 when not given */
     char refused[64];
@@ -137,6 +139,8 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->maxfail = atoi(value) > 0 ? atoi(value) : 0;
     else if (!strcmp(name, "--collect-only") || !strcmp(name, "--co"))
         s->collect_only = true;
+    else if (!strcmp(name, "--fast-affected"))
+        s->affected = true;
     else if (!strcmp(name, "--continue-on-collection-errors"))
         s->continue_on_errors = true;
     else if (!strcmp(name, "--tb") && value && !strcmp(value, "no"))

@@ -49,6 +49,8 @@ static const char cli_usage[] =
     "  --with-watcher          pre-warm: the daemon re-collects in the background as\n"
     "                          soon as files change (or $PYTEST_FAST_WATCH=1; tune\n"
     "                          with $PYTEST_FAST_WATCH_POLL / _DEBOUNCE seconds)\n"
+    "  --affected              run only the tests an edit since their last run could\n"
+    "                          change, those that failed and those never run\n"
     "  --dump PATH             write {nodeid: outcome} JSON after the run\n"
     "  --python PATH           interpreter whose environment runs the tests (default:\n"
     "                          $VIRTUAL_ENV/bin/python, $PYTEST_FAST_PYTHON, else the\n"
@@ -154,6 +156,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
             o->ensure = true;
         else if (!strcmp(a, "--with-watcher"))
             o->watch = true;
+        else if (!strcmp(a, "--affected"))
+            util_strv_push(&o->pytest_args, "--fast-affected");   /* the leader's name for it */
         else if (!strcmp(a, "-h") || !strcmp(a, "--help"))
             o->help = true;
         else if (!strcmp(a, "--")) {

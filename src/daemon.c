@@ -1868,29 +1868,29 @@ static int dmn_exit_code(dmn_run *r)
             return 1;
     if (nerr)
         return 1;
-    if (r->nsel == 0)
-        return 5;
+    if (r->nsel == 0 && !c->split.affected)
+        return 5;   /* pytest's "no tests ran"; with --affected, nothing to re-run is good news */
     return 0;
 }
 
-/* Tell the leader how the run went so it can update .pytest_cache (the
- * CLI's job; under `pytest --fast` the controller's own plugins do it). */
+/* Tell the leader how the run went so it can update .pytest_cache: the
+ * --affected record always, lastfailed for the CLI (under `pytest --fast`
+ * the controller's own plugins do that). */
 static void dmn_finish_leader(dmn_run *r)
 {
     if (r->leader_fd < 0)
         return;
-    if (!r->client || !r->client->stream) {
-        pf_arena *a = pf_arena_new(0);
-        pf_value *msg = util_msg(a, "finish");
-        util_set(a, msg, "reports", r->lf);
-        pf_value *errs = pf_new_container(a, PF_LIST);
-        for (size_t i = 0; i < dmn_nerrors(r->z); i++)
-            if (dmn_error_in_scope(r, i))
-                pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
-        util_set(a, msg, "collect_errors", errs);
-        pf_send_value(r->leader_fd, msg);
-        pf_arena_free(a);
-    }
+    pf_arena *a = pf_arena_new(0);
+    pf_value *msg = util_msg(a, "finish");
+    util_set(a, msg, "lastfailed", pf_new_bool(a, !r->client || !r->client->stream));
+    util_set(a, msg, "reports", r->lf);
+    pf_value *errs = pf_new_container(a, PF_LIST);
+    for (size_t i = 0; i < dmn_nerrors(r->z); i++)
+        if (dmn_error_in_scope(r, i))
+            pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
+    util_set(a, msg, "collect_errors", errs);
+    pf_send_value(r->leader_fd, msg);
+    pf_arena_free(a);
     util_close(&r->leader_fd);
 }
 

@@ -11,12 +11,14 @@ decoder, which cannot instantiate anything.
 """
 import gc
 import io
+import json
 import os
 import pickle
 import sys
 import time
 
 import _pytest_fast as _c
+import _pytest_fast_affected as _affected
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
 # The environment and working directory this zygote was started with: what
@@ -315,6 +317,7 @@ class _Leader:
 
     def lead(self, zygote):
         msg = self.msg
+        self.started_ns = time.time_ns()
         os.setpgid(0, 0)
         _adopt_stdio(self.stdio)
         # The client's environment, then what the collection changed in the
@@ -357,7 +360,11 @@ class _Leader:
 
     def select(self, args):
         config, session = self.config, self.session
-        config._parser.parse_known_args(list(args), namespace=config.option)
+        args = list(args)
+        cut = args.index("--") if "--" in args else len(args)
+        self.affected = AFFECTED_ARG in args[:cut]
+        args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]
+        config._parser.parse_known_args(args, namespace=config.option)
         index = {id(item): i for i, item in enumerate(session.items)}
         items = list(session.items)
         paths = [a for a in (config.option.file_or_dir or []) if a]
@@ -378,9 +385,25 @@ class _Leader:
         pm.register(counter, "pytest-fast-deselect-counter")
         try:
             config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)
+            if self.affected:
+                items = self.select_affected(items)
         finally:
             pm.unregister(counter)
         return [index[id(item)] for item in items], counter.count
+
+    def select_affected(self, items):
+        """--affected: only what an edit since the last run could change."""
+        root = _affected_root(self.config)
+        path = _affected_record(self.config)
+        record = _affected.load(path) if path else None
+        tests = {item.nodeid: _rel_module(item, root) for item in items}
+        chosen, why = _affected.affected(record, _world(self.config), root, tests)
+        sys.stderr.write("pytest-fast: --affected: %d of %d tests (%s)\n" % (len(chosen), len(tests), why))
+        sys.stderr.flush()
+        dropped = [item for item in items if item.nodeid not in chosen]
+        if dropped:
+            self.config.hook.pytest_deselected(items=dropped)
+        return [item for item in items if item.nodeid in chosen]
 
     def collect_error_paths(self):
         rootdir = str(self.config.rootpath)
@@ -391,6 +414,13 @@ class _Leader:
         config = self.config
         if getattr(config, "cache", None) is None:
             return
+        try:
+            self.record_dependencies(req)
+        except Exception as exc:   # the record is a convenience: lastfailed is not
+            sys.stderr.write("pytest-fast: could not record this run's dependencies (%r); "
+                             "--affected will run every test\n" % (exc,))
+        if not req.get("lastfailed", True):
+            return   # pytest --fast: the controller's cache plugins did it
         lf = config.pluginmanager.get_plugin("lfplugin")
         nf = config.pluginmanager.get_plugin("nfplugin")
         if lf is not None:
@@ -409,6 +439,139 @@ class _Leader:
             lf.pytest_sessionfinish(self.session)
         if nf is not None and not config.getoption("collectonly"):
             nf.pytest_sessionfinish()
+
+
+    def record_dependencies(self, req):
+        """Merge what this run's workers recorded into the --affected record."""
+        path = _affected_record(self.config)
+        if not path:
+            return
+        prefix = "run-%s-" % self.msg.get("runid", "")
+        folder = os.path.dirname(path)
+        deps = {}
+        now = time.time()
+        for name in os.listdir(folder):
+            if not name.startswith(prefix):
+                if name.startswith("run-"):
+                    try:
+                        if now - os.stat(os.path.join(folder, name)).st_mtime > _RUN_FILE_MAX_AGE:
+                            os.unlink(os.path.join(folder, name))
+                    except OSError:
+                        pass
+                continue
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    for line in f:
+                        try:
+                            nodeid, files = json.loads(line)
+                        except ValueError:
+                            continue   # a worker died mid-line: that test has no record
+                        deps[nodeid] = files
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                continue
+        failed = {}
+        for nodeid, _when, outcome in req.get("reports", ()):
+            failed[nodeid] = failed.get(nodeid, False) or outcome == "failed"
+        root = _affected_root(self.config)
+        modules = {item.nodeid: item for item in self.session.items}
+        ran = {}
+        for nodeid, bad in failed.items():
+            item = modules.get(nodeid)
+            if item is None or (nodeid not in deps and not bad):
+                continue    # no record of what it ran: it stays "never run"
+            ran[nodeid] = {"module": _rel_module(item, root), "deps": deps.get(nodeid, []), "failed": bad}
+        if not ran:
+            return
+        project = _project_modules(root)
+        try:
+            record = _affected.update(_affected.load(path), _world(self.config), root, ran,
+                                      project.values(), project, self.started_ns)
+            _affected.save(path, record)
+        except OSError as exc:
+            sys.stderr.write("pytest-fast: cannot write %s (%s); --affected will run every test\n"
+                             % (path, exc))
+
+
+AFFECTED_ARG = "--fast-affected"   # the CLI's --affected; the daemon passes it per run
+_RUN_FILE_MAX_AGE = 3600.0           # seconds: a killed run's worker files go after this
+
+
+def _affected_root(config):
+    return os.path.realpath(str(config.rootpath))
+
+
+def _affected_record(config):
+    """The --affected record in pytest's cache (None: no cache)."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return None
+    try:
+        folder = str(cache.mkdir("pytest-fast"))
+    except OSError:
+        return None
+    return os.path.join(folder, "affected.json")
+
+
+def _rel_module(item, root):
+    path = os.path.realpath(str(item.path))
+    return os.path.relpath(path, root) if path.startswith(os.path.join(root, "")) else path
+
+
+def _outside_project(root):
+    """The stdlib, the environment's packages and the interpreter's prefixes:
+    their files are the world's, not the project's, even under the root."""
+    dirs = set(_stdlib_dirs()) | {d + os.sep for d in _site_dirs()}
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix):
+        dirs.add(os.path.realpath(p) + os.sep)
+    root = os.path.join(root, "")
+    return sorted(d for d in dirs if not root.startswith(d))
+
+
+def _project_modules(root):
+    """{module name: file relative to root} for the project's imported modules."""
+    outside = tuple(_outside_project(root))
+    base = os.path.join(root, "")
+    out = {}
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if not f or not f.endswith(".py"):
+            continue
+        f = os.path.realpath(f)
+        if f.startswith(base) and not f.startswith(outside):
+            out[name] = f[len(base):]
+    return out
+
+
+def _world(config):
+    """What makes every test affected when it changes: the interpreter, the
+    installed packages (their directories' listings), pytest and its
+    plugins, the collection's arguments, the ini file and the conftests."""
+    import hashlib
+    import types
+
+    import pytest
+    pm = config.pluginmanager
+    parts = [sys.executable, sys.version, pytest.__version__, list(config.invocation_params.args)]
+    for d in _site_dirs():
+        try:
+            parts.append([d, os.stat(d).st_mtime_ns])
+        except OSError:
+            parts.append([d, None])
+    parts.append(sorted("%s %s" % (dist.project_name, dist.version) for _, dist in pm.list_plugin_distinfo()))
+    files = [str(config.inipath)] if getattr(config, "inipath", None) else []
+    for plugin in pm.get_plugins():
+        f = getattr(plugin, "__file__", None) if isinstance(plugin, types.ModuleType) else None
+        if f and os.path.basename(f) == "conftest.py":
+            files.append(f)
+    h = hashlib.sha1(json.dumps(parts, default=str).encode())
+    for f in sorted(files):
+        try:
+            with open(f, "rb") as fh:
+                h.update(f.encode() + b"\0" + hashlib.sha1(fh.read()).digest())
+        except OSError:
+            h.update(f.encode() + b"\0missing")
+    return h.hexdigest()
 
 
 class _DeselectCounter:
@@ -506,6 +669,40 @@ class _Worker:
         self.timeout = float(run.get("timeout") or 0)
         self.reports = []
         self.warnings = []
+        self.recorder = None
+        self.deps_out = None
+        self.fixture_seen = {}
+
+    def start_recording(self, name):
+        """What each test runs and opens, for --affected (see affected.py)."""
+        path = _affected_record(self.config)
+        if path is None or os.environ.get("PYTEST_FAST_RECORD") == "0":
+            return
+        root = _affected_root(self.config)
+        try:
+            self.deps_out = open(os.path.join(os.path.dirname(path), "run-%s-%s.jsonl"
+                                              % (self.run.get("runid", ""), name)), "a", encoding="utf-8")
+        except OSError:
+            return
+        self.recorder = _affected.Recorder(root, _outside_project(root))
+
+    def record(self, item):
+        files = self.recorder.stop()
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (info.name2fixturedefs.values() if info is not None else ()):
+            for fixturedef in defs:
+                seen = self.fixture_seen.get(id(fixturedef))
+                if seen is not None:
+                    files |= seen
+        self.deps_out.write(json.dumps([item.nodeid, sorted(files)]) + "\n")
+        self.deps_out.flush()
+
+    def pytest_fixture_setup(self, fixturedef, request):
+        # A higher-scoped fixture is set up by the first test that needs it
+        # and used by the others: they depend on what its setup ran, too.
+        yield
+        if self.recorder is not None and fixturedef.scope != "function":
+            self.fixture_seen[id(fixturedef)] = self.recorder.project(self.recorder.seen)
 
     def work(self):
         import faulthandler
@@ -526,6 +723,7 @@ class _Worker:
                 os.makedirs(factory._given_basetemp, exist_ok=True)
                 factory._given_basetemp = factory._given_basetemp / ("popen-" + name)
             factory._basetemp = None
+        self.start_recording(name)
         config.pluginmanager.register(self, "pytest-fast-worker")
         self.warnings = []   # registering replayed the collection's warnings
         items = session.items
@@ -537,7 +735,11 @@ class _Worker:
                 nextitem = items[nxt] if nxt is not None else None
                 if self.timeout > 0:
                     faulthandler.dump_traceback_later(self.timeout, exit=True, file=self.fault)
+                if self.recorder is not None:
+                    self.recorder.start()
                 config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                if self.recorder is not None:
+                    self.record(item)
                 if self.timeout > 0:
                     faulthandler.cancel_dump_traceback_later()
                 stop = session.shouldfail or session.shouldstop
@@ -684,6 +886,7 @@ def main(fd, args):
     plugin = _Zygote(fd)
     _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)
     _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)
+    _Worker.pytest_fixture_setup = pytest.hookimpl(hookwrapper=True)(_Worker.pytest_fixture_setup)
     rc = pytest.main(list(args), plugins=[plugin])
     if plugin.role == "worker":
         plugin.worker.finish(rc)

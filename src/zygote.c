@@ -17,6 +17,12 @@ static const char zyg_glue[] =
 #include "glue.py"
 ;
 
+/* affected.py, the same way: what --affected selects and how workers
+ * record it.  Plain Python that the glue imports by this module name. */
+static const char zyg_affected[] =
+#include "affected.py"
+;
+
 static int zyg_sigpipe[2] = {-1, -1};
 static pid_t zyg_sigpipe_owner;       /* the process that made the pipe */
 static pid_t zyg_children[4096];
@@ -389,8 +395,12 @@ static int zyg_main(int fd, const char *python, int argc, char **argv)
                 st.err_msg ? st.err_msg : "unknown error");
         return 3;
     }
-    PyObject *code = Py_CompileString(zyg_glue, "<pytest-fast glue>", Py_file_input);
-    PyObject *mod = code ? PyImport_ExecCodeModule("_pytest_fast_glue", code) : NULL;
+    PyObject *code = Py_CompileString(zyg_affected, "<pytest-fast affected>", Py_file_input);
+    PyObject *mod = code ? PyImport_ExecCodeModule("_pytest_fast_affected", code) : NULL;
+    Py_XDECREF(code);
+    Py_XDECREF(mod);
+    code = mod ? Py_CompileString(zyg_glue, "<pytest-fast glue>", Py_file_input) : NULL;
+    mod = code ? PyImport_ExecCodeModule("_pytest_fast_glue", code) : NULL;
     Py_XDECREF(code);
     PyObject *list = mod ? PyList_New(0) : NULL;
     for (int i = 0; list && i < argc; i++) {

@@ -1,0 +1,346 @@
+"""pytest-fast: which tests an edit can change (``--affected``).
+
+Workers record, per test, every project file whose code ran during its
+setup, call and teardown and every project file it opened (an audit hook
+sees ``open``: data files count).  The run's leader merges those records
+into one file, together with a fingerprint of every project file the
+collection imported: its size and mtime, the hash of its content, the hash
+of its *skeleton* (the module with every function body emptied) and the
+project files it imports.  A later ``--affected`` run selects a test when
+
+* it has no record, failed last time, or a file it depends on changed
+  since it last ran (its record is then "stale");
+* a file it ran or opened changed;
+* a Python file changed outside function bodies (a module-level constant, a
+  class attribute, a decorator, a signature) and the test's module, or a
+  file whose code the test ran (a conftest's fixture, an app module),
+  imports it, directly or through other project modules;
+* the world changed: the interpreter, the installed packages, the ini file,
+  a conftest or the plugins.  Then every test is affected.
+
+A missing, corrupt or foreign record means "everything is affected", never
+an error.  This module is plain Python with no pytest in it: the glue
+(glue.py) feeds it, and the tests import it directly.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+FORMAT = "pytest-fast-affected 1"
+
+
+# ------------------------------------------------------------------ files
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+class _Hollow(ast.NodeTransformer):
+    """Empties function bodies: what is left runs at import time."""
+
+    def _hollow(self, node: ast.AST) -> ast.AST:
+        node.body = [ast.Pass()]  # type: ignore[attr-defined]
+        return node
+
+    visit_FunctionDef = _hollow
+    visit_AsyncFunctionDef = _hollow
+
+
+def skeleton(source: bytes) -> str | None:
+    """Hash of the module with its function bodies emptied (None: no parse)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    return _sha(ast.dump(_Hollow().visit(tree)).encode())
+
+
+def _imported_names(tree: ast.AST, package: str) -> Iterable[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                for i in range(1, len(parts) + 1):
+                    yield ".".join(parts[:i])
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = package.split(".") if package else []
+                if node.level - 1 > len(pkg):
+                    continue
+                pkg = pkg[:len(pkg) - (node.level - 1)]
+                base = ".".join(pkg + ([node.module] if node.module else []))
+            parts = base.split(".") if base else []
+            for i in range(1, len(parts) + 1):
+                yield ".".join(parts[:i])
+            for alias in node.names:
+                yield f"{base}.{alias.name}" if base else alias.name
+
+
+def fingerprint(root: str, rel: str, modules: dict[str, str], names: dict[str, str]) -> dict | None:
+    """The fingerprint of one file; modules maps module names to files,
+    names maps files back to their module names (for relative imports)."""
+    path = os.path.join(root, rel)
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fp: dict = {"stat": [st.st_mtime_ns, st.st_size], "sha": _sha(data), "skel": None, "imports": []}
+    if rel.endswith(".py"):
+        fp["skel"] = skeleton(data)
+        try:
+            tree = ast.parse(data)
+        except (SyntaxError, ValueError):
+            return fp
+        name = names.get(rel, "")
+        package = name if rel.endswith("__init__.py") else name.rpartition(".")[0]
+        fp["imports"] = sorted({modules[n] for n in _imported_names(tree, package) if n in modules} - {rel})
+    return fp
+
+
+def _changes(root: str, files: dict[str, dict]) -> dict[str, str]:
+    """Files changed since recorded: 'module' (outside function bodies, or
+    gone), 'body' (inside function bodies only) or 'data'."""
+    changed = {}
+    for rel, fp in files.items():
+        path = os.path.join(root, rel)
+        try:
+            st = os.stat(path)
+        except OSError:
+            changed[rel] = "module"
+            continue
+        if fp.get("stat") == [st.st_mtime_ns, st.st_size]:
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            changed[rel] = "module"
+            continue
+        if _sha(data) == fp.get("sha"):
+            continue
+        if not rel.endswith(".py"):
+            changed[rel] = "data"
+        else:
+            skel = skeleton(data)
+            changed[rel] = "body" if skel is not None and skel == fp.get("skel") else "module"
+    return changed
+
+
+def _importers(files: dict[str, dict], targets: Iterable[str]) -> set[str]:
+    """The targets and every file that imports one of them, transitively."""
+    reverse: dict[str, list[str]] = {}
+    for rel, fp in files.items():
+        for dep in fp.get("imports", ()):
+            reverse.setdefault(dep, []).append(rel)
+    seen = set(targets)
+    todo = list(seen)
+    while todo:
+        for rel in reverse.get(todo.pop(), ()):
+            if rel not in seen:
+                seen.add(rel)
+                todo.append(rel)
+    return seen
+
+
+# ----------------------------------------------------------------- record
+
+def load(path: str) -> dict | None:
+    """The record, or None when it is missing, corrupt or foreign."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    ok = (isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("world"), str)
+          and isinstance(data.get("files"), dict) and isinstance(data.get("tests"), dict)
+          and all(isinstance(v, dict) for v in data["files"].values())
+          and all(isinstance(v, dict) and isinstance(v.get("deps"), list) for v in data["tests"].values()))
+    return data if ok else None
+
+
+def save(path: str, record: dict) -> None:
+    """Atomically: a reader sees the old record or the new one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, separators=(",", ":"), sort_keys=True)
+    os.replace(tmp, path)
+
+
+def affected(record: dict | None, world: str, root: str, tests: dict[str, str]) -> tuple[set[str], str]:
+    """Of tests ({nodeid: module file, relative to root}), those an edit
+    since their last run could change, and why, in a few words."""
+    if record is None:
+        return set(tests), "every test: no usable record of earlier runs"
+    if record["world"] != world:
+        return set(tests), "every test: the interpreter, packages, ini file, conftests or plugins changed"
+    files = record["files"]
+    changed = _changes(root, files)
+    touched = set(changed)
+    imported = _importers(files, [rel for rel, how in changed.items() if how == "module"])
+    chosen = set()
+    for nodeid, module in tests.items():
+        rec = record["tests"].get(nodeid)
+        if (rec is None or rec.get("failed") or rec.get("stale") or module in imported
+                or module in touched or not touched.isdisjoint(rec["deps"])
+                or not imported.isdisjoint(rec["deps"])):
+            chosen.add(nodeid)
+    n = len(changed)
+    return chosen, f"{n} file{'' if n == 1 else 's'} changed since the last runs"
+
+
+def update(record: dict | None, world: str, root: str, ran: dict[str, dict], project: Iterable[str],
+           modules: dict[str, str], started_ns: int) -> dict:
+    """The record after a run: ran maps each test that ran to
+    {"module", "deps", "failed"}; project lists the project files the
+    collection imported; modules maps module names to those files.  A file
+    modified after the run started is fingerprinted as unknown, so that
+    the tests that ran against its older content are selected again."""
+    if record is None or record["world"] != world:
+        record = {"format": FORMAT, "world": world, "files": {}, "tests": {}}
+    names = {rel: name for name, rel in modules.items()}
+    old = record["files"]
+    wanted = set(project)
+    for rec in [*ran.values(), *record["tests"].values()]:
+        wanted.update(rec["deps"])
+    files: dict[str, dict] = {}
+    for rel in sorted(wanted):
+        fp = old.get(rel)
+        current = None
+        try:
+            st = os.stat(os.path.join(root, rel))
+            current = [st.st_mtime_ns, st.st_size]
+        except OSError:
+            pass
+        if current is None:
+            continue
+        if fp is None or fp.get("stat") != current:
+            fp = fingerprint(root, rel, modules, names)
+            if fp is None:
+                continue
+        if current[0] > started_ns:
+            fp = dict(fp, stat=None, sha=None)
+        files[rel] = fp
+    # Tests that did not run keep their record, but not against a file
+    # whose fingerprint is now replaced: they ran against the old content.
+    replaced = {rel for rel, fp in files.items() if rel in old and old[rel].get("sha") != fp.get("sha")}
+    replaced |= {rel for rel in old if rel not in files}
+    if replaced:
+        module_level = {rel for rel in replaced
+                        if rel not in files or old[rel].get("skel") != files[rel].get("skel")}
+        imported = _importers(old, module_level)
+        for nodeid, rec in record["tests"].items():
+            if nodeid not in ran and (rec.get("module") in imported or not replaced.isdisjoint(rec["deps"])
+                                      or not imported.isdisjoint(rec["deps"])):
+                rec["stale"] = True
+    for nodeid, rec in ran.items():
+        record["tests"][nodeid] = {"module": rec["module"], "deps": sorted(rec["deps"]),
+                                   "failed": bool(rec["failed"]), "stale": False}
+    record["files"] = files
+    return record
+
+
+# -------------------------------------------------------------- recording
+
+class Recorder:
+    """Per test, the project files whose code ran or that were opened.
+
+    sys.monitoring (3.12+): one PY_START event per code object per test,
+    disabled after its first hit and re-armed between tests.  Before 3.12
+    a global trace function that asks for no line events: one call per
+    Python function call.  Opened files come from an audit hook."""
+
+    def __init__(self, root: str, excluded: Iterable[str]) -> None:
+        self.root = os.path.join(os.path.realpath(root), "")
+        self.excluded = tuple(os.path.join(os.path.realpath(d), "") for d in excluded)
+        self.seen: set[str] = set()
+        self.rel: dict[str, str | None] = {}
+        self.active = False
+        self.tool: int | None = None
+        self.chained: Any = None
+        sys.addaudithook(self._audit)
+
+    def relative(self, filename: str) -> str | None:
+        try:
+            return self.rel[filename]
+        except KeyError:
+            pass
+        path = os.path.realpath(filename) if filename and not filename.startswith("<") else ""
+        rel = None
+        if path.startswith(self.root) and not path.startswith(self.excluded) and os.path.isfile(path):
+            rel = path[len(self.root):]
+            if "__pycache__" in rel.split(os.sep) or rel.startswith(".pytest_cache" + os.sep):
+                rel = None
+        self.rel[filename] = rel
+        return rel
+
+    def _audit(self, event: str, args: tuple) -> None:
+        if self.active and event == "open" and isinstance(args[0], str):
+            mode, flags = args[1], args[2]
+            if isinstance(mode, str):
+                reading = not any(c in mode for c in "wax+")
+            else:
+                reading = isinstance(flags, int) and not flags & (os.O_WRONLY | os.O_RDWR)
+            if reading:
+                self.seen.add(os.path.abspath(args[0]))
+
+    def _trace(self, frame, event, arg):  # type: ignore[no-untyped-def]
+        self.seen.add(frame.f_code.co_filename)
+        return self.chained(frame, event, arg) if self.chained is not None else None
+
+    def _on_start(self, code, offset):  # type: ignore[no-untyped-def]
+        self.seen.add(code.co_filename)
+        return sys.monitoring.DISABLE
+
+    def start(self) -> None:
+        self.seen = set()
+        self.active = True
+        mon = getattr(sys, "monitoring", None)
+        if mon is None:
+            # a tracer already there (coverage, a debugger) keeps working
+            self.chained = sys.gettrace()
+            sys.settrace(self._trace)
+            threading.settrace(self._trace)
+            return
+        if self.tool is None:
+            for tool in (4, 3):
+                if mon.get_tool(tool) is None:
+                    mon.use_tool_id(tool, "pytest-fast")
+                    mon.register_callback(tool, mon.events.PY_START, self._on_start)
+                    self.tool = tool
+                    break
+            else:
+                return
+        mon.restart_events()
+        mon.set_events(self.tool, mon.events.PY_START)
+
+    def stop(self) -> set[str]:
+        """The project files seen since start, relative to the root."""
+        self.active = False
+        mon = getattr(sys, "monitoring", None)
+        if mon is None:
+            sys.settrace(self.chained)
+            threading.settrace(self.chained)  # type: ignore[arg-type]
+        elif self.tool is not None:
+            mon.set_events(self.tool, 0)
+        return self.project(self.seen)
+
+    def project(self, filenames: Iterable[str]) -> set[str]:
+        """The project files among filenames, relative to the root."""
+        out = set()
+        for filename in list(filenames):
+            rel = self.relative(filename)
+            if rel is not None:
+                out.add(rel)
+        return out

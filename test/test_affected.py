@@ -1,0 +1,291 @@
+"""--affected (CLI) / --fast-affected (plugin): only what an edit could change.
+
+The selection logic (src/affected.py) is plain Python and is tested here
+directly; the end-to-end tests drive both front ends against plain pytest,
+and a quick mutation run on make_app checks that random edits are never
+missed (test/mutate.py runs the full one)."""
+import importlib.util
+import json
+import os
+import random
+import sys
+import textwrap
+import time
+
+import mutate
+import pytest
+from conftest import ROOT
+from test_plugin import fast as plugin_fast
+
+
+def _load_affected():
+    spec = importlib.util.spec_from_file_location("pf_affected", ROOT / "src" / "affected.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+affected = _load_affected()
+
+
+# ------------------------------------------------------------- the logic
+
+def test_skeleton_ignores_function_bodies_only():
+    base = b"X = 1\n\n@deco(2)\ndef f(a=1):\n    return a + 1\n"
+    assert affected.skeleton(base) == affected.skeleton(base.replace(b"a + 1", b"a + 2"))
+    assert affected.skeleton(base) != affected.skeleton(base.replace(b"X = 1", b"X = 2"))
+    assert affected.skeleton(base) != affected.skeleton(base.replace(b"deco(2)", b"deco(3)"))
+    assert affected.skeleton(base) != affected.skeleton(base.replace(b"a=1", b"a=2"))
+    assert affected.skeleton(b"def (:") is None
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"format": "other"}',
+                                  '{"format": "pytest-fast-affected 1", "world": "w", "files": {}, '
+                                  '"tests": {"t": {"deps": 3}}}'])
+def test_a_corrupt_or_foreign_record_is_no_record(tmp_path, text):
+    path = tmp_path / "affected.json"
+    path.write_text(text)
+    assert affected.load(str(path)) is None
+    chosen, why = affected.affected(None, "w", str(tmp_path), {"t": "t.py"})
+    assert chosen == {"t"} and "every test" in why
+
+
+def _project(tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "base.py").write_text("LIMIT = 3\n\ndef limit():\n    return LIMIT\n")
+    (tmp_path / "app" / "svc.py").write_text("from app.base import LIMIT\n\ndef twice(x):\n    return 2 * x\n")
+    (tmp_path / "test_a.py").write_text("from app import svc\n\ndef test_a():\n    assert svc.twice(1) == 2\n")
+    (tmp_path / "test_b.py").write_text("def test_b():\n    pass\n")
+    modules = {"app": "app/__init__.py", "app.base": "app/base.py", "app.svc": "app/svc.py",
+               "test_a": "test_a.py", "test_b": "test_b.py"}
+    ran = {"test_a.py::test_a": {"module": "test_a.py", "deps": ["app/svc.py", "test_a.py"], "failed": False},
+           "test_b.py::test_b": {"module": "test_b.py", "deps": ["test_b.py"], "failed": False}}
+    tests = {n: r["module"] for n, r in ran.items()}
+    record = affected.update(None, "w", str(tmp_path), ran, modules.values(), modules, time.time_ns())
+    return record, tests, ran, modules
+
+
+def _touch(path, text):
+    path.write_text(text)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # a later mtime, whatever the clock
+
+
+def test_a_body_edit_selects_the_tests_that_ran_it(tmp_path):
+    record, tests, _, _ = _project(tmp_path)
+    assert affected.affected(record, "w", str(tmp_path), tests)[0] == set()
+    _touch(tmp_path / "app" / "svc.py", "from app.base import LIMIT\n\ndef twice(x):\n    return x + x\n")
+    assert affected.affected(record, "w", str(tmp_path), tests)[0] == {"test_a.py::test_a"}
+
+
+def test_a_module_level_edit_selects_every_importer(tmp_path):
+    record, tests, _, _ = _project(tmp_path)
+    # nothing of base.py ran in the tests, but svc.py imports it and test_a imports svc
+    _touch(tmp_path / "app" / "base.py", "LIMIT = 4\n\ndef limit():\n    return LIMIT\n")
+    assert affected.affected(record, "w", str(tmp_path), tests)[0] == {"test_a.py::test_a"}
+    assert affected.affected(record, "other world", str(tmp_path), tests)[0] == set(tests)
+
+
+def test_same_content_is_no_change_and_new_or_failed_tests_run(tmp_path):
+    record, tests, _, _ = _project(tmp_path)
+    _touch(tmp_path / "test_b.py", (tmp_path / "test_b.py").read_text())
+    assert affected.affected(record, "w", str(tmp_path), tests)[0] == set()
+    record["tests"]["test_b.py::test_b"]["failed"] = True
+    chosen, _ = affected.affected(record, "w", str(tmp_path), {**tests, "test_b.py::test_new": "test_b.py"})
+    assert chosen == {"test_b.py::test_b", "test_b.py::test_new"}
+
+
+def test_a_run_of_some_tests_leaves_the_others_stale(tmp_path):
+    record, tests, ran, modules = _project(tmp_path)
+    _touch(tmp_path / "app" / "svc.py", "from app.base import LIMIT\n\ndef twice(x):\n    return x + x\n")
+    # test_b alone runs (say -k test_b): svc.py's new fingerprint is recorded,
+    # but test_a ran against the old one and must still be selected
+    only_b = {"test_b.py::test_b": ran["test_b.py::test_b"]}
+    record = affected.update(record, "w", str(tmp_path), only_b, modules.values(), modules, time.time_ns())
+    assert affected.affected(record, "w", str(tmp_path), tests)[0] == {"test_a.py::test_a"}
+
+
+def test_a_file_edited_during_the_run_is_not_trusted(tmp_path):
+    started = time.time_ns()
+    record, tests, ran, modules = _project(tmp_path)
+    _touch(tmp_path / "test_b.py", "def test_b():\n    assert 0\n")
+    record = affected.update(record, "w", str(tmp_path), ran, modules.values(), modules, started)
+    assert "test_b.py::test_b" in affected.affected(record, "w", str(tmp_path), tests)[0]
+
+
+# ------------------------------------------------------------ end to end
+
+APP = {
+    "app/__init__.py": "",
+    "app/prices.py": """
+        RATE = 2
+
+        def price(n):
+            return n * RATE
+        """,
+    "app/names.py": """
+        def name(n):
+            return "item %d" % n
+        """,
+    "tests/conftest.py": """
+        import pytest
+
+        from app import names
+
+
+        @pytest.fixture(scope="module")
+        def label():
+            return names.name(1)
+        """,
+    "tests/test_prices.py": """
+        from app import prices
+
+        def test_price():
+            assert prices.price(2) == 4
+
+        def test_zero():
+            assert prices.price(0) == 0
+        """,
+    "tests/test_names.py": """
+        def test_first(label):
+            assert label == "item 1"
+
+        def test_second(label):
+            assert label.startswith("item")
+        """,
+    "tests/test_data.py": """
+        from pathlib import Path
+
+        def test_data():
+            assert Path(__file__).with_name("data.txt").read_text() == "ok\\n"
+
+        def test_plain():
+            pass
+        """,
+    "tests/data.txt": "ok\n",
+}
+
+
+def _src(rel):
+    return textwrap.dedent(APP[rel]).lstrip()
+
+
+def _write_app(project):
+    for rel, text in APP.items():
+        project.write(rel, text)
+
+
+def _affected_run(project, *args):
+    r = project.fast("--affected", *args)
+    assert r.rc in (0, 1), r
+    return r, set(r.dump)
+
+
+def test_cli_selects_what_each_kind_of_edit_can_change(project):
+    _write_app(project)
+    full = project.fast()
+    assert full.rc == 0 and len(full.dump) == 6, full
+    r, chosen = _affected_run(project)
+    assert chosen == set() and r.rc == 0, r      # nothing to re-run is a success, not exit 5
+    assert "--affected: 0 of 6 tests" in r.err, r
+    # a function body
+    project.write("app/prices.py", APP["app/prices.py"].replace("n * RATE", "RATE * n"))
+    r, chosen = _affected_run(project)
+    assert chosen == {"tests/test_prices.py::test_price", "tests/test_prices.py::test_zero"}, r
+    assert _affected_run(project)[1] == set()
+    # a module-level constant: what imports the module, even if no code of it ran
+    project.write("app/prices.py", APP["app/prices.py"].replace("RATE = 2", "RATE = 3"))
+    r, chosen = _affected_run(project)
+    assert chosen == {"tests/test_prices.py::test_price", "tests/test_prices.py::test_zero"}, r
+    assert r.dump["tests/test_prices.py::test_price"] == "failed"
+    # a failed test runs again until it passes
+    assert _affected_run(project)[1] == {"tests/test_prices.py::test_price"}
+    project.write("app/prices.py", APP["app/prices.py"])
+    assert _affected_run(project)[1] == {"tests/test_prices.py::test_price", "tests/test_prices.py::test_zero"}
+    # a data file a test reads
+    project.write("tests/data.txt", "changed\n")
+    r, chosen = _affected_run(project)
+    assert chosen == {"tests/test_data.py::test_data"} and r.rc == 1, r
+    project.write("tests/data.txt", "ok\n")
+    assert _affected_run(project)[1] == {"tests/test_data.py::test_data"}
+    # what a module-scoped fixture's setup ran counts for every test that uses it
+    project.write("app/names.py", APP["app/names.py"].replace('"item %d"', '"thing %d"'))
+    r, chosen = _affected_run(project)
+    assert chosen == {"tests/test_names.py::test_first", "tests/test_names.py::test_second"}, r
+    oracle = project.pytest()
+    assert {n: oracle.dump[n] for n in chosen} == r.dump
+    # a new test, and -k narrowing
+    project.write("tests/test_data.py", _src("tests/test_data.py") + "\ndef test_new():\n    pass\n")
+    r, chosen = _affected_run(project, "-k", "new or first")
+    assert chosen == {"tests/test_data.py::test_new", "tests/test_names.py::test_first"}, r
+
+
+def test_conftest_edit_or_a_corrupt_record_runs_everything(project):
+    _write_app(project)
+    project.fast()
+    assert _affected_run(project)[1] == set()
+    project.write("tests/conftest.py", _src("tests/conftest.py") + "\n# edited\n")
+    assert len(_affected_run(project)[1]) == 6
+    assert _affected_run(project)[1] == set()
+    record = project.path / ".pytest_cache" / "d" / "pytest-fast" / "affected.json"
+    record.write_text("{ not json")
+    r, chosen = _affected_run(project)
+    assert len(chosen) == 6 and "no usable record" in r.err, r
+    json.loads(record.read_text())           # rewritten whole
+    assert _affected_run(project)[1] == set()
+
+
+def test_the_record_survives_a_daemon_restart(project):
+    _write_app(project)
+    project.fast()
+    project.stop()
+    project.write("app/names.py", _src("app/names.py") + "\n# comment only\n")
+    r, chosen = _affected_run(project)
+    assert "(cold)" in r.out and chosen == {"tests/test_names.py::test_first",
+                                            "tests/test_names.py::test_second"}, r
+
+
+def test_plugin_selects_the_same_and_records_too(project):
+    _write_app(project)
+    r = plugin_fast(project)
+    assert r.rc == 0 and len(r.dump) == 6, r
+    r = plugin_fast(project, "--fast-affected")
+    assert r.rc == 0 and r.dump == {}, r        # pytest says exit 5 here; nothing to re-run is fine
+    assert "6 deselected" in r.out, r
+    project.write("app/prices.py", APP["app/prices.py"].replace("n * RATE", "RATE * n"))
+    r = plugin_fast(project, "--fast-affected")
+    assert set(r.dump) == {"tests/test_prices.py::test_price", "tests/test_prices.py::test_zero"}, r
+    # the plugin's run recorded the edit (for the same collection arguments:
+    # another -p could change outcomes, so it would make every test affected)
+    cli, chosen = _affected_run(project, "-p", "outcome_dump")
+    assert chosen == set(), cli
+    assert len(_affected_run(project)[1]) == 6
+
+
+def test_random_edits_of_make_app_are_never_missed(tmp_path):
+    """Quick mode of test/mutate.py: one edit of each kind."""
+    py = sys.executable
+    root = tmp_path / "app"
+    data = mutate.make_app(root, py)
+    env = mutate.clean_env()
+    harness = mutate.Harness(root, py, os.environ.get("PF_BIN", str(ROOT / "pytest-fast")), [], env)
+    try:
+        report = harness.run(len(mutate.KINDS), random.randrange(1 << 30), data, log=lambda _: None)
+    finally:
+        harness.stop()
+    assert report.edits == len(mutate.KINDS), report
+    assert not report.failures, "\n".join(report.failures)
+
+
+def test_the_mutation_harness_can_fail(tmp_path):
+    """A selection that drops a test whose outcome changed is reported."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "test_x.py").write_text("def test_x():\n    pass\n")
+    harness = mutate.Harness(root, sys.executable, sys.executable, [], mutate.clean_env())
+    harness.fast = lambda *a: ({}, "", 0)      # selects nothing, ever
+    report = mutate.Report()
+    harness.check(report, "edit", {"test_x.py::test_x": "passed"}, ({"test_x.py::test_x": "failed"}, 1))
+    assert report.failures and "missed ['test_x.py::test_x']" in report.failures[0]
+    harness.stop()
