@@ -4633,7 +4633,7 @@ static const char zyg_glue[] =
     "                                              % (self.run.get(\"runid\", \"\"), name)), \"a\", encoding=\"utf-8\")\n"
     "        except OSError:\n"
     "            return\n"
-    "        self.recorder = _affected.Recorder(root, _outside_project(root))\n"
+    "        self.recorder = _affected.Recorder(root, _outside_project(root), native=_c)\n"
     "\n"
     "    def record(self, item):\n"
     "        files = self.recorder.stop()\n"
@@ -4651,7 +4651,7 @@ static const char zyg_glue[] =
     "        # and used by the others: they depend on what its setup ran, too.\n"
     "        yield\n"
     "        if self.recorder is not None and fixturedef.scope != \"function\":\n"
-    "            self.fixture_seen[id(fixturedef)] = self.recorder.project(self.recorder.seen)\n"
+    "            self.fixture_seen[id(fixturedef)] = self.recorder.so_far()\n"
     "\n"
     "    def work(self):\n"
     "        import faulthandler\n"
@@ -5353,10 +5353,13 @@ static const char zyg_affected[] =
     "\n"
     "    sys.monitoring (3.12+): one PY_START event per code object per test,\n"
     "    disabled after its first hit and re-armed between tests.  Before 3.12\n"
-    "    a global trace function that asks for no line events: one call per\n"
-    "    Python function call.  Opened files come from an audit hook.\"\"\"\n"
+    "    native, when given, is the zygote's C profile function (calls_start,\n"
+    "    calls_here, calls_stop: one set insertion per call); without it, a\n"
+    "    global trace function that asks for no line events, which is far\n"
+    "    slower.  Opened files come from an audit hook.\"\"\"\n"
     "\n"
-    "    def __init__(self, root: str, excluded: Iterable[str]) -> None:\n"
+    "    def __init__(self, root: str, excluded: Iterable[str], native: Any = None) -> None:\n"
+    "        self.native = native\n"
     "        self.root = os.path.join(os.path.realpath(root), \"\")\n"
     "        self.excluded = tuple(os.path.join(os.path.realpath(d), \"\") for d in excluded)\n"
     "        self.seen: set[str] = set()\n"
@@ -5394,6 +5397,9 @@ static const char zyg_affected[] =
     "        self.seen.add(frame.f_code.co_filename)\n"
     "        return self.chained(frame, event, arg) if self.chained is not None else None\n"
     "\n"
+    "    def _thread_started(self, frame, event, arg):  # type: ignore[no-untyped-def]\n"
+    "        self.native.calls_here()   # replaces this Python hook in the new thread\n"
+    "\n"
     "    def _on_start(self, code, offset):  # type: ignore[no-untyped-def]\n"
     "        self.seen.add(code.co_filename)\n"
     "        return sys.monitoring.DISABLE\n"
@@ -5402,6 +5408,10 @@ static const char zyg_affected[] =
     "        self.seen = set()\n"
     "        self.active = True\n"
     "        mon = getattr(sys, \"monitoring\", None)\n"
+    "        if mon is None and self.native is not None:\n"
+    "            self.native.calls_start()\n"
+    "            threading.setprofile(self._thread_started)\n"
+    "            return\n"
     "        if mon is None:\n"
     "            # a tracer already there (coverage, a debugger) keeps working\n"
     "            self.chained = sys.gettrace()\n"
@@ -5424,11 +5434,22 @@ static const char zyg_affected[] =
     "        \"\"\"The project files seen since start, relative to the root.\"\"\"\n"
     "        self.active = False\n"
     "        mon = getattr(sys, \"monitoring\", None)\n"
+    "        if mon is None and self.native is not None:\n"
+    "            threading.setprofile(None)  # type: ignore[arg-type]\n"
+    "            self.seen |= self.native.calls_stop()\n"
+    "            return self.project(self.seen)\n"
     "        if mon is None:\n"
     "            sys.settrace(self.chained)\n"
     "            threading.settrace(self.chained)  # type: ignore[arg-type]\n"
     "        elif self.tool is not None:\n"
     "            mon.set_events(self.tool, 0)\n"
+    "        return self.project(self.seen)\n"
+    "\n"
+    "    def so_far(self) -> set[str]:\n"
+    "        \"\"\"The project files seen since start, recording on.\"\"\"\n"
+    "        if self.native is not None and getattr(sys, \"monitoring\", None) is None:\n"
+    "            self.seen |= self.native.calls_stop()\n"
+    "            self.native.calls_start()\n"
     "        return self.project(self.seen)\n"
     "\n"
     "    def project(self, filenames: Iterable[str]) -> set[str]:\n"
@@ -5741,10 +5762,63 @@ static PyObject *zyg_py_serve(PyObject *self, PyObject *args)
     }
 }
 
+/* The files whose Python functions were called since calls_start(): what
+ * a test ran, for --affected before 3.12 (3.12+ uses sys.monitoring).  A C
+ * profile function costs one set insertion per call, asks for no line
+ * events and leaves the trace slot to coverage or a debugger; a Python
+ * trace function doubled the time of a FastAPI suite.  Owned by workers. */
+static PyObject *zyg_called;   /* set of co_filename objects; NULL when off */
+
+static int zyg_profile(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
+{
+    (void)obj;
+    (void)arg;
+    if (what != PyTrace_CALL || !zyg_called)
+        return 0;
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    int rc = PySet_Add(zyg_called, code->co_filename);
+    Py_DECREF(code);
+    return rc;
+}
+
+static PyObject *zyg_py_calls_start(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    Py_XDECREF(zyg_called);
+    zyg_called = PySet_New(NULL);
+    if (!zyg_called)
+        return NULL;
+    PyEval_SetProfile(zyg_profile, NULL);
+    Py_RETURN_NONE;
+}
+
+/* In a thread started while recording (threading.setprofile's hook). */
+static PyObject *zyg_py_calls_here(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    PyEval_SetProfile(zyg_profile, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *zyg_py_calls_stop(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    PyEval_SetProfile(NULL, NULL);
+    PyObject *seen = zyg_called ? zyg_called : PySet_New(NULL);
+    zyg_called = NULL;
+    return seen;
+}
+
 static PyMethodDef zyg_methods[] = {
     {"send", zyg_py_send, METH_VARARGS, "send(fd, payload): write one frame"},
     {"recv", zyg_py_recv, METH_VARARGS, "recv(fd): read and safely decode one frame"},
     {"serve", zyg_py_serve, METH_VARARGS, "serve(fd): wait for the daemon, fork on request"},
+    {"calls_start", zyg_py_calls_start, METH_NOARGS, "calls_start(): record called functions' files"},
+    {"calls_here", zyg_py_calls_here, METH_NOARGS, "calls_here(): record in this thread too"},
+    {"calls_stop", zyg_py_calls_stop, METH_NOARGS, "calls_stop() -> set of the files called"},
     {NULL, NULL, 0, NULL},
 };
 

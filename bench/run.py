@@ -329,9 +329,10 @@ class Contender:
     mode: plain | cli | plugin."""
 
     def __init__(self, cid, label, family, mode, workers=None, cold=False, watch=False,
-                 daemon=None):
+                 daemon=None, args=(), env=None):
         self.id, self.label, self.family, self.mode = cid, label, family, mode
         self.workers, self.cold, self.watch = workers, cold, watch
+        self.args, self.env = tuple(args), dict(env or {})   # ours CLI: extra options, variables
         self.daemon = daemon            # daemon identity shared e.g. by ours cold + warm
         self.status, self.reason = "ok", None
 
@@ -382,8 +383,8 @@ class Bench:
             argv = [E.bin, "--address", addr, "--workers", str(w), "--ttl", TTL]
             if c.watch:
                 argv.append(self.ours_watch_flag)
-            argv += list(pytest_args)
-            return argv, E.env_for(E.venv, key), key, addr
+            argv += list(c.args) + list(pytest_args)
+            return argv, E.env_for(E.venv, key, c.env), key, addr
         extra = {"PYTHONPATH": REPO, "PYTEST_FAST_BIN": E.bin, "PYTEST_FAST_ADDRESS": addr,
                  "PYTEST_FAST_WORKERS": str(w), "PYTEST_FAST_TTL": TTL}
         argv = [E.py, "-m", "pytest", "-p", "plugin", "--fast", "-q", *pytest_args]
@@ -1098,6 +1099,9 @@ def main():
     o_cli = C("ours_cli", "ours CLI warm", "ours", "cli")
     o_plug = C("ours_plugin", "ours pytest --fast warm", "ours", "plugin")
     o_watch = C("ours_cli_watch", "ours CLI warm + watcher", "ours", "cli", watch=True)
+    o_norec = C("ours_cli_norec", "ours CLI warm, no --affected recording", "ours", "cli",
+                env={"PYTEST_FAST_RECORD": "0"})
+    o_aff = C("ours_cli_affected", "ours CLI warm --affected", "ours", "cli", args=["--affected"])
 
     projs = make_projects(os.path.abspath(args.make_app))
     R, W = args.reps, args.warmup
@@ -1112,7 +1116,8 @@ def main():
     try:
         if "full_suite" in wanted:
             B.timed("full_suite", "Full suite (make_app)", projs["app"],
-                    [(c, None, None) for c in (pytest_, x2, xa, up_cli, up_plug, o_cold, o_cli, o_plug)],
+                    [(c, None, None) for c in (pytest_, x2, xa, up_cli, up_plug, o_cold, o_cli, o_norec,
+                                               o_plug)],
                     R, W, note="daemon contenders use --workers %d (nproc)" % nproc)
         if "single_test" in wanted:
             up1 = Contender("up_cli", up_cli.label, "upstream", "cli")
@@ -1126,7 +1131,7 @@ def main():
                                  ("app", "edit_app", "Edit → result: app module")):
             if sid in wanted:
                 B.edit(sid, title, projs["app_edit"], kind,
-                       [pytest_, up_cli, up_watch, o_cli, o_watch], args.edit_reps)
+                       [pytest_, up_cli, up_watch, o_cli, o_watch, o_aff], args.edit_reps)
         B.stop_all()                     # edits invalidated the app_edit daemons anyway
         if "floor" in wanted:
             B.timed("floor", "Overhead floor (1-test project)", projs["one"],

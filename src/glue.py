@@ -684,7 +684,7 @@ class _Worker:
                                               % (self.run.get("runid", ""), name)), "a", encoding="utf-8")
         except OSError:
             return
-        self.recorder = _affected.Recorder(root, _outside_project(root))
+        self.recorder = _affected.Recorder(root, _outside_project(root), native=_c)
 
     def record(self, item):
         files = self.recorder.stop()
@@ -702,7 +702,7 @@ class _Worker:
         # and used by the others: they depend on what its setup ran, too.
         yield
         if self.recorder is not None and fixturedef.scope != "function":
-            self.fixture_seen[id(fixturedef)] = self.recorder.project(self.recorder.seen)
+            self.fixture_seen[id(fixturedef)] = self.recorder.so_far()
 
     def work(self):
         import faulthandler
