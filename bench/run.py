@@ -296,8 +296,9 @@ class MemSampler(threading.Thread):
 # ------------------------------------------------------------------------------- runner
 
 class Env:
-    def __init__(self, venv, upvenv, binpath, nproc):
+    def __init__(self, venv, upvenv, binpath, nproc, plxvenv=None):
         self.venv, self.upvenv, self.bin, self.nproc = venv, upvenv, binpath, nproc
+        self.plxvenv = plxvenv
         self.py = os.path.join(venv, "bin", "python")
         self.uppy = os.path.join(upvenv, "bin", "python")
         base = {k: v for k, v in os.environ.items()
@@ -365,6 +366,11 @@ class Bench:
         if c.family == "xdist":
             return ([E.py, "-m", "pytest", "-q", "-n", str(c.workers or w), *pytest_args],
                     E.env_for(E.venv, None), None, None)
+        if c.family == "parallex":
+            # its default mode refuses make_app: a session fixture starts a thread
+            return ([os.path.join(E.plxvenv, "bin", "python"), "-m", "pytest", "-q", "--parallel=fork",
+                     "--parallel-workers=%d" % w, "--parallex-no-session-scope", *pytest_args],
+                    E.env_for(E.plxvenv, None), None, None)
         addr = E.address(key, c.family, proj.path)
         if c.family == "upstream":
             extra = {"PYTEST_FAST_WATCH_DIRS": proj.watch_dirs}
@@ -1031,6 +1037,8 @@ def main():
         machine["packages"]["pytest-fast (upstream)"] = py_info(
             os.path.join(upvenv, "bin", "python"),
             "import importlib.metadata as m; print(m.version('pytest-fast'))")
+    plxvenv = os.path.join(WORK, "venv-parallex")
+    plx_reason = ensure_venv(plxvenv, args.python, "requirements-parallex.txt", args.fresh)
     log("venvs ready in %.1fs: venv python %s, pytest %s, upstream pytest-fast %s" % (
         time.perf_counter() - t0, machine["venv_python"], machine["venv_pytest"],
         machine["packages"].get("pytest-fast (upstream)") or up_reason))
@@ -1058,7 +1066,7 @@ def main():
     if not plugin_reason and not os.path.exists(os.path.join(REPO, "plugin.py")):
         plugin_reason = "plugin.py not found at %s" % REPO
     nproc = os.cpu_count() or 1
-    E = Env(venv, upvenv, args.bin, nproc)
+    E = Env(venv, upvenv, args.bin, nproc, plxvenv)
     B = Bench(E, args)
     B.edit_seq = 0
     watch_reason = ours_reason
@@ -1080,7 +1088,7 @@ def main():
 
     def C(*a, **k):
         c = Contender(*a, **k)
-        reason = {"upstream": up_reason, "ours": ours_reason}.get(c.family)
+        reason = {"upstream": up_reason, "ours": ours_reason, "parallex": plx_reason}.get(c.family)
         if c.family == "ours" and c.mode == "plugin":
             reason = plugin_reason
         if c.family == "ours" and c.watch:
@@ -1092,6 +1100,7 @@ def main():
     pytest_ = C("pytest", "pytest", "pytest", "plain")
     x2 = C("xdist_2", "pytest -n 2", "xdist", "plain", workers=2)
     xa = C("xdist_auto", "pytest -n auto", "xdist", "plain", workers="auto")
+    plx = C("parallex", "pytest --parallel=fork (pytest-parallex)", "parallex", "plain")
     up_cli = C("up_cli", "upstream CLI warm", "upstream", "cli")
     up_plug = C("up_plugin", "upstream pytest --fast warm", "upstream", "plugin")
     up_watch = C("up_cli_watch", "upstream CLI warm + watcher", "upstream", "cli", watch=True)
@@ -1116,8 +1125,8 @@ def main():
     try:
         if "full_suite" in wanted:
             B.timed("full_suite", "Full suite (make_app)", projs["app"],
-                    [(c, None, None) for c in (pytest_, x2, xa, up_cli, up_plug, o_cold, o_cli, o_norec,
-                                               o_plug)],
+                    [(c, None, None) for c in (pytest_, x2, xa, plx, up_cli, up_plug, o_cold, o_cli,
+                                               o_norec, o_plug)],
                     R, W, note="daemon contenders use --workers %d (nproc)" % nproc)
         if "single_test" in wanted:
             up1 = Contender("up_cli", up_cli.label, "upstream", "cli")
@@ -1131,7 +1140,7 @@ def main():
                                  ("app", "edit_app", "Edit → result: app module")):
             if sid in wanted:
                 B.edit(sid, title, projs["app_edit"], kind,
-                       [pytest_, up_cli, up_watch, o_cli, o_watch, o_aff], args.edit_reps)
+                       [pytest_, plx, up_cli, up_watch, o_cli, o_watch, o_aff], args.edit_reps)
         B.stop_all()                     # edits invalidated the app_edit daemons anyway
         if "floor" in wanted:
             B.timed("floor", "Overhead floor (1-test project)", projs["one"],
