@@ -4389,7 +4389,6 @@ static const char zyg_glue[] =
     "        if nf is not None and not config.getoption(\"collectonly\"):\n"
     "            nf.pytest_sessionfinish()\n"
     "\n"
-    "\n"
     "    def record_dependencies(self, req):\n"
     "        \"\"\"Merge what this run's workers recorded into the --affected record.\"\"\"\n"
     "        path = _affected_record(self.config)\n"

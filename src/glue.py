@@ -440,7 +440,6 @@ class _Leader:
         if nf is not None and not config.getoption("collectonly"):
             nf.pytest_sessionfinish()
 
-
     def record_dependencies(self, req):
         """Merge what this run's workers recorded into the --affected record."""
         path = _affected_record(self.config)
