@@ -84,7 +84,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
     ns = early_config.known_args_namespace
-    if IN_ZYGOTE or not getattr(ns, "fast", False):
+    if IN_ZYGOTE:
+        return
+    if not getattr(ns, "fast", False):
+        if getattr(ns, "fast_affected", False):
+            raise pytest.UsageError("--fast-affected selects through the pytest-fast daemon: "
+                                    "add --fast (or run pytest-fast --affected)")
         return
     _refuse_unsupported(early_config, ns)
     timeout = _timeout(ns.fast_timeout)

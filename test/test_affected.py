@@ -16,6 +16,7 @@ import mutate
 import pytest
 from conftest import ROOT
 from test_plugin import fast as plugin_fast
+from test_plugin import run as plugin_run
 
 
 def _load_affected():
@@ -261,6 +262,14 @@ def test_plugin_selects_the_same_and_records_too(project):
     cli, chosen = _affected_run(project, "-p", "outcome_dump")
     assert chosen == set(), cli
     assert len(_affected_run(project)[1]) == 6
+
+
+def test_plugin_option_without_fast_is_an_error_not_ignored(project):
+    _write_app(project)
+    r = plugin_fast(project, "--fast-affected")
+    assert r.rc == 0, r
+    r = plugin_run(project, "-p", "plugin", "--fast-affected")
+    assert r.rc == 4 and "--fast-affected selects through the pytest-fast daemon: add --fast" in r.err, r
 
 
 def test_random_edits_of_make_app_are_never_missed(tmp_path):
