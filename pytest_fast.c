@@ -5493,6 +5493,7 @@ static int zyg_main(int fd, const char *python, int argc, char **argv)
  * ========================================================================== */
 
 #define DMN_REQUEST_TIMEOUT 5.0     /* seconds for a request to arrive */
+#define DMN_FINISH_WAIT 10.0        /* seconds the reply waits for the leader's cache update */
 #define DMN_PROGRESS_EVERY 0.1
 #define DMN_TIMEOUT_GRACE 5.0       /* after --timeout, before SIGKILL */
 #define DMN_MAX_CONNS 512
@@ -5608,6 +5609,7 @@ typedef struct dmn_run {
     size_t done;
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
+    bool finishing;             /* the leader is updating .pytest_cache */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
     size_t counts[8];
@@ -7391,7 +7393,7 @@ static int dmn_exit_code(dmn_run *r)
 
 /* Tell the leader how the run went so it can update .pytest_cache: the
  * durations always; lastfailed for the CLI only (under `pytest --fast` the
- * controller's own plugins do that). */
+ * controller's own plugins do that).  The leader exits when it is done. */
 static void dmn_finish_leader(dmn_run *r)
 {
     if (r->leader_fd < 0)
@@ -7415,17 +7417,27 @@ static void dmn_finish_leader(dmn_run *r)
                 pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
         util_set(a, msg, "collect_errors", errs);
     }
-    pf_send_value(r->leader_fd, msg);
+    if (pf_send_value(r->leader_fd, msg) < 0)
+        util_close(&r->leader_fd);
     pf_arena_free(a);
-    util_close(&r->leader_fd);
 }
 
+/* The run is over: the leader updates the cache, then the client gets its
+ * reply, so that what it runs next (`pytest --lf`, the next shard) reads
+ * the update.  Called again when the leader has exited (its EOF), or from
+ * the loop until DMN_FINISH_WAIT has passed. */
 static void dmn_run_end(dmn_run *r)
 {
-    r->end = util_now();
+    if (!r->finishing) {
+        r->finishing = true;
+        r->end = util_now();
+        dmn_finish_leader(r);
+    }
+    if (r->leader_fd >= 0 && util_now() - r->end < DMN_FINISH_WAIT)
+        return;
+    util_close(&r->leader_fd);
     dmn_conn *c = r->client;
     int rc = dmn_exit_code(r);
-    dmn_finish_leader(r);
     bool discard = c && c->discard;
     if (c) {
         char err[PF_ERRLEN] = "";
@@ -7554,6 +7566,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         pf_buf_put(&b, "", 1);
         int rc = nerr ? 2 : r->nsel ? 0 : 5;
         dmn_finish_leader(r);
+        util_close(&r->leader_fd);
         dmn_send_done(c, rc, (const char *)b.data, NULL);
         pf_buf_free(&b);
         dmn_conn_drop(c);
@@ -8092,6 +8105,10 @@ static void dmn_leader_read(dmn_run *r)
             continue;
         }
         util_close(&r->leader_fd);
+        if (r->finishing) {
+            dmn_run_end(r);   /* the leader updated the cache and exited */
+            return;
+        }
         if (r->selected) {
             dmn_leader_died(r);
             return;
@@ -8447,6 +8464,8 @@ static int dmn_loop(void)
         }
         if (rc > 0 && p[notified].revents && dmn.notify_fd >= 0)
             dmn_notify_read(now);   /* during a run too: a pending event would wake poll at once */
+        if (dmn.run && dmn.run->finishing)
+            dmn_run_end(dmn.run);   /* past DMN_FINISH_WAIT: reply without the leader */
         if (dmn.run) {
             dmn_check_timeouts(dmn.run, now);
             dmn_send_progress(dmn.run, now);
