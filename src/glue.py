@@ -385,7 +385,7 @@ class _Leader:
             shard = self.msg.get("shard")
             if shard:
                 k, n = shard
-                kept = _shard(items, k, n, _durations_basis(config))
+                kept = _shard(items, k, n, _durations_basis(config, self.msg["cwd"]))
                 if len(kept) < len(items):
                     chosen = set(map(id, kept))
                     config.hook.pytest_deselected(items=[i for i in items if id(i) not in chosen])
@@ -406,7 +406,7 @@ class _Leader:
         if getattr(config, "cache", None) is None:
             return
         _record_durations(config, req.get("durations") or {}, self.msg.get("shard"), self.pool,
-                          self.msg.get("store_durations"))
+                          self.msg["cwd"] if self.msg.get("store_durations") else None)
         if not req.get("lastfailed", True):
             return   # pytest --fast: the controller's own plugins keep lastfailed
         lf = config.pluginmanager.get_plugin("lfplugin")
@@ -441,7 +441,7 @@ DURATIONS_KEY = "pytest-fast/durations"
 # one round must all split by the same durations, so a shard run's figures
 # join the record only once the round has run every test of the selection.
 PENDING_KEY = "pytest-fast/durations-pending"
-SPLIT_FILE = ".test_durations"   # pytest-split's, in the working directory
+SPLIT_FILE = ".test_durations"   # pytest-split's, in the client's working directory
 
 
 def _read_split_file(path):
@@ -464,10 +464,10 @@ def _read_split_file(path):
     return out
 
 
-def _durations_basis(config):
+def _durations_basis(config, cwd):
     """The durations a split uses: a .test_durations (the file teams commit,
     the same on every job) when there is one, else the daemon's record."""
-    found = _read_split_file(os.path.join(os.getcwd(), SPLIT_FILE))
+    found = _read_split_file(os.path.join(cwd, SPLIT_FILE))
     if found is not None:
         return found
     cache = getattr(config, "cache", None)
@@ -475,10 +475,12 @@ def _durations_basis(config):
     return {k: float(v) for k, v in got.items() if isinstance(v, (int, float))} if isinstance(got, dict) else {}
 
 
-def _record_durations(config, measured, shard, pool, store):
+def _record_durations(config, measured, shard, pool, store_in):
+    """Merge the run's durations into the record (see PENDING_KEY), and into
+    the .test_durations in the directory store_in when it is given."""
     measured = {k: float(v) for k, v in measured.items() if isinstance(v, (int, float)) and v >= 0}
-    if store:
-        path = os.path.join(os.getcwd(), SPLIT_FILE)
+    if store_in:
+        path = os.path.join(store_in, SPLIT_FILE)
         merged = _read_split_file(path) or {}
         merged.update(measured)
         _write_json(path, merged)

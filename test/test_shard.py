@@ -330,3 +330,15 @@ def test_help_mentions_the_shard_options():
     import subprocess
     out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True).stdout
     assert "--shard K/N" in out and "--store-durations" in out
+
+
+def test_test_durations_is_in_the_invocation_directory(project):
+    """A conftest's os.chdir at import moves where the tests run, not where
+    .test_durations is read and written."""
+    write_all(project, UNEVEN)
+    project.write("sub/placeholder.txt", "")
+    project.write("conftest.py", "import os\nos.chdir(os.path.join(os.path.dirname(__file__), 'sub'))\n")
+    r = project.fast("--store-durations")
+    assert r.rc == 0, r
+    assert set(json.loads((project.path / ".test_durations").read_text())) == set(r.dump)
+    assert not (project.path / "sub" / ".test_durations").exists()
