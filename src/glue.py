@@ -454,13 +454,17 @@ def _read_split_file(path):
     except (OSError, ValueError):
         return None
     pairs = data.items() if isinstance(data, dict) else data if isinstance(data, list) else ()
+    return _seconds(pair for pair in pairs if isinstance(pair, (tuple, list)) and len(pair) == 2)
+
+
+def _seconds(pairs):
+    """{nodeid: seconds} of the pairs whose seconds are a number >= 0 (a
+    hand-edited file may hold anything)."""
+    import math
     out = {}
-    for pair in pairs:
-        try:
-            nodeid, seconds = pair
+    for nodeid, seconds in pairs:
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0:
             out[str(nodeid)] = float(seconds)
-        except (TypeError, ValueError):
-            continue
     return out
 
 
@@ -472,13 +476,13 @@ def _durations_basis(config, cwd):
         return found
     cache = getattr(config, "cache", None)
     got = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
-    return {k: float(v) for k, v in got.items() if isinstance(v, (int, float))} if isinstance(got, dict) else {}
+    return _seconds(got.items()) if isinstance(got, dict) else {}
 
 
 def _record_durations(config, measured, shard, pool, store_in):
     """Merge the run's durations into the record (see PENDING_KEY), and into
     the .test_durations in the directory store_in when it is given."""
-    measured = {k: float(v) for k, v in measured.items() if isinstance(v, (int, float)) and v >= 0}
+    measured = _seconds(measured.items())
     if store_in:
         path = os.path.join(store_in, SPLIT_FILE)
         merged = _read_split_file(path) or {}

@@ -342,3 +342,21 @@ def test_test_durations_is_in_the_invocation_directory(project):
     assert r.rc == 0, r
     assert set(json.loads((project.path / ".test_durations").read_text())) == set(r.dump)
     assert not (project.path / "sub" / ".test_durations").exists()
+
+
+def test_old_and_hand_edited_test_durations(project):
+    """pytest-split's old list format reads like its dict; entries that are
+    not a number >= 0 are ignored, never a crash."""
+    write_all(project, UNEVEN)
+    oracle = project.pytest()
+    durations = _uneven_durations(oracle.dump)
+    path = project.path / ".test_durations"
+    path.write_text(json.dumps(durations))
+    as_dict = _cli_shards(project, 3)
+    path.write_text(json.dumps(sorted(durations.items())))
+    assert _cli_shards(project, 3) == as_dict
+    bad = dict(zip(sorted(durations), ["slow", -1, None, float("nan"), [2], {"s": 1}]))
+    path.write_text(json.dumps({**durations, **bad}))
+    _check_partition(_cli_shards(project, 3), oracle.dump)
+    path.write_text("{not json")
+    _check_partition(_cli_shards(project, 3), oracle.dump)
