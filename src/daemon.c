@@ -1952,6 +1952,10 @@ static void dmn_run_end(dmn_run *r)
     }
     if (r->leader_fd >= 0 && util_now() - r->end < DMN_FINISH_WAIT)
         return;
+    if (r->leader_fd >= 0 && r->leader_pid > 0) {
+        util_log("the run leader did not update the cache within %.0fs; killing it", DMN_FINISH_WAIT);
+        kill(-r->leader_pid, SIGKILL);
+    }
     util_close(&r->leader_fd);
     dmn_conn *c = r->client;
     int rc = dmn_exit_code(r);

@@ -360,3 +360,31 @@ def test_old_and_hand_edited_test_durations(project):
     _check_partition(_cli_shards(project, 3), oracle.dump)
     path.write_text("{not json")
     _check_partition(_cli_shards(project, 3), oracle.dump)
+
+
+def test_a_leader_stuck_updating_the_cache_costs_ten_seconds_not_the_daemon(project):
+    write_all(project, UNEVEN)
+    project.write("conftest.py", """
+        import os
+        import time
+
+        def pytest_configure(config):
+            cache = getattr(config, "cache", None)
+            if cache is None:
+                return
+            real = cache.set
+
+            def stuck(key, value):
+                if key.startswith("pytest-fast/") and os.environ.get("PF_STUCK"):
+                    time.sleep(3600)   # stands in for a hung file system
+                real(key, value)
+
+            cache.set = stuck
+    """)
+    oracle = project.pytest()
+    stuck = project.fast(env={"PF_STUCK": "1"})
+    assert stuck.rc == 0 and stuck.dump == oracle.dump, stuck
+    assert "did not update the cache" in project.log()
+    again = project.fast()
+    assert again.rc == 0 and again.dump == oracle.dump, again
+    # The stuck leader was killed (the fixture checks that no process is left).
