@@ -29,7 +29,7 @@ import struct
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import pytest
@@ -44,7 +44,7 @@ MAX_FRAME = 256 << 20
 # Only the zygote embeds this builtin module: there the plugin stays inert.
 IN_ZYGOTE = "_pytest_fast" in sys.modules
 PLUGIN_NAMES = {__name__, __name__.rpartition(".")[2]}
-VALUED = ("--fast-address", "--fast-workers", "--fast-ttl", "--fast-timeout")
+VALUED = ("--fast-address", "--fast-workers", "--fast-ttl", "--fast-timeout", "--fast-shard")
 # Options whose effect lives in the test process, where the controller is not.
 NEEDS_TEST_PROCESS = {
     "usepdb": "--pdb",
@@ -76,6 +76,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fast-affected", action="store_true", default=False,
                     help="with --fast: run only the tests an edit since their last run could change, "
                          "those that failed and those never run")
+    group.addoption("--fast-shard", metavar="K/N", default=None,
+                    help="run only shard K of N, 1-based, split by recorded durations (or "
+                         "$PYTEST_FAST_SHARD; GitLab's CI_NODE_INDEX/CI_NODE_TOTAL when set)")
+    group.addoption("--fast-store-durations", action="store_true", default=False,
+                    help="also merge this run's durations into .test_durations "
+                         "(pytest-split's file)")
     group.addoption("--fast-watch", action="store_true", default=False,
                     help="pre-warm: the daemon re-collects in the background as soon as "
                          "files change (or PYTEST_FAST_WATCH=1)")
@@ -93,6 +99,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         return
     _refuse_unsupported(early_config, ns)
     timeout = _timeout(ns.fast_timeout)
+    shard = shard_spec(ns.fast_shard, os.environ)
     daemon = Daemon.ensure(early_config, ns)
     # pytest's own (trylast) implementation now imports no conftest.py.
     ns.noconftest = True
@@ -105,14 +112,14 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         _early_exit(reply)
     _declare_options(parser, reply["options"])
     header = [str(line) for line in reply.get("header") or ()]
-    early_config.pluginmanager.register(Controller(early_config, daemon, timeout, header),
+    early_config.pluginmanager.register(Controller(early_config, daemon, timeout, header, shard),
                                         "pytest-fast-controller")
 
 
 def _refuse_unsupported(config: pytest.Config, ns: argparse.Namespace) -> None:
-    if getattr(ns, "numprocesses", None) not in (None, 0) or getattr(ns, "dist", "no") != "no":
+    if getattr(ns, "numprocesses", None) not in (None, 0):
         raise pytest.UsageError("--fast runs its own workers: use --fast-workers N "
-                                "instead of pytest-xdist's -n/--numprocesses/--dist")
+                                "instead of pytest-xdist's -n/--numprocesses")
     for dest, name in NEEDS_TEST_PROCESS.items():
         if getattr(ns, dest, None):
             raise pytest.UsageError(f"{name} needs the test process and cannot be used with "
@@ -137,6 +144,24 @@ def _timeout(given: str | None) -> float:
     if not value >= 0 or value == float("inf"):
         raise pytest.UsageError(f"invalid timeout '{text}': expected seconds >= 0")
     return value
+
+
+def shard_spec(given: str | None, environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """(K, N) from --fast-shard, else $PYTEST_FAST_SHARD, else GitLab's
+    CI_NODE_INDEX/CI_NODE_TOTAL; None for no shard."""
+    source, text = "--fast-shard", given
+    if text is None and environ.get("PYTEST_FAST_SHARD"):   # empty is unset, as for the CLI
+        source, text = "PYTEST_FAST_SHARD", environ["PYTEST_FAST_SHARD"]
+    if text is None and environ.get("CI_NODE_INDEX") and environ.get("CI_NODE_TOTAL"):
+        source = "CI_NODE_INDEX/CI_NODE_TOTAL"
+        text = f"{environ['CI_NODE_INDEX']}/{environ['CI_NODE_TOTAL']}"
+    if text is None:
+        return None
+    k, _, n = text.partition("/")
+    if k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n) <= 100000:
+        return int(k), int(n)
+    raise pytest.UsageError(f"invalid {source} '{text}': expected K/N, shard K of N with "
+                            f"1 <= K <= N (e.g. 1/3, 2/3 and 3/3 for three jobs)")
 
 
 def _declare_options(parser: pytest.Parser, table: Sequence[dict[str, Any]]) -> None:
@@ -230,7 +255,8 @@ class Daemon:
             raise pytest.UsageError(f"pytest-fast: {text}")
         return cls(lines[0], lines[1], int(lines[2]))
 
-    def request(self, op: str, config: pytest.Config, timeout: float) -> dict[str, Any]:
+    def request(self, op: str, config: pytest.Config, timeout: float,
+                shard: tuple[int, int] | None = None) -> dict[str, Any]:
         """Send one request; return its first reply that is not a note."""
         self.close()   # one request per connection: the previous one is over
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -252,7 +278,10 @@ class Daemon:
             "python": sys.executable, "workers": self.workers, "timeout": timeout,
             "stream": True, "color": bool(tw and tw.hasmarkup),
             "watch": bool(config.getoption("fast_watch", False)),
+            "store_durations": bool(config.getoption("fast_store_durations", False)),
         }
+        if shard is not None:
+            req["shard"] = shard
         body = pickle.dumps(req, protocol=5)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -325,7 +354,7 @@ def forwarded_args(args: Sequence[str]) -> list[str]:
             out.append(arg)
             out.extend(it)
             break
-        if arg in ("--fast", "--fast-watch"):
+        if arg in ("--fast", "--fast-watch", "--fast-store-durations"):
             continue
         if arg.split("=", 1)[0] in VALUED:
             if "=" not in arg:
@@ -374,11 +403,12 @@ class Controller:
     """Stands in for collection and the test loop while --fast is on."""
 
     def __init__(self, config: pytest.Config, daemon: Daemon, timeout: float,
-                 header: list[str]) -> None:
+                 header: list[str], shard: tuple[int, int] | None) -> None:
         self.config = config
         self.daemon = daemon
         self.timeout = timeout
         self.header = header
+        self.shard = shard
 
     def pytest_report_header(self) -> list[str]:
         """What the conftests (imported by the daemon, not here) add."""
@@ -399,7 +429,7 @@ class Controller:
         config = self.config
         self._notes()
         try:
-            reply = self.daemon.request("run", config, self.timeout)
+            reply = self.daemon.request("run", config, self.timeout, self.shard)
         except DaemonGone as exc:
             pytest.exit(str(exc), returncode=pytest.ExitCode.INTERNAL_ERROR)
         self._notes()

@@ -3441,6 +3441,7 @@ static const arg_spec arg_table[] = {
     {"--trace", ARG_RUN | ARG_REFUSE},
     {"--sw", ARG_RUN | ARG_REFUSE},
     {"--stepwise", ARG_RUN | ARG_REFUSE},
+    {"--dist", ARG_VALUE | ARG_RUN},
     {"-n", ARG_VALUE | ARG_REFUSE},
     {"--numprocesses", ARG_VALUE | ARG_REFUSE},
     {"-p", ARG_VALUE},
@@ -3474,6 +3475,22 @@ static const arg_spec arg_table[] = {
     {"--doctest-report", ARG_VALUE},
     {"--cov", ARG_VALUE | ARG_REFUSE},
 };
+
+/* "K/N", 1-based: shard K of N.  Returns 0, or -1 for anything else. */
+static int arg_parse_shard(const char *s, int *k, int *n)
+{
+    char *end;
+    errno = 0;
+    long kk = s && *s >= '0' && *s <= '9' ? strtol(s, &end, 10) : -1;
+    if (kk < 1 || errno || *end != '/' || end[1] < '0' || end[1] > '9')
+        return -1;
+    long nn = strtol(end + 1, &end, 10);
+    if (errno || *end || nn < 1 || nn > 100000 || kk > nn)
+        return -1;
+    *k = (int)kk;
+    *n = (int)nn;
+    return 0;
+}
 
 static const arg_spec *arg_lookup(const char *name, size_t len)
 {
@@ -3646,7 +3663,7 @@ static bool id_volatile_var(const char *kv)
     static const char *const names[] = {
         "PYTEST_FAST_ADDRESS=", "PYTEST_FAST_WORKERS=", "PYTEST_FAST_TTL=",
         "PYTEST_FAST_TIMEOUT=", "PYTEST_FAST_BIN=", "PYTEST_FAST_WATCH_POLL=",
-        "PYTEST_FAST_WATCH_DEBOUNCE=", "PYTEST_FAST_WATCH=",
+        "PYTEST_FAST_WATCH_DEBOUNCE=", "PYTEST_FAST_WATCH=", "PYTEST_FAST_SHARD=",
     };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (!strncmp(kv, names[i], strlen(names[i])))
@@ -4263,6 +4280,9 @@ static const char zyg_glue[] =
     "        self.msg = msg\n"
     "        self.fd = fds[0]\n"
     "        self.stdio = fds[1:4]\n"
+    "        self.scoped_errors = None\n"
+    "        self.pool = []            # the selection's node ids before --shard\n"
+    "        self.group_starts = None  # where --dist groups start, None: no groups\n"
     "\n"
     "    def lead(self, zygote):\n"
     "        msg = self.msg\n"
@@ -4286,7 +4306,7 @@ static const char zyg_glue[] =
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
     "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
-    "                        \"scoped_errors\": self.scoped_errors})\n"
+    "                        \"scoped_errors\": self.scoped_errors, \"group_starts\": self.group_starts})\n"
     "        if zygote.cwd:\n"
     "            # The arguments were the client's to resolve; the tests run where\n"
     "            # the collection left the working directory, as in a plain run.\n"
@@ -4334,10 +4354,21 @@ static const char zyg_glue[] =
     "        pm.register(counter, \"pytest-fast-deselect-counter\")\n"
     "        try:\n"
     "            config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)\n"
+    "            self.pool = [item.nodeid for item in items]\n"
+    "            shard = self.msg.get(\"shard\")\n"
+    "            if shard:\n"
+    "                k, n = shard\n"
+    "                kept = _shard(items, k, n, _durations_basis(config, self.msg[\"cwd\"]))\n"
+    "                if len(kept) < len(items):\n"
+    "                    chosen = set(map(id, kept))\n"
+    "                    config.hook.pytest_deselected(items=[i for i in items if id(i) not in chosen])\n"
+    "                items = kept\n"
+    "            # within the shard: shards stay a partition of the same selection\n"
     "            if self.affected:\n"
     "                items = self.select_affected(items)\n"
     "        finally:\n"
     "            pm.unregister(counter)\n"
+    "        items, self.group_starts = _dist_groups(items, getattr(config.option, \"dist\", \"no\"))\n"
     "        return [index[id(item)] for item in items], counter.count\n"
     "\n"
     "    def select_affected(self, items):\n"
@@ -4359,17 +4390,20 @@ static const char zyg_glue[] =
     "        return [os.path.join(rootdir, nodeid.split(\"::\")[0]) for nodeid in self.msg.get(\"error_nodeids\", [])]\n"
     "\n"
     "    def finish(self, req):\n"
-    "        \"\"\"Update .pytest_cache the way the session would have.\"\"\"\n"
+    "        \"\"\"Update .pytest_cache the way the session would have, and record\n"
+    "        the run's durations.\"\"\"\n"
     "        config = self.config\n"
     "        if getattr(config, \"cache\", None) is None:\n"
     "            return\n"
+    "        _record_durations(config, req.get(\"durations\") or {}, self.msg.get(\"shard\"), self.pool,\n"
+    "                          self.msg[\"cwd\"] if self.msg.get(\"store_durations\") else None)\n"
     "        try:\n"
     "            self.record_dependencies(req)\n"
     "        except Exception as exc:   # the record is a convenience: lastfailed is not\n"
     "            sys.stderr.write(\"pytest-fast: could not record this run's dependencies (%r); \"\n"
     "                             \"--affected will run every test\\n\" % (exc,))\n"
     "        if not req.get(\"lastfailed\", True):\n"
-    "            return   # pytest --fast: the controller's cache plugins did it\n"
+    "            return   # pytest --fast: the controller's own plugins keep lastfailed\n"
     "        lf = config.pluginmanager.get_plugin(\"lfplugin\")\n"
     "        nf = config.pluginmanager.get_plugin(\"nfplugin\")\n"
     "        if lf is not None:\n"
@@ -4520,6 +4554,182 @@ static const char zyg_glue[] =
     "        except OSError:\n"
     "            h.update(f.encode() + b\"\\0missing\")\n"
     "    return h.hexdigest()\n"
+    "\n"
+    "\n"
+    "# Shards.  The split is a pure function of the selection (after -k/-m,\n"
+    "# paths and every plugin's modifyitems) and the durations: every CI job\n"
+    "# computes the same partition.  Units that must not be split: an\n"
+    "# xdist_group, else a module, unless that module alone is more than a\n"
+    "# shard's share.  With durations, the units go longest first to the lightest\n"
+    "# shard; without any, by a stable hash of their name.\n"
+    "\n"
+    "DURATIONS_KEY = \"pytest-fast/durations\"\n"
+    "# What shard runs measured since the durations were last complete: shards of\n"
+    "# one round must all split by the same durations, so a shard run's figures\n"
+    "# join the record only once the round has run every test of the selection.\n"
+    "PENDING_KEY = \"pytest-fast/durations-pending\"\n"
+    "SPLIT_FILE = \".test_durations\"   # pytest-split's, in the client's working directory\n"
+    "\n"
+    "\n"
+    "def _read_split_file(path):\n"
+    "    \"\"\"pytest-split's .test_durations: {nodeid: seconds} (old versions wrote\n"
+    "    [[nodeid, seconds], ...]).  None when absent or unreadable.\"\"\"\n"
+    "    import json\n"
+    "    try:\n"
+    "        with open(path) as f:\n"
+    "            data = json.load(f)\n"
+    "    except (OSError, ValueError):\n"
+    "        return None\n"
+    "    pairs = data.items() if isinstance(data, dict) else data if isinstance(data, list) else ()\n"
+    "    return _seconds(pair for pair in pairs if isinstance(pair, (tuple, list)) and len(pair) == 2)\n"
+    "\n"
+    "\n"
+    "def _seconds(pairs):\n"
+    "    \"\"\"{nodeid: seconds} of the pairs whose seconds are a number >= 0 (a\n"
+    "    hand-edited file may hold anything).\"\"\"\n"
+    "    import math\n"
+    "    out = {}\n"
+    "    for nodeid, seconds in pairs:\n"
+    "        if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0:\n"
+    "            out[str(nodeid)] = float(seconds)\n"
+    "    return out\n"
+    "\n"
+    "\n"
+    "def _durations_basis(config, cwd):\n"
+    "    \"\"\"The durations a split uses: a .test_durations (the file teams commit,\n"
+    "    the same on every job) when there is one, else the daemon's record.\"\"\"\n"
+    "    found = _read_split_file(os.path.join(cwd, SPLIT_FILE))\n"
+    "    if found is not None:\n"
+    "        return found\n"
+    "    cache = getattr(config, \"cache\", None)\n"
+    "    got = cache.get(DURATIONS_KEY, {}) if cache is not None else {}\n"
+    "    return _seconds(got.items()) if isinstance(got, dict) else {}\n"
+    "\n"
+    "\n"
+    "def _record_durations(config, measured, shard, pool, store_in):\n"
+    "    \"\"\"Merge the run's durations into the record (see PENDING_KEY), and into\n"
+    "    the .test_durations in the directory store_in when it is given.\"\"\"\n"
+    "    measured = _seconds(measured.items())\n"
+    "    if store_in:\n"
+    "        path = os.path.join(store_in, SPLIT_FILE)\n"
+    "        merged = _read_split_file(path) or {}\n"
+    "        merged.update(measured)\n"
+    "        _write_json(path, merged)\n"
+    "    if not measured:\n"
+    "        return\n"
+    "    cache = config.cache\n"
+    "    record = cache.get(DURATIONS_KEY, {})\n"
+    "    record = record if isinstance(record, dict) else {}\n"
+    "    pending = cache.get(PENDING_KEY, {})\n"
+    "    pending = pending if isinstance(pending, dict) else {}\n"
+    "    pending.update(measured)\n"
+    "    if not shard or shard[1] == 1 or all(nodeid in pending for nodeid in pool):\n"
+    "        record.update(pending)\n"
+    "        pending = {}\n"
+    "        cache.set(DURATIONS_KEY, record)\n"
+    "    cache.set(PENDING_KEY, pending)\n"
+    "\n"
+    "\n"
+    "def _write_json(path, data):\n"
+    "    \"\"\"As pytest-split writes it: sorted, indented; replaced atomically.\"\"\"\n"
+    "    import json\n"
+    "    tmp = \"%s.%d.tmp\" % (path, os.getpid())\n"
+    "    try:\n"
+    "        with open(tmp, \"w\") as f:\n"
+    "            json.dump(data, f, indent=4, sort_keys=True)\n"
+    "            f.write(\"\\n\")\n"
+    "        os.replace(tmp, path)\n"
+    "    except OSError as exc:\n"
+    "        sys.stderr.write(\"pytest-fast: cannot write %s: %s\\n\" % (path, exc))\n"
+    "\n"
+    "\n"
+    "def _xdist_group(item):\n"
+    "    mark = item.get_closest_marker(\"xdist_group\")\n"
+    "    if mark is None:\n"
+    "        return None\n"
+    "    name = mark.args[0] if mark.args else mark.kwargs.get(\"name\", \"default\")\n"
+    "    return str(name)\n"
+    "\n"
+    "\n"
+    "def _shard_units(items, weights, share):\n"
+    "    \"\"\"[(key, [item, ...]), ...] in first-item order: xdist groups whole,\n"
+    "    each module whole unless it weighs more than a shard's share, then cut\n"
+    "    into consecutive chunks of about a share.\"\"\"\n"
+    "    units = {}\n"
+    "    for item in items:\n"
+    "        group = _xdist_group(item)\n"
+    "        key = (\"group:\" + group) if group is not None else item.nodeid.split(\"::\", 1)[0]\n"
+    "        units.setdefault(key, []).append(item)\n"
+    "    out = []\n"
+    "    for key, members in units.items():\n"
+    "        total = sum(weights[id(i)] for i in members)\n"
+    "        if key.startswith(\"group:\") or total <= share or len(members) == 1:\n"
+    "            out.append((key, members))\n"
+    "            continue\n"
+    "        chunk, acc = [], 0.0\n"
+    "        for item in members:\n"
+    "            w = weights[id(item)]\n"
+    "            if chunk and acc + w > share:\n"
+    "                out.append((\"%s#%d\" % (key, len(out)), chunk))\n"
+    "                chunk, acc = [], 0.0\n"
+    "            chunk.append(item)\n"
+    "            acc += w\n"
+    "        out.append((\"%s#%d\" % (key, len(out)), chunk))\n"
+    "    return out\n"
+    "\n"
+    "\n"
+    "def _shard(items, k, n, durations):\n"
+    "    \"\"\"The items of shard k (1-based) of n, in their run order.\"\"\"\n"
+    "    import hashlib\n"
+    "    if n <= 1:\n"
+    "        return list(items)\n"
+    "    known = [durations[i.nodeid] for i in items if i.nodeid in durations]\n"
+    "    mean = sum(known) / len(known) if known else 1.0\n"
+    "    weights = {id(i): durations.get(i.nodeid, mean) for i in items}\n"
+    "    share = sum(weights.values()) / n\n"
+    "    units = _shard_units(items, weights, share)\n"
+    "    if known:\n"
+    "        loads = [0.0] * n\n"
+    "        mine = set()\n"
+    "        order = sorted(range(len(units)), key=lambda u: (-sum(weights[id(i)] for i in units[u][1]), u))\n"
+    "        for u in order:\n"
+    "            target = min(range(n), key=lambda s: (loads[s], s))\n"
+    "            loads[target] += sum(weights[id(i)] for i in units[u][1])\n"
+    "            if target == k - 1:\n"
+    "                mine.add(u)\n"
+    "    else:\n"
+    "        mine = {u for u, (key, _) in enumerate(units)\n"
+    "                if int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], \"big\") % n == k - 1}\n"
+    "    chosen = {id(i) for u in mine for i in units[u][1]}\n"
+    "    return [i for i in items if id(i) in chosen]\n"
+    "\n"
+    "\n"
+    "def _dist_groups(items, dist):\n"
+    "    \"\"\"pytest-xdist's --dist modes inside one run: the items of a group\n"
+    "    (loadgroup: an xdist_group; loadscope: a module or class; loadfile: a\n"
+    "    file) made contiguous, at the first one's place, and the positions where\n"
+    "    a group starts, which the dispatcher never splits.  (items, None) for the\n"
+    "    other modes: any item may go to any worker.\"\"\"\n"
+    "    if dist == \"loadgroup\":\n"
+    "        def key(i):\n"
+    "            group = _xdist_group(i)\n"
+    "            return (\"g\", group) if group is not None else (\"i\", id(i))\n"
+    "    elif dist == \"loadscope\":\n"
+    "        def key(i):\n"
+    "            return i.nodeid.rsplit(\"::\", 1)[0]\n"
+    "    elif dist == \"loadfile\":\n"
+    "        def key(i):\n"
+    "            return i.nodeid.split(\"::\", 1)[0]\n"
+    "    else:\n"
+    "        return items, None\n"
+    "    groups = {}\n"
+    "    for item in items:\n"
+    "        groups.setdefault(key(item), []).append(item)\n"
+    "    out, starts = [], []\n"
+    "    for members in groups.values():\n"
+    "        starts.append(len(out))\n"
+    "        out.extend(members)\n"
+    "    return out, starts\n"
     "\n"
     "\n"
     "class _DeselectCounter:\n"
@@ -5924,6 +6134,7 @@ static int zyg_main(int fd, const char *python, int argc, char **argv)
  * ========================================================================== */
 
 #define DMN_REQUEST_TIMEOUT 5.0     /* seconds for a request to arrive */
+#define DMN_FINISH_WAIT 10.0        /* seconds the reply waits for the leader's cache update */
 #define DMN_PROGRESS_EVERY 0.1
 #define DMN_TIMEOUT_GRACE 5.0       /* after --timeout, before SIGKILL */
 #define DMN_MAX_CONNS 512
@@ -6031,11 +6242,15 @@ typedef struct dmn_run {
     size_t deselected;
     const pf_value *scoped;     /* indices into zygote errors, or NULL = all */
     signed char *severity;      /* per position, -1 = no report yet */
+    double *seconds;            /* per position: its reports' durations, summed */
+    bool *cut;                  /* per position: a worker may start here (--dist
+                                   groups stay on one worker); NULL = anywhere */
     dmn_worker *workers;
     int nworkers, maxworkers, next_wid;
     size_t done;
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
+    bool finishing;             /* the leader is updating .pytest_cache */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
     size_t counts[8];
@@ -6068,6 +6283,8 @@ struct dmn_conn {
     char *cwd, *fp, *dump, *python;
     int workers;
     double timeout;
+    int shard_k, shard_n;       /* 0/0: the whole selection */
+    bool store_durations;
     bool full, stream, color, options_only;
     bool fresh, discard, booted;    /* --start-method fork / spawn */
     bool waited;                    /* this run waited for a collection: cold */
@@ -7114,6 +7331,8 @@ static void dmn_run_free(dmn_run *r)
     free(r->workers);
     free(r->sel);
     free(r->severity);
+    free(r->seconds);
+    free(r->cut);
     free(r->failures);
     free(r->exit_msg);
     for (size_t i = 0; i < r->nframes; i++)
@@ -7132,6 +7351,27 @@ static void dmn_kill_run_processes(dmn_run *r)
             kill(r->workers[i].pid, SIGKILL);
 }
 
+/* Where a thief may start in v's unclaimed segment: its middle, moved to
+ * the nearest group start (a group never spans two workers); seg_hi when
+ * there is none.  The victim's first unclaimed item counts only when it
+ * starts a group, since the victim holds the group before it. */
+static size_t dmn_steal_point(const dmn_run *r, const dmn_worker *v)
+{
+    size_t lo = v->seg_lo, hi = v->seg_hi;
+    if (lo >= hi)
+        return hi;
+    size_t mid = lo + (hi - lo) / 2;
+    if (!r->cut)
+        return mid;
+    for (size_t up = mid; up < hi; up++)
+        if (r->cut[up])
+            return up;
+    for (size_t down = mid; down-- > lo;)
+        if (r->cut[down])
+            return down;
+    return hi;
+}
+
 /* Next position for worker w: its handed-back items, its own segment, or
  * the unclaimed tail half of the largest remaining segment.  -1: none. */
 static long dmn_next_position(dmn_run *r, dmn_worker *w)
@@ -7143,19 +7383,22 @@ static long dmn_next_position(dmn_run *r, dmn_worker *w)
     if (w->seg_lo < w->seg_hi)
         return (long)w->seg_lo++;
     dmn_worker *victim = NULL;
+    size_t mid = 0, best = 0;
     for (int i = 0; i < r->nworkers; i++) {
         dmn_worker *v = &r->workers[i];
         if (v->npending && !v->exited) {
             w->npending = 0;
             return (long)v->pending[--v->npending];
         }
-        if (v->seg_hi - v->seg_lo > (victim ? victim->seg_hi - victim->seg_lo : 0))
+        size_t at = dmn_steal_point(r, v);
+        if (at < v->seg_hi && v->seg_hi - at > best) {
             victim = v;
+            mid = at;
+            best = v->seg_hi - at;
+        }
     }
     if (!victim)
         return -1;
-    size_t left = victim->seg_hi - victim->seg_lo;
-    size_t mid = victim->seg_lo + left / 2;
     w->seg_lo = mid;
     w->seg_hi = victim->seg_hi;
     victim->seg_hi = mid;
@@ -7317,6 +7560,8 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
         }
         dmn_count_report(r, pos, when, outcome, category, duration, text,
                          t->u.seq.items[5]);
+        if (duration > 0 && !isnan(duration))
+            r->seconds[pos] += duration;
         if (strcmp(outcome, "passed") || !strcmp(when, "call")) {
             pf_value *lf = pf_new_container(r->keep, PF_TUPLE);
             pf_append(r->keep, lf, pf_new_cstr(r->keep, it->nodeid));
@@ -7788,32 +8033,57 @@ static int dmn_exit_code(dmn_run *r)
 }
 
 /* Tell the leader how the run went so it can update .pytest_cache: the
- * --affected record always, lastfailed for the CLI (under `pytest --fast`
- * the controller's own plugins do that). */
+ * durations and the --affected record always; lastfailed for the CLI only
+ * (under `pytest --fast` the controller's own plugins do that).  The leader
+ * exits when it is done. */
 static void dmn_finish_leader(dmn_run *r)
 {
     if (r->leader_fd < 0)
         return;
     pf_arena *a = pf_arena_new(0);
     pf_value *msg = util_msg(a, "finish");
-    util_set(a, msg, "lastfailed", pf_new_bool(a, !r->client || !r->client->stream));
-    util_set(a, msg, "reports", r->lf);
-    pf_value *errs = pf_new_container(a, PF_LIST);
-    for (size_t i = 0; i < dmn_nerrors(r->z); i++)
-        if (dmn_error_in_scope(r, i))
-            pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
-    util_set(a, msg, "collect_errors", errs);
-    pf_send_value(r->leader_fd, msg);
+    /* Every run records what its tests took (for --shard), under the
+     * plugin too, whose controller has no such record. */
+    pf_value *durations = pf_new_container(a, PF_DICT);
+    for (size_t pos = 0; r->seconds && pos < r->nsel; pos++)
+        if (r->severity[pos] >= 0)
+            util_set(a, durations, r->z->items[r->sel[pos]].nodeid, pf_new_float(a, r->seconds[pos]));
+    util_set(a, msg, "durations", durations);
+    bool lastfailed = !r->client || !r->client->stream;
+    util_set(a, msg, "lastfailed", pf_new_bool(a, lastfailed));
+    util_set(a, msg, "reports", r->lf);   /* --affected records failures under the plugin too */
+    if (lastfailed) {
+        pf_value *errs = pf_new_container(a, PF_LIST);
+        for (size_t i = 0; i < dmn_nerrors(r->z); i++)
+            if (dmn_error_in_scope(r, i))
+                pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
+        util_set(a, msg, "collect_errors", errs);
+    }
+    if (pf_send_value(r->leader_fd, msg) < 0)
+        util_close(&r->leader_fd);
     pf_arena_free(a);
-    util_close(&r->leader_fd);
 }
 
+/* The run is over: the leader updates the cache, then the client gets its
+ * reply, so that what it runs next (`pytest --lf`, the next shard) reads
+ * the update.  Called again when the leader has exited (its EOF), or from
+ * the loop until DMN_FINISH_WAIT has passed. */
 static void dmn_run_end(dmn_run *r)
 {
-    r->end = util_now();
+    if (!r->finishing) {
+        r->finishing = true;
+        r->end = util_now();
+        dmn_finish_leader(r);
+    }
+    if (r->leader_fd >= 0 && util_now() - r->end < DMN_FINISH_WAIT)
+        return;
+    if (r->leader_fd >= 0 && r->leader_pid > 0) {
+        util_log("the run leader did not update the cache within %.0fs; killing it", DMN_FINISH_WAIT);
+        kill(-r->leader_pid, SIGKILL);
+    }
+    util_close(&r->leader_fd);
     dmn_conn *c = r->client;
     int rc = dmn_exit_code(r);
-    dmn_finish_leader(r);
     bool discard = c && c->discard;
     if (c) {
         char err[PF_ERRLEN] = "";
@@ -7872,6 +8142,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->sel = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->sel);
     r->severity = util_alloc(r->nsel ? r->nsel : 1);
     memset(r->severity, -1, r->nsel ? r->nsel : 1);
+    r->seconds = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->seconds);
     size_t n = 0;
     for (size_t i = 0; i < r->nsel; i++) {
         const pf_value *v = idx->u.seq.items[i];
@@ -7879,6 +8150,16 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
             r->sel[n++] = (size_t)v->u.i;
     }
     r->nsel = n;
+    const pf_value *starts = pf_dict_get(msg, "group_starts");
+    if (starts && pf_is_seq(starts) && n) {
+        r->cut = util_alloc(n * sizeof *r->cut);
+        r->cut[0] = true;
+        for (size_t i = 0; i < starts->u.seq.len; i++) {
+            const pf_value *v = starts->u.seq.items[i];
+            if (v->kind == PF_INT && v->u.i >= 0 && (size_t)v->u.i < n)
+                r->cut[v->u.i] = true;
+        }
+    }
     r->selected = true;
     size_t nerr = dmn_scoped_errors(r);
     if (c && c->stream) {
@@ -7931,6 +8212,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         pf_buf_put(&b, "", 1);
         int rc = nerr ? 2 : r->nsel ? 0 : 5;
         dmn_finish_leader(r);
+        util_close(&r->leader_fd);
         dmn_send_done(c, rc, (const char *)b.data, NULL);
         pf_buf_free(&b);
         dmn_conn_drop(c);
@@ -7947,9 +8229,15 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     int nw = c->workers < 1 ? 1 : c->workers;
     if ((size_t)nw > r->nsel)
         nw = (int)r->nsel;
+    size_t lo = 0;
     for (int i = 0; i < nw; i++) {
-        size_t lo = r->nsel * (size_t)i / (size_t)nw, hi = r->nsel * (size_t)(i + 1) / (size_t)nw;
+        size_t hi = r->nsel * (size_t)(i + 1) / (size_t)nw;
+        while (r->cut && hi < r->nsel && !r->cut[hi])
+            hi++;   /* a --dist group stays on one worker */
+        if (hi < lo)
+            hi = lo;
         dmn_add_worker(r, lo, hi);
+        lo = hi;
     }
     dmn_run_check(r);
 }
@@ -8217,6 +8505,13 @@ static void dmn_run_next(void)
         util_set(a, msg, "full", pf_new_bool(a, c->full || c->stream));
         util_set(a, msg, "collect_only", pf_new_bool(a, c->split.collect_only));
         util_set(a, msg, "runid", pf_new_cstr(a, r->runid));
+        if (c->shard_n) {
+            pf_value *shard = pf_new_container(a, PF_TUPLE);
+            pf_append(a, shard, pf_new_int(a, c->shard_k));
+            pf_append(a, shard, pf_new_int(a, c->shard_n));
+            util_set(a, msg, "shard", shard);
+        }
+        util_set(a, msg, "store_durations", pf_new_bool(a, c->store_durations));
         pf_value *enodes = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(z); i++)
             pf_append(a, enodes, pf_new_cstr(a, dmn_str_at(z->errors->u.seq.items[i], 0)));
@@ -8391,6 +8686,19 @@ static void dmn_request(dmn_conn *c)
     c->fresh = method && (!strcmp(method, "fork") || !strcmp(method, "spawn"));
     c->discard = method && !strcmp(method, "spawn");
     c->full = dmn_bool(req, "full");
+    c->store_durations = dmn_bool(req, "store_durations");
+    const pf_value *shard = pf_dict_get(req, "shard");
+    if (shard) {
+        const pf_value *k = pf_is_seq(shard) && shard->u.seq.len == 2 ? shard->u.seq.items[0] : NULL;
+        const pf_value *n = k ? shard->u.seq.items[1] : NULL;
+        if (!k || k->kind != PF_INT || n->kind != PF_INT || k->u.i < 1 || k->u.i > n->u.i ||
+            n->u.i > 100000) {
+            dmn_fail_request(c, 4, "ERROR: malformed shard: expected (K, N) with 1 <= K <= N");
+            return;
+        }
+        c->shard_k = (int)k->u.i;
+        c->shard_n = (int)n->u.i;
+    }
     dmn_watch_config(c, dmn_bool(req, "watch"));
     c->stream = dmn_bool(req, "stream");
     c->color = dmn_bool(req, "color");
@@ -8443,6 +8751,10 @@ static void dmn_leader_read(dmn_run *r)
             continue;
         }
         util_close(&r->leader_fd);
+        if (r->finishing) {
+            dmn_run_end(r);   /* the leader updated the cache and exited */
+            return;
+        }
         if (r->selected) {
             dmn_leader_died(r);
             return;
@@ -8798,6 +9110,8 @@ static int dmn_loop(void)
         }
         if (rc > 0 && p[notified].revents && dmn.notify_fd >= 0)
             dmn_notify_read(now);   /* during a run too: a pending event would wake poll at once */
+        if (dmn.run && dmn.run->finishing)
+            dmn_run_end(dmn.run);   /* past DMN_FINISH_WAIT: reply without the leader */
         if (dmn.run) {
             dmn_check_timeouts(dmn.run, now);
             dmn_send_progress(dmn.run, now);
@@ -8906,6 +9220,8 @@ typedef struct cli_opts {
     const char *address, *python, *dump, *start_method;
     double ttl, timeout;
     int workers, runs;
+    int shard_k, shard_n;       /* 0/0: no shard */
+    bool store_durations;
     bool full_report, status, stop, print_workers, explain, help, version, ensure, watch;
     util_strv pytest_args;
 } cli_opts;
@@ -8934,6 +9250,11 @@ static const char cli_usage[] =
     "  --affected              run only the tests an edit since their last run could\n"
     "                          change, those that failed and those never run\n"
     "  --dump PATH             write {nodeid: outcome} JSON after the run\n"
+    "  --shard K/N             run only shard K of N (1-based; or $PYTEST_FAST_SHARD;\n"
+    "                          GitLab's CI_NODE_INDEX/CI_NODE_TOTAL when set), split\n"
+    "                          by recorded durations, one job per shard\n"
+    "  --store-durations       also merge this run's durations into .test_durations\n"
+    "                          (pytest-split's file), as pytest-split does\n"
     "  --python PATH           interpreter whose environment runs the tests (default:\n"
     "                          $VIRTUAL_ENV/bin/python, $PYTEST_FAST_PYTHON, else the\n"
     "                          one this binary was built for)\n"
@@ -8988,6 +9309,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
     const char *ttl = util_getenv("PYTEST_FAST_TTL");
     const char *timeout = util_getenv("PYTEST_FAST_TIMEOUT");
     const char *runs = NULL;
+    const char *shard = util_getenv("PYTEST_FAST_SHARD");
+    const char *shard_from = "PYTEST_FAST_SHARD";
     o->address = util_getenv("PYTEST_FAST_ADDRESS");
     bool pass_rest = false;
     for (int i = 1; i < argc; i++) {
@@ -8997,7 +9320,7 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
             continue;
         }
         static const char *const valued[] = {"--address", "--workers", "--ttl", "--timeout", "--dump",
-                                             "--python", "--start-method", "--runs"};
+                                             "--python", "--start-method", "--runs", "--shard"};
         const char *value = NULL;
         int which = -1;
         for (int k = 0; k < (int)(sizeof valued / sizeof *valued); k++) {
@@ -9022,6 +9345,7 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
         case 5: o->python = value; continue;
         case 6: o->start_method = value; continue;
         case 7: runs = value; continue;
+        case 8: shard = value; shard_from = "--shard"; continue;
         default: break;
         }
         if (!strcmp(a, "--full-report"))
@@ -9036,6 +9360,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
             o->version = true;
         else if (!strcmp(a, "--ensure-daemon"))
             o->ensure = true;
+        else if (!strcmp(a, "--store-durations"))
+            o->store_durations = true;
         else if (!strcmp(a, "--with-watcher"))
             o->watch = true;
         else if (!strcmp(a, "--affected"))
@@ -9059,6 +9385,19 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
         return cli_usage_error("invalid timeout '%s': expected seconds >= 0", timeout);
     if (runs && (pf_parse_workers(runs, &o->runs) < 0))
         return cli_usage_error("invalid --runs '%s': expected a whole number >= 1", runs);
+    char *ci = NULL;
+    if (!shard && util_getenv("CI_NODE_INDEX") && util_getenv("CI_NODE_TOTAL")) {
+        /* GitLab's `parallel:` jobs: the same 1-based K of N. */
+        shard = ci = util_fmt("%s/%s", util_getenv("CI_NODE_INDEX"), util_getenv("CI_NODE_TOTAL"));
+        shard_from = "CI_NODE_INDEX/CI_NODE_TOTAL";
+    }
+    if (shard && arg_parse_shard(shard, &o->shard_k, &o->shard_n) < 0) {
+        cli_usage_error("invalid %s '%s': expected K/N, shard K of N with 1 <= K <= N "
+                        "(e.g. 1/3, 2/3 and 3/3 for three jobs)", shard_from, shard);
+        free(ci);
+        return 2;
+    }
+    free(ci);
     if (o->start_method && strcmp(o->start_method, "forkserver") && strcmp(o->start_method, "fork") &&
         strcmp(o->start_method, "spawn"))
         return cli_usage_error("invalid --start-method '%s': expected forkserver, fork or spawn",
@@ -9259,6 +9598,13 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     util_set(a, req, "timeout", pf_new_float(a, o->timeout));
     util_set(a, req, "full", pf_new_bool(a, o->full_report));
     util_set(a, req, "watch", pf_new_bool(a, o->watch));
+    if (o->shard_n) {
+        pf_value *shard = pf_new_container(a, PF_TUPLE);
+        pf_append(a, shard, pf_new_int(a, o->shard_k));
+        pf_append(a, shard, pf_new_int(a, o->shard_n));
+        util_set(a, req, "shard", shard);
+    }
+    util_set(a, req, "store_durations", pf_new_bool(a, o->store_durations));
     util_set(a, req, "color", pf_new_bool(a, tty && !getenv("NO_COLOR")));
     if (o->start_method)
         util_set(a, req, "start_method", pf_new_cstr(a, o->start_method));

@@ -68,6 +68,7 @@ static const arg_spec arg_table[] = {
     {"--trace", ARG_RUN | ARG_REFUSE},
     {"--sw", ARG_RUN | ARG_REFUSE},
     {"--stepwise", ARG_RUN | ARG_REFUSE},
+    {"--dist", ARG_VALUE | ARG_RUN},
     {"-n", ARG_VALUE | ARG_REFUSE},
     {"--numprocesses", ARG_VALUE | ARG_REFUSE},
     {"-p", ARG_VALUE},
@@ -101,6 +102,22 @@ static const arg_spec arg_table[] = {
     {"--doctest-report", ARG_VALUE},
     {"--cov", ARG_VALUE | ARG_REFUSE},
 };
+
+/* "K/N", 1-based: shard K of N.  Returns 0, or -1 for anything else. */
+static int arg_parse_shard(const char *s, int *k, int *n)
+{
+    char *end;
+    errno = 0;
+    long kk = s && *s >= '0' && *s <= '9' ? strtol(s, &end, 10) : -1;
+    if (kk < 1 || errno || *end != '/' || end[1] < '0' || end[1] > '9')
+        return -1;
+    long nn = strtol(end + 1, &end, 10);
+    if (errno || *end || nn < 1 || nn > 100000 || kk > nn)
+        return -1;
+    *k = (int)kk;
+    *n = (int)nn;
+    return 0;
+}
 
 static const arg_spec *arg_lookup(const char *name, size_t len)
 {

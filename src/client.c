@@ -24,6 +24,8 @@ typedef struct cli_opts {
     const char *address, *python, *dump, *start_method;
     double ttl, timeout;
     int workers, runs;
+    int shard_k, shard_n;       /* 0/0: no shard */
+    bool store_durations;
     bool full_report, status, stop, print_workers, explain, help, version, ensure, watch;
     util_strv pytest_args;
 } cli_opts;
@@ -52,6 +54,11 @@ static const char cli_usage[] =
     "  --affected              run only the tests an edit since their last run could\n"
     "                          change, those that failed and those never run\n"
     "  --dump PATH             write {nodeid: outcome} JSON after the run\n"
+    "  --shard K/N             run only shard K of N (1-based; or $PYTEST_FAST_SHARD;\n"
+    "                          GitLab's CI_NODE_INDEX/CI_NODE_TOTAL when set), split\n"
+    "                          by recorded durations, one job per shard\n"
+    "  --store-durations       also merge this run's durations into .test_durations\n"
+    "                          (pytest-split's file), as pytest-split does\n"
     "  --python PATH           interpreter whose environment runs the tests (default:\n"
     "                          $VIRTUAL_ENV/bin/python, $PYTEST_FAST_PYTHON, else the\n"
     "                          one this binary was built for)\n"
@@ -106,6 +113,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
     const char *ttl = util_getenv("PYTEST_FAST_TTL");
     const char *timeout = util_getenv("PYTEST_FAST_TIMEOUT");
     const char *runs = NULL;
+    const char *shard = util_getenv("PYTEST_FAST_SHARD");
+    const char *shard_from = "PYTEST_FAST_SHARD";
     o->address = util_getenv("PYTEST_FAST_ADDRESS");
     bool pass_rest = false;
     for (int i = 1; i < argc; i++) {
@@ -115,7 +124,7 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
             continue;
         }
         static const char *const valued[] = {"--address", "--workers", "--ttl", "--timeout", "--dump",
-                                             "--python", "--start-method", "--runs"};
+                                             "--python", "--start-method", "--runs", "--shard"};
         const char *value = NULL;
         int which = -1;
         for (int k = 0; k < (int)(sizeof valued / sizeof *valued); k++) {
@@ -140,6 +149,7 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
         case 5: o->python = value; continue;
         case 6: o->start_method = value; continue;
         case 7: runs = value; continue;
+        case 8: shard = value; shard_from = "--shard"; continue;
         default: break;
         }
         if (!strcmp(a, "--full-report"))
@@ -154,6 +164,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
             o->version = true;
         else if (!strcmp(a, "--ensure-daemon"))
             o->ensure = true;
+        else if (!strcmp(a, "--store-durations"))
+            o->store_durations = true;
         else if (!strcmp(a, "--with-watcher"))
             o->watch = true;
         else if (!strcmp(a, "--affected"))
@@ -177,6 +189,19 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
         return cli_usage_error("invalid timeout '%s': expected seconds >= 0", timeout);
     if (runs && (pf_parse_workers(runs, &o->runs) < 0))
         return cli_usage_error("invalid --runs '%s': expected a whole number >= 1", runs);
+    char *ci = NULL;
+    if (!shard && util_getenv("CI_NODE_INDEX") && util_getenv("CI_NODE_TOTAL")) {
+        /* GitLab's `parallel:` jobs: the same 1-based K of N. */
+        shard = ci = util_fmt("%s/%s", util_getenv("CI_NODE_INDEX"), util_getenv("CI_NODE_TOTAL"));
+        shard_from = "CI_NODE_INDEX/CI_NODE_TOTAL";
+    }
+    if (shard && arg_parse_shard(shard, &o->shard_k, &o->shard_n) < 0) {
+        cli_usage_error("invalid %s '%s': expected K/N, shard K of N with 1 <= K <= N "
+                        "(e.g. 1/3, 2/3 and 3/3 for three jobs)", shard_from, shard);
+        free(ci);
+        return 2;
+    }
+    free(ci);
     if (o->start_method && strcmp(o->start_method, "forkserver") && strcmp(o->start_method, "fork") &&
         strcmp(o->start_method, "spawn"))
         return cli_usage_error("invalid --start-method '%s': expected forkserver, fork or spawn",
@@ -377,6 +402,13 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     util_set(a, req, "timeout", pf_new_float(a, o->timeout));
     util_set(a, req, "full", pf_new_bool(a, o->full_report));
     util_set(a, req, "watch", pf_new_bool(a, o->watch));
+    if (o->shard_n) {
+        pf_value *shard = pf_new_container(a, PF_TUPLE);
+        pf_append(a, shard, pf_new_int(a, o->shard_k));
+        pf_append(a, shard, pf_new_int(a, o->shard_n));
+        util_set(a, req, "shard", shard);
+    }
+    util_set(a, req, "store_durations", pf_new_bool(a, o->store_durations));
     util_set(a, req, "color", pf_new_bool(a, tty && !getenv("NO_COLOR")));
     if (o->start_method)
         util_set(a, req, "start_method", pf_new_cstr(a, o->start_method));

@@ -10,6 +10,7 @@
  * ========================================================================== */
 
 #define DMN_REQUEST_TIMEOUT 5.0     /* seconds for a request to arrive */
+#define DMN_FINISH_WAIT 10.0        /* seconds the reply waits for the leader's cache update */
 #define DMN_PROGRESS_EVERY 0.1
 #define DMN_TIMEOUT_GRACE 5.0       /* after --timeout, before SIGKILL */
 #define DMN_MAX_CONNS 512
@@ -117,11 +118,15 @@ typedef struct dmn_run {
     size_t deselected;
     const pf_value *scoped;     /* indices into zygote errors, or NULL = all */
     signed char *severity;      /* per position, -1 = no report yet */
+    double *seconds;            /* per position: its reports' durations, summed */
+    bool *cut;                  /* per position: a worker may start here (--dist
+                                   groups stay on one worker); NULL = anywhere */
     dmn_worker *workers;
     int nworkers, maxworkers, next_wid;
     size_t done;
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
+    bool finishing;             /* the leader is updating .pytest_cache */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
     size_t counts[8];
@@ -154,6 +159,8 @@ struct dmn_conn {
     char *cwd, *fp, *dump, *python;
     int workers;
     double timeout;
+    int shard_k, shard_n;       /* 0/0: the whole selection */
+    bool store_durations;
     bool full, stream, color, options_only;
     bool fresh, discard, booted;    /* --start-method fork / spawn */
     bool waited;                    /* this run waited for a collection: cold */
@@ -1200,6 +1207,8 @@ static void dmn_run_free(dmn_run *r)
     free(r->workers);
     free(r->sel);
     free(r->severity);
+    free(r->seconds);
+    free(r->cut);
     free(r->failures);
     free(r->exit_msg);
     for (size_t i = 0; i < r->nframes; i++)
@@ -1218,6 +1227,27 @@ static void dmn_kill_run_processes(dmn_run *r)
             kill(r->workers[i].pid, SIGKILL);
 }
 
+/* Where a thief may start in v's unclaimed segment: its middle, moved to
+ * the nearest group start (a group never spans two workers); seg_hi when
+ * there is none.  The victim's first unclaimed item counts only when it
+ * starts a group, since the victim holds the group before it. */
+static size_t dmn_steal_point(const dmn_run *r, const dmn_worker *v)
+{
+    size_t lo = v->seg_lo, hi = v->seg_hi;
+    if (lo >= hi)
+        return hi;
+    size_t mid = lo + (hi - lo) / 2;
+    if (!r->cut)
+        return mid;
+    for (size_t up = mid; up < hi; up++)
+        if (r->cut[up])
+            return up;
+    for (size_t down = mid; down-- > lo;)
+        if (r->cut[down])
+            return down;
+    return hi;
+}
+
 /* Next position for worker w: its handed-back items, its own segment, or
  * the unclaimed tail half of the largest remaining segment.  -1: none. */
 static long dmn_next_position(dmn_run *r, dmn_worker *w)
@@ -1229,19 +1259,22 @@ static long dmn_next_position(dmn_run *r, dmn_worker *w)
     if (w->seg_lo < w->seg_hi)
         return (long)w->seg_lo++;
     dmn_worker *victim = NULL;
+    size_t mid = 0, best = 0;
     for (int i = 0; i < r->nworkers; i++) {
         dmn_worker *v = &r->workers[i];
         if (v->npending && !v->exited) {
             w->npending = 0;
             return (long)v->pending[--v->npending];
         }
-        if (v->seg_hi - v->seg_lo > (victim ? victim->seg_hi - victim->seg_lo : 0))
+        size_t at = dmn_steal_point(r, v);
+        if (at < v->seg_hi && v->seg_hi - at > best) {
             victim = v;
+            mid = at;
+            best = v->seg_hi - at;
+        }
     }
     if (!victim)
         return -1;
-    size_t left = victim->seg_hi - victim->seg_lo;
-    size_t mid = victim->seg_lo + left / 2;
     w->seg_lo = mid;
     w->seg_hi = victim->seg_hi;
     victim->seg_hi = mid;
@@ -1403,6 +1436,8 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
         }
         dmn_count_report(r, pos, when, outcome, category, duration, text,
                          t->u.seq.items[5]);
+        if (duration > 0 && !isnan(duration))
+            r->seconds[pos] += duration;
         if (strcmp(outcome, "passed") || !strcmp(when, "call")) {
             pf_value *lf = pf_new_container(r->keep, PF_TUPLE);
             pf_append(r->keep, lf, pf_new_cstr(r->keep, it->nodeid));
@@ -1874,32 +1909,57 @@ static int dmn_exit_code(dmn_run *r)
 }
 
 /* Tell the leader how the run went so it can update .pytest_cache: the
- * --affected record always, lastfailed for the CLI (under `pytest --fast`
- * the controller's own plugins do that). */
+ * durations and the --affected record always; lastfailed for the CLI only
+ * (under `pytest --fast` the controller's own plugins do that).  The leader
+ * exits when it is done. */
 static void dmn_finish_leader(dmn_run *r)
 {
     if (r->leader_fd < 0)
         return;
     pf_arena *a = pf_arena_new(0);
     pf_value *msg = util_msg(a, "finish");
-    util_set(a, msg, "lastfailed", pf_new_bool(a, !r->client || !r->client->stream));
-    util_set(a, msg, "reports", r->lf);
-    pf_value *errs = pf_new_container(a, PF_LIST);
-    for (size_t i = 0; i < dmn_nerrors(r->z); i++)
-        if (dmn_error_in_scope(r, i))
-            pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
-    util_set(a, msg, "collect_errors", errs);
-    pf_send_value(r->leader_fd, msg);
+    /* Every run records what its tests took (for --shard), under the
+     * plugin too, whose controller has no such record. */
+    pf_value *durations = pf_new_container(a, PF_DICT);
+    for (size_t pos = 0; r->seconds && pos < r->nsel; pos++)
+        if (r->severity[pos] >= 0)
+            util_set(a, durations, r->z->items[r->sel[pos]].nodeid, pf_new_float(a, r->seconds[pos]));
+    util_set(a, msg, "durations", durations);
+    bool lastfailed = !r->client || !r->client->stream;
+    util_set(a, msg, "lastfailed", pf_new_bool(a, lastfailed));
+    util_set(a, msg, "reports", r->lf);   /* --affected records failures under the plugin too */
+    if (lastfailed) {
+        pf_value *errs = pf_new_container(a, PF_LIST);
+        for (size_t i = 0; i < dmn_nerrors(r->z); i++)
+            if (dmn_error_in_scope(r, i))
+                pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
+        util_set(a, msg, "collect_errors", errs);
+    }
+    if (pf_send_value(r->leader_fd, msg) < 0)
+        util_close(&r->leader_fd);
     pf_arena_free(a);
-    util_close(&r->leader_fd);
 }
 
+/* The run is over: the leader updates the cache, then the client gets its
+ * reply, so that what it runs next (`pytest --lf`, the next shard) reads
+ * the update.  Called again when the leader has exited (its EOF), or from
+ * the loop until DMN_FINISH_WAIT has passed. */
 static void dmn_run_end(dmn_run *r)
 {
-    r->end = util_now();
+    if (!r->finishing) {
+        r->finishing = true;
+        r->end = util_now();
+        dmn_finish_leader(r);
+    }
+    if (r->leader_fd >= 0 && util_now() - r->end < DMN_FINISH_WAIT)
+        return;
+    if (r->leader_fd >= 0 && r->leader_pid > 0) {
+        util_log("the run leader did not update the cache within %.0fs; killing it", DMN_FINISH_WAIT);
+        kill(-r->leader_pid, SIGKILL);
+    }
+    util_close(&r->leader_fd);
     dmn_conn *c = r->client;
     int rc = dmn_exit_code(r);
-    dmn_finish_leader(r);
     bool discard = c && c->discard;
     if (c) {
         char err[PF_ERRLEN] = "";
@@ -1958,6 +2018,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->sel = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->sel);
     r->severity = util_alloc(r->nsel ? r->nsel : 1);
     memset(r->severity, -1, r->nsel ? r->nsel : 1);
+    r->seconds = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->seconds);
     size_t n = 0;
     for (size_t i = 0; i < r->nsel; i++) {
         const pf_value *v = idx->u.seq.items[i];
@@ -1965,6 +2026,16 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
             r->sel[n++] = (size_t)v->u.i;
     }
     r->nsel = n;
+    const pf_value *starts = pf_dict_get(msg, "group_starts");
+    if (starts && pf_is_seq(starts) && n) {
+        r->cut = util_alloc(n * sizeof *r->cut);
+        r->cut[0] = true;
+        for (size_t i = 0; i < starts->u.seq.len; i++) {
+            const pf_value *v = starts->u.seq.items[i];
+            if (v->kind == PF_INT && v->u.i >= 0 && (size_t)v->u.i < n)
+                r->cut[v->u.i] = true;
+        }
+    }
     r->selected = true;
     size_t nerr = dmn_scoped_errors(r);
     if (c && c->stream) {
@@ -2017,6 +2088,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         pf_buf_put(&b, "", 1);
         int rc = nerr ? 2 : r->nsel ? 0 : 5;
         dmn_finish_leader(r);
+        util_close(&r->leader_fd);
         dmn_send_done(c, rc, (const char *)b.data, NULL);
         pf_buf_free(&b);
         dmn_conn_drop(c);
@@ -2033,9 +2105,15 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     int nw = c->workers < 1 ? 1 : c->workers;
     if ((size_t)nw > r->nsel)
         nw = (int)r->nsel;
+    size_t lo = 0;
     for (int i = 0; i < nw; i++) {
-        size_t lo = r->nsel * (size_t)i / (size_t)nw, hi = r->nsel * (size_t)(i + 1) / (size_t)nw;
+        size_t hi = r->nsel * (size_t)(i + 1) / (size_t)nw;
+        while (r->cut && hi < r->nsel && !r->cut[hi])
+            hi++;   /* a --dist group stays on one worker */
+        if (hi < lo)
+            hi = lo;
         dmn_add_worker(r, lo, hi);
+        lo = hi;
     }
     dmn_run_check(r);
 }
@@ -2303,6 +2381,13 @@ static void dmn_run_next(void)
         util_set(a, msg, "full", pf_new_bool(a, c->full || c->stream));
         util_set(a, msg, "collect_only", pf_new_bool(a, c->split.collect_only));
         util_set(a, msg, "runid", pf_new_cstr(a, r->runid));
+        if (c->shard_n) {
+            pf_value *shard = pf_new_container(a, PF_TUPLE);
+            pf_append(a, shard, pf_new_int(a, c->shard_k));
+            pf_append(a, shard, pf_new_int(a, c->shard_n));
+            util_set(a, msg, "shard", shard);
+        }
+        util_set(a, msg, "store_durations", pf_new_bool(a, c->store_durations));
         pf_value *enodes = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(z); i++)
             pf_append(a, enodes, pf_new_cstr(a, dmn_str_at(z->errors->u.seq.items[i], 0)));
@@ -2477,6 +2562,19 @@ static void dmn_request(dmn_conn *c)
     c->fresh = method && (!strcmp(method, "fork") || !strcmp(method, "spawn"));
     c->discard = method && !strcmp(method, "spawn");
     c->full = dmn_bool(req, "full");
+    c->store_durations = dmn_bool(req, "store_durations");
+    const pf_value *shard = pf_dict_get(req, "shard");
+    if (shard) {
+        const pf_value *k = pf_is_seq(shard) && shard->u.seq.len == 2 ? shard->u.seq.items[0] : NULL;
+        const pf_value *n = k ? shard->u.seq.items[1] : NULL;
+        if (!k || k->kind != PF_INT || n->kind != PF_INT || k->u.i < 1 || k->u.i > n->u.i ||
+            n->u.i > 100000) {
+            dmn_fail_request(c, 4, "ERROR: malformed shard: expected (K, N) with 1 <= K <= N");
+            return;
+        }
+        c->shard_k = (int)k->u.i;
+        c->shard_n = (int)n->u.i;
+    }
     dmn_watch_config(c, dmn_bool(req, "watch"));
     c->stream = dmn_bool(req, "stream");
     c->color = dmn_bool(req, "color");
@@ -2529,6 +2627,10 @@ static void dmn_leader_read(dmn_run *r)
             continue;
         }
         util_close(&r->leader_fd);
+        if (r->finishing) {
+            dmn_run_end(r);   /* the leader updated the cache and exited */
+            return;
+        }
         if (r->selected) {
             dmn_leader_died(r);
             return;
@@ -2884,6 +2986,8 @@ static int dmn_loop(void)
         }
         if (rc > 0 && p[notified].revents && dmn.notify_fd >= 0)
             dmn_notify_read(now);   /* during a run too: a pending event would wake poll at once */
+        if (dmn.run && dmn.run->finishing)
+            dmn_run_end(dmn.run);   /* past DMN_FINISH_WAIT: reply without the leader */
         if (dmn.run) {
             dmn_check_timeouts(dmn.run, now);
             dmn_send_progress(dmn.run, now);

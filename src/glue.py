@@ -314,6 +314,9 @@ class _Leader:
         self.msg = msg
         self.fd = fds[0]
         self.stdio = fds[1:4]
+        self.scoped_errors = None
+        self.pool = []            # the selection's node ids before --shard
+        self.group_starts = None  # where --dist groups start, None: no groups
 
     def lead(self, zygote):
         msg = self.msg
@@ -337,7 +340,7 @@ class _Leader:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
         _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
-                        "scoped_errors": self.scoped_errors})
+                        "scoped_errors": self.scoped_errors, "group_starts": self.group_starts})
         if zygote.cwd:
             # The arguments were the client's to resolve; the tests run where
             # the collection left the working directory, as in a plain run.
@@ -385,10 +388,21 @@ class _Leader:
         pm.register(counter, "pytest-fast-deselect-counter")
         try:
             config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)
+            self.pool = [item.nodeid for item in items]
+            shard = self.msg.get("shard")
+            if shard:
+                k, n = shard
+                kept = _shard(items, k, n, _durations_basis(config, self.msg["cwd"]))
+                if len(kept) < len(items):
+                    chosen = set(map(id, kept))
+                    config.hook.pytest_deselected(items=[i for i in items if id(i) not in chosen])
+                items = kept
+            # within the shard: shards stay a partition of the same selection
             if self.affected:
                 items = self.select_affected(items)
         finally:
             pm.unregister(counter)
+        items, self.group_starts = _dist_groups(items, getattr(config.option, "dist", "no"))
         return [index[id(item)] for item in items], counter.count
 
     def select_affected(self, items):
@@ -410,17 +424,20 @@ class _Leader:
         return [os.path.join(rootdir, nodeid.split("::")[0]) for nodeid in self.msg.get("error_nodeids", [])]
 
     def finish(self, req):
-        """Update .pytest_cache the way the session would have."""
+        """Update .pytest_cache the way the session would have, and record
+        the run's durations."""
         config = self.config
         if getattr(config, "cache", None) is None:
             return
+        _record_durations(config, req.get("durations") or {}, self.msg.get("shard"), self.pool,
+                          self.msg["cwd"] if self.msg.get("store_durations") else None)
         try:
             self.record_dependencies(req)
         except Exception as exc:   # the record is a convenience: lastfailed is not
             sys.stderr.write("pytest-fast: could not record this run's dependencies (%r); "
                              "--affected will run every test\n" % (exc,))
         if not req.get("lastfailed", True):
-            return   # pytest --fast: the controller's cache plugins did it
+            return   # pytest --fast: the controller's own plugins keep lastfailed
         lf = config.pluginmanager.get_plugin("lfplugin")
         nf = config.pluginmanager.get_plugin("nfplugin")
         if lf is not None:
@@ -571,6 +588,182 @@ def _world(config):
         except OSError:
             h.update(f.encode() + b"\0missing")
     return h.hexdigest()
+
+
+# Shards.  The split is a pure function of the selection (after -k/-m,
+# paths and every plugin's modifyitems) and the durations: every CI job
+# computes the same partition.  Units that must not be split: an
+# xdist_group, else a module, unless that module alone is more than a
+# shard's share.  With durations, the units go longest first to the lightest
+# shard; without any, by a stable hash of their name.
+
+DURATIONS_KEY = "pytest-fast/durations"
+# What shard runs measured since the durations were last complete: shards of
+# one round must all split by the same durations, so a shard run's figures
+# join the record only once the round has run every test of the selection.
+PENDING_KEY = "pytest-fast/durations-pending"
+SPLIT_FILE = ".test_durations"   # pytest-split's, in the client's working directory
+
+
+def _read_split_file(path):
+    """pytest-split's .test_durations: {nodeid: seconds} (old versions wrote
+    [[nodeid, seconds], ...]).  None when absent or unreadable."""
+    import json
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    pairs = data.items() if isinstance(data, dict) else data if isinstance(data, list) else ()
+    return _seconds(pair for pair in pairs if isinstance(pair, (tuple, list)) and len(pair) == 2)
+
+
+def _seconds(pairs):
+    """{nodeid: seconds} of the pairs whose seconds are a number >= 0 (a
+    hand-edited file may hold anything)."""
+    import math
+    out = {}
+    for nodeid, seconds in pairs:
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0:
+            out[str(nodeid)] = float(seconds)
+    return out
+
+
+def _durations_basis(config, cwd):
+    """The durations a split uses: a .test_durations (the file teams commit,
+    the same on every job) when there is one, else the daemon's record."""
+    found = _read_split_file(os.path.join(cwd, SPLIT_FILE))
+    if found is not None:
+        return found
+    cache = getattr(config, "cache", None)
+    got = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
+    return _seconds(got.items()) if isinstance(got, dict) else {}
+
+
+def _record_durations(config, measured, shard, pool, store_in):
+    """Merge the run's durations into the record (see PENDING_KEY), and into
+    the .test_durations in the directory store_in when it is given."""
+    measured = _seconds(measured.items())
+    if store_in:
+        path = os.path.join(store_in, SPLIT_FILE)
+        merged = _read_split_file(path) or {}
+        merged.update(measured)
+        _write_json(path, merged)
+    if not measured:
+        return
+    cache = config.cache
+    record = cache.get(DURATIONS_KEY, {})
+    record = record if isinstance(record, dict) else {}
+    pending = cache.get(PENDING_KEY, {})
+    pending = pending if isinstance(pending, dict) else {}
+    pending.update(measured)
+    if not shard or shard[1] == 1 or all(nodeid in pending for nodeid in pool):
+        record.update(pending)
+        pending = {}
+        cache.set(DURATIONS_KEY, record)
+    cache.set(PENDING_KEY, pending)
+
+
+def _write_json(path, data):
+    """As pytest-split writes it: sorted, indented; replaced atomically."""
+    import json
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=4, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        sys.stderr.write("pytest-fast: cannot write %s: %s\n" % (path, exc))
+
+
+def _xdist_group(item):
+    mark = item.get_closest_marker("xdist_group")
+    if mark is None:
+        return None
+    name = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+    return str(name)
+
+
+def _shard_units(items, weights, share):
+    """[(key, [item, ...]), ...] in first-item order: xdist groups whole,
+    each module whole unless it weighs more than a shard's share, then cut
+    into consecutive chunks of about a share."""
+    units = {}
+    for item in items:
+        group = _xdist_group(item)
+        key = ("group:" + group) if group is not None else item.nodeid.split("::", 1)[0]
+        units.setdefault(key, []).append(item)
+    out = []
+    for key, members in units.items():
+        total = sum(weights[id(i)] for i in members)
+        if key.startswith("group:") or total <= share or len(members) == 1:
+            out.append((key, members))
+            continue
+        chunk, acc = [], 0.0
+        for item in members:
+            w = weights[id(item)]
+            if chunk and acc + w > share:
+                out.append(("%s#%d" % (key, len(out)), chunk))
+                chunk, acc = [], 0.0
+            chunk.append(item)
+            acc += w
+        out.append(("%s#%d" % (key, len(out)), chunk))
+    return out
+
+
+def _shard(items, k, n, durations):
+    """The items of shard k (1-based) of n, in their run order."""
+    import hashlib
+    if n <= 1:
+        return list(items)
+    known = [durations[i.nodeid] for i in items if i.nodeid in durations]
+    mean = sum(known) / len(known) if known else 1.0
+    weights = {id(i): durations.get(i.nodeid, mean) for i in items}
+    share = sum(weights.values()) / n
+    units = _shard_units(items, weights, share)
+    if known:
+        loads = [0.0] * n
+        mine = set()
+        order = sorted(range(len(units)), key=lambda u: (-sum(weights[id(i)] for i in units[u][1]), u))
+        for u in order:
+            target = min(range(n), key=lambda s: (loads[s], s))
+            loads[target] += sum(weights[id(i)] for i in units[u][1])
+            if target == k - 1:
+                mine.add(u)
+    else:
+        mine = {u for u, (key, _) in enumerate(units)
+                if int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n == k - 1}
+    chosen = {id(i) for u in mine for i in units[u][1]}
+    return [i for i in items if id(i) in chosen]
+
+
+def _dist_groups(items, dist):
+    """pytest-xdist's --dist modes inside one run: the items of a group
+    (loadgroup: an xdist_group; loadscope: a module or class; loadfile: a
+    file) made contiguous, at the first one's place, and the positions where
+    a group starts, which the dispatcher never splits.  (items, None) for the
+    other modes: any item may go to any worker."""
+    if dist == "loadgroup":
+        def key(i):
+            group = _xdist_group(i)
+            return ("g", group) if group is not None else ("i", id(i))
+    elif dist == "loadscope":
+        def key(i):
+            return i.nodeid.rsplit("::", 1)[0]
+    elif dist == "loadfile":
+        def key(i):
+            return i.nodeid.split("::", 1)[0]
+    else:
+        return items, None
+    groups = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    out, starts = [], []
+    for members in groups.values():
+        starts.append(len(out))
+        out.extend(members)
+    return out, starts
 
 
 class _DeselectCounter:

@@ -614,7 +614,6 @@ def test_inert_in_the_zygote_even_with_fast(project):
 
 @pytest.mark.parametrize("args,needle", [
     (["-n", "2"], "--fast-workers"),
-    (["--dist", "load"], "--fast-workers"),
     (["--pdb"], "--pdb"),
     (["--trace"], "--trace"),
     (["--sw"], "--stepwise"),
@@ -623,7 +622,7 @@ def test_inert_in_the_zygote_even_with_fast(project):
     (["-p", "fakecov", "--cov=app"], "--cov"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_refused_options(project, args, needle):
-    if args[0] in ("-n", "--dist"):
+    if args[0] == "-n":
         pytest.importorskip("xdist")
     project.write("tests/test_a.py", "def test_a():\n    pass\n")
     project.write("fakecov.py", """
