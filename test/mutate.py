@@ -261,8 +261,9 @@ class Harness:
         return report
 
 
-def add_data_test(root: Path) -> list[Path]:
-    tests = root / "tests"
+def add_data_test(root: Path, tests: Path | None = None) -> list[Path]:
+    """A test that reads a data file, in tests (default root/tests)."""
+    tests = tests or root / "tests"
     tests.mkdir(exist_ok=True)
     (tests / "test_mutation_data.py").write_text(DATA_TEST)
     data = tests / "mutation_data.json"
@@ -305,7 +306,9 @@ def main() -> int:
         root = top / pkg.subdir if pkg.subdir else top
         py = parity.setup_venv(pkg, pdir, root, logf)
         env = dict(parity.base_env(pkg, py, parity.shim_dir()))
-        data = add_data_test(root)
+        # beside an existing test module, where the suite's own settings collect it
+        first = Mutator(root, random.Random(0), []).tests[0]
+        data = add_data_test(root, first.parent)
         harness = Harness(root, str(py), a.bin, pkg.args, env)
     try:
         report = harness.run(a.edits, a.seed, data)
