@@ -54,7 +54,6 @@ NEEDS_TEST_PROCESS = {
     "setupshow": "--setup-show",
     "setuponly": "--setup-only",
     "setupplan": "--setup-plan",
-    "cov_source": "--cov",
     "log_cli_level": "--log-cli-level",
 }
 EXIT_PREFIX = "_pytest.outcomes.Exit: "
@@ -387,8 +386,24 @@ class Controller:
             sys.stderr.write(f"pytest-fast: {text}\n")
         self.daemon.notes = []
 
+    def _coverage_from_daemon(self) -> None:
+        """pytest-cov measures this process like a plain run's; but here no
+        test runs: the daemon's workers write the data files, which its
+        finish() combines as pytest-cov's DistMaster combines xdist's.  So
+        this process stops measuring and, like DistMaster, does not warn
+        that it saw no data."""
+        plugin = self.config.pluginmanager.get_plugin("_cov")
+        cov = getattr(getattr(plugin, "cov_controller", None), "cov", None)
+        if cov is None:
+            return
+        cov.stop()
+        cov._warn_no_data = False
+        cov._warn_unimported_source = False
+        cov._warn_preimported_source = False
+
     def pytest_collection(self, session: pytest.Session) -> bool:
         config = self.config
+        self._coverage_from_daemon()
         self._notes()
         try:
             reply = self.daemon.request("run", config, self.timeout)

@@ -3383,7 +3383,8 @@ int pf_parse_workers(const char *s, int *out)
 enum {
     ARG_VALUE = 1,     /* takes a value */
     ARG_RUN = 2,       /* per run (otherwise collection-affecting) */
-    ARG_REFUSE = 4     /* not available in the lean CLI */
+    ARG_REFUSE = 4,    /* not available in the lean CLI */
+    ARG_OPTVALUE = 8   /* takes the next word as its value unless it is an option */
 };
 
 typedef struct arg_spec {
@@ -3470,7 +3471,21 @@ static const arg_spec arg_table[] = {
     {"--log-disable", ARG_VALUE},
     {"--junit-prefix", ARG_VALUE},
     {"--doctest-report", ARG_VALUE},
-    {"--cov", ARG_VALUE | ARG_REFUSE},
+    /* pytest-cov.  What and how to measure is the collection's: the zygote
+     * chain measures from its lowest level on, so a plain run is never
+     * traced.  What to report is per run: the leader (CLI) or the
+     * controller's pytest-cov (plugin) combines and reports. */
+    {"--cov", ARG_OPTVALUE},
+    {"--cov-reset", 0},
+    {"--cov-branch", 0},
+    {"--cov-config", ARG_VALUE},
+    {"--cov-context", ARG_VALUE},
+    {"--no-cov", 0},
+    {"--cov-report", ARG_VALUE | ARG_RUN},
+    {"--cov-fail-under", ARG_VALUE | ARG_RUN},
+    {"--cov-precision", ARG_VALUE | ARG_RUN},
+    {"--cov-append", ARG_RUN},
+    {"--no-cov-on-fail", ARG_RUN},
 };
 
 static const arg_spec *arg_lookup(const char *name, size_t len)
@@ -3576,7 +3591,10 @@ static int arg_classify(int argc, char **argv, arg_split *s, const pf_value *opt
             util_strv_push(dest, a);
             if (eq)
                 value = eq + 1;
-            else if (flags & ARG_VALUE) {
+            else if ((flags & ARG_OPTVALUE) && i + 1 < argc && argv[i + 1][0] != '-') {
+                value = argv[++i];   /* argparse's nargs="?": `--cov src` */
+                util_strv_push(dest, value);
+            } else if (flags & ARG_VALUE) {
                 if (i + 1 >= argc) {
                     snprintf(msg, msglen, "argument %s: expected one argument", a);
                     return -1;
@@ -4074,6 +4092,7 @@ static const char zyg_glue[] =
     "        config = session.config\n"
     "        items = session.items\n"
     "        rootdir = str(config.rootpath)\n"
+    "        cov = _cov_collected(config)\n"
     "        locs = []\n"
     "        for item in items:\n"
     "            fspath, lineno, domain = item.location\n"
@@ -4084,14 +4103,15 @@ static const char zyg_glue[] =
     "            \"errors\": self.collect_errors,\n"
     "            \"skips\": self.collect_skips,\n"
     "            \"warnings\": self.warnings,\n"
-    "            \"files\": _imported_files(exclude=_PRELOADED),\n"
+    "            \"files\": _imported_files(exclude=_PRELOADED) + _cov_watched(),\n"
     "            \"dirs\": _collection_dirs(config, session),\n"
     "            \"rootdir\": rootdir,\n"
     "            \"inifile\": str(config.inipath) if getattr(config, \"inipath\", None) else None,\n"
     "            \"options\": _option_table(config),\n"
     "            \"header\": self.header,\n"
-    "            \"preload\": _plan(config),\n"
+    "            \"preload\": _plan(config, cov),\n"
     "            \"threads\": _threads(),\n"
+    "            \"relayer\": _COV_STALE,\n"
     "        })\n"
     "        self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}\n"
     "        self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]\n"
@@ -4277,8 +4297,13 @@ static const char zyg_glue[] =
     "        except Exception as exc:\n"
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
+    "        try:\n"
+    "            coverage = _cov_run_start(self.config, msg.get(\"stream\"))\n"
+    "        except Exception as exc:\n"
+    "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
+    "            os._exit(0)\n"
     "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
-    "                        \"scoped_errors\": self.scoped_errors})\n"
+    "                        \"scoped_errors\": self.scoped_errors, \"coverage\": coverage})\n"
     "        if zygote.cwd:\n"
     "            # The arguments were the client's to resolve; the tests run where\n"
     "            # the collection left the working directory, as in a plain run.\n"
@@ -4297,6 +4322,8 @@ static const char zyg_glue[] =
     "                return zygote.worker.work()\n"
     "            if req.get(\"op\") == \"finish\":\n"
     "                self.finish(req)\n"
+    "                if req.get(\"coverage\") is not None:\n"
+    "                    self.finish_coverage(req[\"coverage\"])\n"
     "                os._exit(0)\n"
     "\n"
     "    def select(self, args):\n"
@@ -4329,6 +4356,16 @@ static const char zyg_glue[] =
     "    def collect_error_paths(self):\n"
     "        rootdir = str(self.config.rootpath)\n"
     "        return [os.path.join(rootdir, nodeid.split(\"::\")[0]) for nodeid in self.msg.get(\"error_nodeids\", [])]\n"
+    "\n"
+    "    def finish_coverage(self, report):\n"
+    "        \"\"\"Combine and report the run's coverage (report is false when\n"
+    "        pytest-cov would not have: -x stopped the run, a collection error\n"
+    "        interrupted it) and say whether --cov-fail-under failed it.\"\"\"\n"
+    "        try:\n"
+    "            text, fail = _cov_finish(self.config, report == \"failed\") if report else (\"\", False)\n"
+    "        except Exception as exc:\n"
+    "            text, fail = \"pytest-fast: coverage: %s: %s\\n\" % (type(exc).__name__, exc), True\n"
+    "        _send(self.fd, {\"op\": \"coverage\", \"text\": text, \"fail\": fail})\n"
     "\n"
     "    def finish(self, req):\n"
     "        \"\"\"Update .pytest_cache the way the session would have.\"\"\"\n"
@@ -4453,7 +4490,7 @@ static const char zyg_glue[] =
     "\n"
     "    def work(self):\n"
     "        import faulthandler\n"
-    "        config, session = self.config, self.session\n"
+    "        config = self.config\n"
     "        name = \"gw%d\" % self.wid\n"
     "        os.environ[\"PYTEST_XDIST_WORKER\"] = name\n"
     "        os.environ[\"PYTEST_XDIST_WORKER_COUNT\"] = str(self.run.get(\"workers\", 1))\n"
@@ -4472,6 +4509,16 @@ static const char zyg_glue[] =
     "            factory._basetemp = None\n"
     "        config.pluginmanager.register(self, \"pytest-fast-worker\")\n"
     "        self.warnings = []   # registering replayed the collection's warnings\n"
+    "        cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None\n"
+    "        try:\n"
+    "            self.loop(cov)\n"
+    "        finally:\n"
+    "            if cov is not None:\n"
+    "                _cov_worker_end(config, cov)\n"
+    "\n"
+    "    def loop(self, cov):\n"
+    "        import faulthandler\n"
+    "        config, session = self.config, self.session\n"
     "        items = session.items\n"
     "        cur = self.ask((\"n\",))\n"
     "        nxt = self.ask((\"n\",)) if cur is not None else None\n"
@@ -4484,6 +4531,8 @@ static const char zyg_glue[] =
     "                config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)\n"
     "                if self.timeout > 0:\n"
     "                    faulthandler.cancel_dump_traceback_later()\n"
+    "                if cov is not None:\n"
+    "                    _cov_flush(cov)\n"
     "                stop = session.shouldfail or session.shouldstop\n"
     "                reply = self.done(cur, want=nxt is not None and not stop)\n"
     "                if stop or reply == -1:\n"
@@ -4608,6 +4657,8 @@ static const char zyg_glue[] =
     "        # A site or project zygote: preload, report, then wait to be forked\n"
     "        # into the level above.\n"
     "        gc.disable()   # one collection at the end, not one per few imports\n"
+    "        if level == 0:\n"
+    "            _cov_boot(plan.get(\"rewrite\") or ())\n"
     "        new, failed = _preload(plan[\"modules\"], plan.get(\"rewrite\") or ())\n"
     "        tainted = level == 1 and _warm_up(plan.get(\"warmup\", True))\n"
     "        _freeze_level()\n"
@@ -4625,6 +4676,7 @@ static const char zyg_glue[] =
     "        _send(fd, {\"op\": \"exited\", \"rc\": 4, \"files\": [], \"dirs\": []})\n"
     "        return 4\n"
     "    sys.argv = [os.path.join(os.path.dirname(pytest.__file__), \"__main__.py\")] + list(args)\n"
+    "    _cov_patch()\n"
     "    plugin = _Zygote(fd)\n"
     "    _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)\n"
     "    _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)\n"
@@ -4822,7 +4874,7 @@ static const char zyg_glue[] =
     "                   if p and os.path.isdir(p) and p.rstrip(os.sep).endswith((\"site-packages\", \"dist-packages\"))})\n"
     "\n"
     "\n"
-    "def _plan(config):\n"
+    "def _plan(config, cov=()):\n"
     "    \"\"\"The modules this collection imported, in first-import order, split\n"
     "    into what the site and project levels may preload next time.  Test\n"
     "    modules and conftests stay with the collection: pytest imports them.\"\"\"\n"
@@ -4853,7 +4905,7 @@ static const char zyg_glue[] =
     "            site.append(name)\n"
     "        elif base != \"conftest.py\" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):\n"
     "            project.append(name)\n"
-    "    return {\"site\": site, \"project\": project, \"rewrite\": rewrite}\n"
+    "    return {\"site\": site, \"project\": project, \"rewrite\": rewrite + list(cov)}\n"
     "\n"
     "\n"
     "_NORECURSE = (\"*.egg\", \".*\", \"_darcs\", \"build\", \"CVS\", \"dist\", \"node_modules\", \"venv\", \"{arch}\",\n"
@@ -4880,6 +4932,232 @@ static const char zyg_glue[] =
     "\n"
     "def _project_dirs():\n"
     "    return [d for d, _ in _walk_project()]\n"
+    "\n"
+    "\n"
+    "# -------------------------------------------------------------- coverage\n"
+    "# pytest-cov runs in the zygote as in a plain run (its no_cover marker, its\n"
+    "# cov fixture, --cov-context=test), with one Coverage for the whole chain:\n"
+    "# started in the lowest level, before the measured code is imported, and\n"
+    "# never saved there (a save opens SQLite, which a fork must not inherit).\n"
+    "# Every worker inherits what the levels measured and writes its own file;\n"
+    "# the CLI's leader or the plugin's pytest-cov combines them.\n"
+    "\n"
+    "_COV = None           # the running coverage.Coverage of this chain\n"
+    "_COV_KEY = None       # the settings it was started with\n"
+    "_COV_STALE = False    # a level below measured with other settings (or none)\n"
+    "_COV_FILES = \".pytest-fast.\"   # the suffix of the workers' data files\n"
+    "\n"
+    "\n"
+    "def _cov_config_files(config_file):\n"
+    "    \"\"\"The files coverage.py reads its configuration from.\"\"\"\n"
+    "    if config_file in (True, \".coveragerc\") and os.environ.get(\"COVERAGE_RCFILE\"):\n"
+    "        config_file = os.environ[\"COVERAGE_RCFILE\"]\n"
+    "    names = [config_file if isinstance(config_file, str) else \".coveragerc\"]\n"
+    "    names += [\".coveragerc.toml\", \"setup.cfg\", \"tox.ini\", \"pyproject.toml\"]\n"
+    "    return [os.path.abspath(n) for n in names if os.path.isfile(n)]\n"
+    "\n"
+    "\n"
+    "def _cov_key(source, branch, config_file):\n"
+    "    \"\"\"What decides how a Coverage measures: its arguments, the state of its\n"
+    "    configuration files and the COVERAGE_* environment.\"\"\"\n"
+    "    stamps = []\n"
+    "    for path in _cov_config_files(config_file):\n"
+    "        st = os.stat(path)\n"
+    "        stamps.append([path, st.st_size, st.st_mtime_ns])\n"
+    "    env = sorted(kv for kv in os.environ.items() if kv[0].startswith(\"COVERAGE_\"))\n"
+    "    return [sorted(source) if source is not None else None, branch, config_file, stamps, env]\n"
+    "\n"
+    "\n"
+    "def _cov_new(source, branch, config_file):\n"
+    "    import coverage\n"
+    "    return coverage.Coverage(source=source, branch=branch, data_suffix=True, config_file=config_file)\n"
+    "\n"
+    "\n"
+    "def _cov_boot(rewrite):\n"
+    "    \"\"\"The site level: start measuring before anything is preloaded, with\n"
+    "    the settings the last collection used (kept with the preload plan).\"\"\"\n"
+    "    global _COV, _COV_KEY\n"
+    "    import json\n"
+    "    for entry in rewrite:\n"
+    "        if entry.startswith(\":cov \"):\n"
+    "            source, branch, config_file = json.loads(entry[5:])[:3]\n"
+    "            try:\n"
+    "                cov = _cov_new(source, branch, config_file)\n"
+    "                cov.start()\n"
+    "            except Exception:\n"
+    "                return   # the collected level sees no coverage and asks for new levels\n"
+    "            _COV, _COV_KEY = cov, _cov_key(source, branch, config_file)\n"
+    "            return\n"
+    "\n"
+    "\n"
+    "def _cov_adopt(ctl):\n"
+    "    \"\"\"Replaces pytest-cov's Central.start in the zygote: measure with the\n"
+    "    chain's Coverage (start one if the levels below did not), and never\n"
+    "    erase here (a zygote boots at any time; the run erases).\"\"\"\n"
+    "    global _COV, _COV_KEY, _COV_STALE\n"
+    "    import warnings\n"
+    "    key = _cov_key(ctl.cov_source, ctl.cov_branch, ctl.cov_config)\n"
+    "    if _COV is not None and _COV_KEY != key:\n"
+    "        _COV.stop()\n"
+    "        _COV = None\n"
+    "    if _COV is None:\n"
+    "        # What the levels below imported was not measured as asked.\n"
+    "        _COV_STALE = bool(_PRELOADED)\n"
+    "        _COV, _COV_KEY = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config), key\n"
+    "        _COV.start()\n"
+    "    ctl.cov = _COV\n"
+    "    if _COV.config.dynamic_context == \"test_function\":\n"
+    "        from pytest_cov import CentralCovContextWarning\n"
+    "        warnings.warn(CentralCovContextWarning(\n"
+    "            \"Detected dynamic_context=test_function in coverage configuration. This is unnecessary \"\n"
+    "            \"as this plugin provides the more complete --cov-context option.\"), stacklevel=1)\n"
+    "    ctl.started = True\n"
+    "\n"
+    "\n"
+    "def _cov_patch():\n"
+    "    try:\n"
+    "        from pytest_cov import engine\n"
+    "    except ImportError:\n"
+    "        return\n"
+    "    engine.Central.start = engine._ensure_topdir(_cov_adopt)\n"
+    "\n"
+    "\n"
+    "def _cov_plugin(config):\n"
+    "    \"\"\"pytest-cov's plugin when it measures this collection, else None.\"\"\"\n"
+    "    plugin = config.pluginmanager.get_plugin(\"_cov\")\n"
+    "    if plugin is None or getattr(plugin, \"_disabled\", True) or plugin.cov_controller is None:\n"
+    "        return None\n"
+    "    return plugin\n"
+    "\n"
+    "\n"
+    "def _cov_collected(config):\n"
+    "    \"\"\"At the end of collection: drop a tracer nobody asked for; say what\n"
+    "    the next boot's site level must start.\"\"\"\n"
+    "    global _COV\n"
+    "    plugin = _cov_plugin(config)\n"
+    "    if plugin is None:\n"
+    "        if _COV is not None:\n"
+    "            _COV.stop()\n"
+    "            _COV = None\n"
+    "        return []\n"
+    "    ctl = plugin.cov_controller\n"
+    "    import json\n"
+    "    return [\":cov \" + json.dumps([ctl.cov_source, ctl.cov_branch, ctl.cov_config])]\n"
+    "\n"
+    "\n"
+    "def _cov_watched():\n"
+    "    return _cov_config_files(_COV_KEY[2]) if _COV is not None else []\n"
+    "\n"
+    "\n"
+    "def _cov_worker_files():\n"
+    "    return os.path.abspath(_COV.config.data_file) + _COV_FILES\n"
+    "\n"
+    "\n"
+    "def _cov_run_start(config, stream):\n"
+    "    \"\"\"In the leader, before any worker exists: no worker file of an\n"
+    "    earlier run may reach this run's combine; the CLI also erases what\n"
+    "    pytest-cov's Central.start erases (the plugin's pytest-cov did).\"\"\"\n"
+    "    import glob\n"
+    "    plugin = _cov_plugin(config)\n"
+    "    if plugin is None or _COV is None:\n"
+    "        return False\n"
+    "    for path in glob.glob(glob.escape(_cov_worker_files()) + \"*\"):\n"
+    "        try:\n"
+    "            os.unlink(path)\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "    if not stream and not config.option.cov_append:\n"
+    "        ctl = plugin.cov_controller\n"
+    "        _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config).erase()\n"
+    "    return True\n"
+    "\n"
+    "\n"
+    "def _cov_worker_start(wid):\n"
+    "    \"\"\"This worker's data file, named so that a later run can tell it from\n"
+    "    the user's own parallel files.\"\"\"\n"
+    "    if _COV is None:\n"
+    "        return None\n"
+    "    _COV._warn_unimported_source = False   # as pytest-cov's DistWorker: the combine warns\n"
+    "    _COV._warn_no_data = False\n"
+    "    _COV._data._suffix = \"pytest-fast.gw%d.%d\" % (wid, os.getpid())\n"
+    "    return _COV\n"
+    "\n"
+    "\n"
+    "def _cov_flush(cov):\n"
+    "    \"\"\"After each test: what it executed is on disk, so a crash or a\n"
+    "    timeout loses that test's data only.\"\"\"\n"
+    "    collector = cov._collector\n"
+    "    if collector is not None:\n"
+    "        collector.flush_data()\n"
+    "\n"
+    "\n"
+    "def _cov_worker_end(config, cov):\n"
+    "    \"\"\"The worker is done: save, and keep pytest-cov from combining and\n"
+    "    reporting here (the leader or the controller does that once).\"\"\"\n"
+    "    cov.stop()\n"
+    "    cov.save()\n"
+    "    plugin = _cov_plugin(config)\n"
+    "    if plugin is not None:\n"
+    "        plugin.cov_controller = None\n"
+    "        plugin.options.cov_report = {}\n"
+    "        plugin.options.cov_fail_under = None\n"
+    "\n"
+    "\n"
+    "def _cov_finish(config, failed):\n"
+    "    \"\"\"The CLI's end of a coverage run, in the leader: combine the workers'\n"
+    "    files into the data file, as pytest-cov's Central.finish does, and\n"
+    "    report as its plugin does (its own report code).  Returns the text for\n"
+    "    the terminal and whether --cov-fail-under failed the run.\"\"\"\n"
+    "    from coverage.exceptions import CoverageException\n"
+    "    from coverage.results import display_covered, should_fail_under\n"
+    "    from pytest_cov.engine import Central\n"
+    "    plugin = _cov_plugin(config)\n"
+    "    opts, opt = plugin.options, config.option\n"
+    "    report = opt.cov_report\n"
+    "    opts.cov_report = [\"term\"] if not report else {} if len(report) == 1 and \"\" in report else report\n"
+    "    for name in (\"cov_fail_under\", \"cov_precision\", \"no_cov_on_fail\"):\n"
+    "        setattr(opts, name, getattr(opt, name))\n"
+    "    ctl = Central(opts, None, None)\n"
+    "    cov = ctl.cov = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config)\n"
+    "    if opts.cov_fail_under is None and hasattr(cov.config, \"fail_under\"):\n"
+    "        opts.cov_fail_under = cov.config.fail_under\n"
+    "    if opts.cov_precision is None:\n"
+    "        opts.cov_precision = getattr(cov.config, \"precision\", 0)\n"
+    "    ctl.cov_precision = opts.cov_precision\n"
+    "    cov.load()\n"
+    "    cov.combine()\n"
+    "    cov.save()\n"
+    "    ctl.node_descs.add(ctl.get_node_desc(sys.platform, sys.version_info))\n"
+    "    if not (opts.cov_report or opts.cov_fail_under) or (failed and opts.no_cov_on_fail):\n"
+    "        return \"\", False\n"
+    "    out = io.StringIO()\n"
+    "    body = io.StringIO()\n"
+    "    try:\n"
+    "        total = ctl.summary(body)\n"
+    "    except CoverageException as exc:\n"
+    "        out.write(\"\\nWARNING: Failed to generate report: %s\\n\\n\" % exc)\n"
+    "        total = 0\n"
+    "    under = opts.cov_fail_under\n"
+    "    fail = under is not None and not opt.collectonly and should_fail_under(total, under, opts.cov_precision)\n"
+    "    if fail:\n"
+    "        out.write(\"\\nERROR: Coverage failure: total of %s is less than fail-under=%.*f\\n\"\n"
+    "                  % (display_covered(total, opts.cov_precision), opts.cov_precision, under))\n"
+    "    text = body.getvalue()\n"
+    "    if text or (under or 0) > 0:\n"
+    "        out.write(_sep(\"=\", \"tests coverage\"))\n"
+    "    out.write(text)\n"
+    "    if (under or 0) > 0 and not opt.collectonly:\n"
+    "        out.write(\"%sRequired test coverage of %s%% %s. Total coverage: %.2f%%\\n\"\n"
+    "                  % (\"FAIL \" if total < under else \"\", under,\n"
+    "                     \"not reached\" if total < under else \"reached\", total))\n"
+    "    return out.getvalue(), fail\n"
+    "\n"
+    "\n"
+    "def _sep(char, title):\n"
+    "    import shutil\n"
+    "    width = max(shutil.get_terminal_size(fallback=(80, 24))[0], 40)\n"
+    "    fill = char * max((width - len(title) - 2) // 2, 1)\n"
+    "    return \"%s %s %s\\n\" % (fill, title, fill)\n"
 ;
 
 static int zyg_sigpipe[2] = {-1, -1};
@@ -5416,6 +5694,10 @@ typedef struct dmn_run {
     double last_progress;
     size_t progress_sent;
     char runid[33];
+    bool coverage;              /* the workers measure coverage (pytest-cov) */
+    bool cov_wait;              /* the CLI's run waits for the leader's combine */
+    bool cov_fail;              /* --cov-fail-under failed the run */
+    char *cov_text;             /* the coverage report for the CLI's summary */
 } dmn_run;
 
 struct dmn_conn {
@@ -5471,6 +5753,7 @@ static struct {
     dmn_zygote *bchain[3];      /* the tree being built, by level */
     unsigned level_boots[3];
     bool layers_broken;
+    bool cov_relayered;         /* the last chain was rebuilt for coverage settings */
     bool warmup_tainted;        /* a project level's warm-up raised or warned: no more */
     util_strv plan[3];          /* preload lists: site, project; then how pytest rewrites */
     char plan_key[65];
@@ -6346,6 +6629,24 @@ static void dmn_zygote_frame(dmn_zygote *z)
     }
     if (op && !strcmp(op, "ready") && z->state == Z_BOOTING && z->level == L_COLLECTED) {
         dmn_zygote_ready(z, a, msg);
+        const pf_value *relayer = pf_dict_get(msg, "relayer");
+        if (relayer && relayer->kind == PF_BOOL && relayer->u.b && dmn.bchain[L_COLLECTED] == z) {
+            /* Its levels measured coverage otherwise than this collection
+             * asks (or not at all): their import-time lines would be wrong.
+             * Build the chain again with the plan this collection wrote;
+             * a second time, without layers. */
+            util_log("the levels below measured coverage otherwise than the collection asks: "
+                     "building them again%s", dmn.cov_relayered ? " without layers" : "");
+            dmn_plan_save(z);
+            if (dmn.cov_relayered)
+                dmn.layers_broken = true;
+            dmn.cov_relayered = true;
+            dmn.boot_from_layers = !dmn.layers_broken;
+            dmn.bchain[0] = dmn.bchain[1] = dmn.bchain[2] = NULL;
+            dmn_node_kill(z);
+        } else {
+            dmn.cov_relayered = false;   /* only twice in a row turns layers off */
+        }
         dmn_boot_advance();
         return;
     }
@@ -6480,6 +6781,7 @@ static void dmn_run_free(dmn_run *r)
     free(r->severity);
     free(r->failures);
     free(r->exit_msg);
+    free(r->cov_text);
     for (size_t i = 0; i < r->nframes; i++)
         pf_arena_free(r->frames[i]);
     free(r->frames);
@@ -6593,6 +6895,9 @@ static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *
         pf_buf_printf(&text, "\n\n");
         pf_buf_put(&text, w->faulttext.data, w->faulttext.len);
     }
+    if (r->coverage)
+        pf_buf_printf(&text, "\n\ncoverage: the lines this test executed are not in the data "
+                             "(the worker's other tests are)");
     pf_buf_put(&text, "", 1);
     const char *stored = pf_new_cstr(a, (const char *)text.data)->u.s.ptr;
     dmn_count_report(r, pos, "call", "failed", "failed", 0, stored, NULL);
@@ -7151,39 +7456,86 @@ static int dmn_exit_code(dmn_run *r)
     return 0;
 }
 
+/* What pytest-cov does at the end of a run with this outcome: "ok" or
+ * "failed" (--no-cov-on-fail) to combine and report, NULL when the test
+ * loop did not end normally (-x, pytest.exit, an interrupting collection
+ * error: pytest-cov's wrapper sees the exception and reports nothing). */
+static const char *dmn_cov_mode(const dmn_run *r, int rc)
+{
+    if (r->cancelled || r->exit_rc >= 0 || (r->stopping && r->exit_msg))
+        return NULL;
+    if (dmn_scoped_errors(r) && !(r->client && r->client->split.continue_on_errors))
+        return NULL;
+    return rc == 1 ? "failed" : "ok";
+}
+
 /* Tell the leader how the run went so it can update .pytest_cache (the
- * CLI's job; under `pytest --fast` the controller's own plugins do it). */
-static void dmn_finish_leader(dmn_run *r)
+ * CLI's job; under `pytest --fast` the controller's own plugins do it) and,
+ * in a CLI coverage run, combine and report: the run then waits for its
+ * "coverage" frame.  Returns whether it waits. */
+static bool dmn_finish_leader(dmn_run *r, int rc)
 {
     if (r->leader_fd < 0)
-        return;
+        return false;
+    bool wait = false;
     if (!r->client || !r->client->stream) {
         pf_arena *a = pf_arena_new(0);
         pf_value *msg = util_msg(a, "finish");
+        if (r->coverage && r->client) {
+            const char *mode = dmn_cov_mode(r, rc);
+            util_set(a, msg, "coverage", mode ? pf_new_cstr(a, mode) : pf_new_bool(a, false));
+            wait = true;
+        }
         util_set(a, msg, "reports", r->lf);
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i))
                 pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
         util_set(a, msg, "collect_errors", errs);
-        pf_send_value(r->leader_fd, msg);
+        wait = pf_send_value(r->leader_fd, msg) == 0 && wait;
         pf_arena_free(a);
     }
-    util_close(&r->leader_fd);
+    if (!wait)
+        util_close(&r->leader_fd);
+    return wait;
+}
+
+/* The CLI's summary with the coverage report before its closing line, where
+ * pytest-cov's terminal summary is in pytest's output. */
+static char *dmn_with_coverage(char *summary, const char *cov)
+{
+    if (!cov || !*cov)
+        return summary;
+    size_t len = strlen(summary);
+    size_t cut = len && summary[len - 1] == '\n' ? len - 1 : len;
+    while (cut > 0 && summary[cut - 1] != '\n')
+        cut--;
+    char *out = util_fmt("%.*s%s%s%s", (int)cut, summary, cov,
+                         cov[strlen(cov) - 1] == '\n' ? "" : "\n", summary + cut);
+    free(summary);
+    return out;
 }
 
 static void dmn_run_end(dmn_run *r)
 {
-    r->end = util_now();
+    if (r->cov_wait)
+        return;
     dmn_conn *c = r->client;
     int rc = dmn_exit_code(r);
-    dmn_finish_leader(r);
+    if (!r->cov_text) {
+        r->end = util_now();
+        r->cov_wait = dmn_finish_leader(r, rc);
+        if (r->cov_wait)
+            return;   /* the leader's "coverage" frame (or its death) comes back here */
+    }
+    if (r->cov_fail && (rc == 0 || rc == 5))
+        rc = 1;       /* pytest-cov counts it as a failed test */
     bool discard = c && c->discard;
     if (c) {
         char err[PF_ERRLEN] = "";
         if (c->dump && dmn_write_dump(r, c->dump, err, sizeof err) < 0)
             rc = rc ? rc : 1;
-        char *summary = dmn_render(r, rc);
+        char *summary = dmn_with_coverage(dmn_render(r, rc), r->cov_text);
         if (c->stream) {
             pf_arena *a = pf_arena_new(0);
             pf_value *d = util_msg(a, "done");
@@ -7244,6 +7596,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     }
     r->nsel = n;
     r->selected = true;
+    const pf_value *cov = pf_dict_get(msg, "coverage");
+    r->coverage = cov && cov->kind == PF_BOOL && cov->u.b;
     size_t nerr = dmn_scoped_errors(r);
     if (c && c->stream) {
         pf_arena *a = pf_arena_new(0);
@@ -7294,7 +7648,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         pf_buf_printf(&b, " in %.2fs\n", util_now() - r->start);
         pf_buf_put(&b, "", 1);
         int rc = nerr ? 2 : r->nsel ? 0 : 5;
-        dmn_finish_leader(r);
+        r->coverage = false;   /* no coverage report for the lean --collect-only listing */
+        dmn_finish_leader(r, rc);
         dmn_send_done(c, rc, (const char *)b.data, NULL);
         pf_buf_free(&b);
         dmn_conn_drop(c);
@@ -7325,6 +7680,16 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
         return;
     if (!strcmp(op, "selected") && !r->selected) {
         dmn_run_selected(r, msg);
+        return;
+    }
+    if (!strcmp(op, "coverage") && r->cov_wait) {
+        const char *text = pf_dict_str(msg, "text");
+        const pf_value *fail = pf_dict_get(msg, "fail");
+        r->cov_fail = fail && fail->kind == PF_BOOL && fail->u.b;
+        r->cov_text = util_strdup(text ? text : "");
+        r->cov_wait = false;
+        util_close(&r->leader_fd);
+        dmn_run_end(r);
         return;
     }
     if (!strcmp(op, "usage")) {
@@ -7579,6 +7944,7 @@ static void dmn_run_next(void)
         util_set(a, msg, "workers", pf_new_int(a, c->workers));
         util_set(a, msg, "timeout", pf_new_float(a, c->timeout));
         util_set(a, msg, "full", pf_new_bool(a, c->full || c->stream));
+        util_set(a, msg, "stream", pf_new_bool(a, c->stream));
         util_set(a, msg, "collect_only", pf_new_bool(a, c->split.collect_only));
         util_set(a, msg, "runid", pf_new_cstr(a, r->runid));
         pf_value *enodes = pf_new_container(a, PF_LIST);
@@ -7770,9 +8136,10 @@ static void dmn_request(dmn_conn *c)
         char *text;
         if (!strcmp(r, "-n") || !strcmp(r, "--numprocesses"))
             text = util_fmt("ERROR: %s is pytest-xdist's; pytest-fast runs its own workers: use --workers N", r);
-        else
-            text = util_fmt("ERROR: %s needs pytest's own reporting or the test process: use `pytest --fast %s` "
-                            "or plain pytest", r, r);
+        else if (!strncmp(r, "--junit", 7))
+            text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r, r);
+        else   /* `pytest --fast` refuses these too */
+            text = util_fmt("ERROR: %s needs the test process: run plain pytest for it", r);
         dmn_fail_request(c, 4, text);
         free(text);
         return;
@@ -7807,6 +8174,14 @@ static void dmn_leader_read(dmn_run *r)
             continue;
         }
         util_close(&r->leader_fd);
+        if (r->cov_wait) {
+            r->cov_wait = false;
+            r->cov_fail = true;
+            r->cov_text = util_strdup("pytest-fast: the run leader died while combining the "
+                                      "coverage data (see the daemon log): no coverage report\n");
+            dmn_run_end(r);
+            return;
+        }
         if (r->selected) {
             dmn_leader_died(r);
             return;

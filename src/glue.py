@@ -130,6 +130,7 @@ class _Zygote:
         config = session.config
         items = session.items
         rootdir = str(config.rootpath)
+        cov = _cov_collected(config)
         locs = []
         for item in items:
             fspath, lineno, domain = item.location
@@ -140,14 +141,15 @@ class _Zygote:
             "errors": self.collect_errors,
             "skips": self.collect_skips,
             "warnings": self.warnings,
-            "files": _imported_files(exclude=_PRELOADED),
+            "files": _imported_files(exclude=_PRELOADED) + _cov_watched(),
             "dirs": _collection_dirs(config, session),
             "rootdir": rootdir,
             "inifile": str(config.inipath) if getattr(config, "inipath", None) else None,
             "options": _option_table(config),
             "header": self.header,
-            "preload": _plan(config),
+            "preload": _plan(config, cov),
             "threads": _threads(),
+            "relayer": _COV_STALE,
         })
         self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}
         self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]
@@ -333,8 +335,13 @@ class _Leader:
         except Exception as exc:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
+        try:
+            coverage = _cov_run_start(self.config, msg.get("stream"))
+        except Exception as exc:
+            _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
+            os._exit(0)
         _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
-                        "scoped_errors": self.scoped_errors})
+                        "scoped_errors": self.scoped_errors, "coverage": coverage})
         if zygote.cwd:
             # The arguments were the client's to resolve; the tests run where
             # the collection left the working directory, as in a plain run.
@@ -353,6 +360,8 @@ class _Leader:
                 return zygote.worker.work()
             if req.get("op") == "finish":
                 self.finish(req)
+                if req.get("coverage") is not None:
+                    self.finish_coverage(req["coverage"])
                 os._exit(0)
 
     def select(self, args):
@@ -385,6 +394,16 @@ class _Leader:
     def collect_error_paths(self):
         rootdir = str(self.config.rootpath)
         return [os.path.join(rootdir, nodeid.split("::")[0]) for nodeid in self.msg.get("error_nodeids", [])]
+
+    def finish_coverage(self, report):
+        """Combine and report the run's coverage (report is false when
+        pytest-cov would not have: -x stopped the run, a collection error
+        interrupted it) and say whether --cov-fail-under failed it."""
+        try:
+            text, fail = _cov_finish(self.config, report == "failed") if report else ("", False)
+        except Exception as exc:
+            text, fail = "pytest-fast: coverage: %s: %s\n" % (type(exc).__name__, exc), True
+        _send(self.fd, {"op": "coverage", "text": text, "fail": fail})
 
     def finish(self, req):
         """Update .pytest_cache the way the session would have."""
@@ -509,7 +528,7 @@ class _Worker:
 
     def work(self):
         import faulthandler
-        config, session = self.config, self.session
+        config = self.config
         name = "gw%d" % self.wid
         os.environ["PYTEST_XDIST_WORKER"] = name
         os.environ["PYTEST_XDIST_WORKER_COUNT"] = str(self.run.get("workers", 1))
@@ -528,6 +547,16 @@ class _Worker:
             factory._basetemp = None
         config.pluginmanager.register(self, "pytest-fast-worker")
         self.warnings = []   # registering replayed the collection's warnings
+        cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None
+        try:
+            self.loop(cov)
+        finally:
+            if cov is not None:
+                _cov_worker_end(config, cov)
+
+    def loop(self, cov):
+        import faulthandler
+        config, session = self.config, self.session
         items = session.items
         cur = self.ask(("n",))
         nxt = self.ask(("n",)) if cur is not None else None
@@ -540,6 +569,8 @@ class _Worker:
                 config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
                 if self.timeout > 0:
                     faulthandler.cancel_dump_traceback_later()
+                if cov is not None:
+                    _cov_flush(cov)
                 stop = session.shouldfail or session.shouldstop
                 reply = self.done(cur, want=nxt is not None and not stop)
                 if stop or reply == -1:
@@ -664,6 +695,8 @@ def main(fd, args):
         # A site or project zygote: preload, report, then wait to be forked
         # into the level above.
         gc.disable()   # one collection at the end, not one per few imports
+        if level == 0:
+            _cov_boot(plan.get("rewrite") or ())
         new, failed = _preload(plan["modules"], plan.get("rewrite") or ())
         tainted = level == 1 and _warm_up(plan.get("warmup", True))
         _freeze_level()
@@ -681,6 +714,7 @@ def main(fd, args):
         _send(fd, {"op": "exited", "rc": 4, "files": [], "dirs": []})
         return 4
     sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py")] + list(args)
+    _cov_patch()
     plugin = _Zygote(fd)
     _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)
     _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)
@@ -878,7 +912,7 @@ def _site_dirs():
                    if p and os.path.isdir(p) and p.rstrip(os.sep).endswith(("site-packages", "dist-packages"))})
 
 
-def _plan(config):
+def _plan(config, cov=()):
     """The modules this collection imported, in first-import order, split
     into what the site and project levels may preload next time.  Test
     modules and conftests stay with the collection: pytest imports them."""
@@ -909,7 +943,7 @@ def _plan(config):
             site.append(name)
         elif base != "conftest.py" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):
             project.append(name)
-    return {"site": site, "project": project, "rewrite": rewrite}
+    return {"site": site, "project": project, "rewrite": rewrite + list(cov)}
 
 
 _NORECURSE = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}",
@@ -936,3 +970,229 @@ def _project_files():
 
 def _project_dirs():
     return [d for d, _ in _walk_project()]
+
+
+# -------------------------------------------------------------- coverage
+# pytest-cov runs in the zygote as in a plain run (its no_cover marker, its
+# cov fixture, --cov-context=test), with one Coverage for the whole chain:
+# started in the lowest level, before the measured code is imported, and
+# never saved there (a save opens SQLite, which a fork must not inherit).
+# Every worker inherits what the levels measured and writes its own file;
+# the CLI's leader or the plugin's pytest-cov combines them.
+
+_COV = None           # the running coverage.Coverage of this chain
+_COV_KEY = None       # the settings it was started with
+_COV_STALE = False    # a level below measured with other settings (or none)
+_COV_FILES = ".pytest-fast."   # the suffix of the workers' data files
+
+
+def _cov_config_files(config_file):
+    """The files coverage.py reads its configuration from."""
+    if config_file in (True, ".coveragerc") and os.environ.get("COVERAGE_RCFILE"):
+        config_file = os.environ["COVERAGE_RCFILE"]
+    names = [config_file if isinstance(config_file, str) else ".coveragerc"]
+    names += [".coveragerc.toml", "setup.cfg", "tox.ini", "pyproject.toml"]
+    return [os.path.abspath(n) for n in names if os.path.isfile(n)]
+
+
+def _cov_key(source, branch, config_file):
+    """What decides how a Coverage measures: its arguments, the state of its
+    configuration files and the COVERAGE_* environment."""
+    stamps = []
+    for path in _cov_config_files(config_file):
+        st = os.stat(path)
+        stamps.append([path, st.st_size, st.st_mtime_ns])
+    env = sorted(kv for kv in os.environ.items() if kv[0].startswith("COVERAGE_"))
+    return [sorted(source) if source is not None else None, branch, config_file, stamps, env]
+
+
+def _cov_new(source, branch, config_file):
+    import coverage
+    return coverage.Coverage(source=source, branch=branch, data_suffix=True, config_file=config_file)
+
+
+def _cov_boot(rewrite):
+    """The site level: start measuring before anything is preloaded, with
+    the settings the last collection used (kept with the preload plan)."""
+    global _COV, _COV_KEY
+    import json
+    for entry in rewrite:
+        if entry.startswith(":cov "):
+            source, branch, config_file = json.loads(entry[5:])[:3]
+            try:
+                cov = _cov_new(source, branch, config_file)
+                cov.start()
+            except Exception:
+                return   # the collected level sees no coverage and asks for new levels
+            _COV, _COV_KEY = cov, _cov_key(source, branch, config_file)
+            return
+
+
+def _cov_adopt(ctl):
+    """Replaces pytest-cov's Central.start in the zygote: measure with the
+    chain's Coverage (start one if the levels below did not), and never
+    erase here (a zygote boots at any time; the run erases)."""
+    global _COV, _COV_KEY, _COV_STALE
+    import warnings
+    key = _cov_key(ctl.cov_source, ctl.cov_branch, ctl.cov_config)
+    if _COV is not None and _COV_KEY != key:
+        _COV.stop()
+        _COV = None
+    if _COV is None:
+        # What the levels below imported was not measured as asked.
+        _COV_STALE = bool(_PRELOADED)
+        _COV, _COV_KEY = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config), key
+        _COV.start()
+    ctl.cov = _COV
+    if _COV.config.dynamic_context == "test_function":
+        from pytest_cov import CentralCovContextWarning
+        warnings.warn(CentralCovContextWarning(
+            "Detected dynamic_context=test_function in coverage configuration. This is unnecessary "
+            "as this plugin provides the more complete --cov-context option."), stacklevel=1)
+    ctl.started = True
+
+
+def _cov_patch():
+    try:
+        from pytest_cov import engine
+    except ImportError:
+        return
+    engine.Central.start = engine._ensure_topdir(_cov_adopt)
+
+
+def _cov_plugin(config):
+    """pytest-cov's plugin when it measures this collection, else None."""
+    plugin = config.pluginmanager.get_plugin("_cov")
+    if plugin is None or getattr(plugin, "_disabled", True) or plugin.cov_controller is None:
+        return None
+    return plugin
+
+
+def _cov_collected(config):
+    """At the end of collection: drop a tracer nobody asked for; say what
+    the next boot's site level must start."""
+    global _COV
+    plugin = _cov_plugin(config)
+    if plugin is None:
+        if _COV is not None:
+            _COV.stop()
+            _COV = None
+        return []
+    ctl = plugin.cov_controller
+    import json
+    return [":cov " + json.dumps([ctl.cov_source, ctl.cov_branch, ctl.cov_config])]
+
+
+def _cov_watched():
+    return _cov_config_files(_COV_KEY[2]) if _COV is not None else []
+
+
+def _cov_worker_files():
+    return os.path.abspath(_COV.config.data_file) + _COV_FILES
+
+
+def _cov_run_start(config, stream):
+    """In the leader, before any worker exists: no worker file of an
+    earlier run may reach this run's combine; the CLI also erases what
+    pytest-cov's Central.start erases (the plugin's pytest-cov did)."""
+    import glob
+    plugin = _cov_plugin(config)
+    if plugin is None or _COV is None:
+        return False
+    for path in glob.glob(glob.escape(_cov_worker_files()) + "*"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    if not stream and not config.option.cov_append:
+        ctl = plugin.cov_controller
+        _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config).erase()
+    return True
+
+
+def _cov_worker_start(wid):
+    """This worker's data file, named so that a later run can tell it from
+    the user's own parallel files."""
+    if _COV is None:
+        return None
+    _COV._warn_unimported_source = False   # as pytest-cov's DistWorker: the combine warns
+    _COV._warn_no_data = False
+    _COV._data._suffix = "pytest-fast.gw%d.%d" % (wid, os.getpid())
+    return _COV
+
+
+def _cov_flush(cov):
+    """After each test: what it executed is on disk, so a crash or a
+    timeout loses that test's data only."""
+    collector = cov._collector
+    if collector is not None:
+        collector.flush_data()
+
+
+def _cov_worker_end(config, cov):
+    """The worker is done: save, and keep pytest-cov from combining and
+    reporting here (the leader or the controller does that once)."""
+    cov.stop()
+    cov.save()
+    plugin = _cov_plugin(config)
+    if plugin is not None:
+        plugin.cov_controller = None
+        plugin.options.cov_report = {}
+        plugin.options.cov_fail_under = None
+
+
+def _cov_finish(config, failed):
+    """The CLI's end of a coverage run, in the leader: combine the workers'
+    files into the data file, as pytest-cov's Central.finish does, and
+    report as its plugin does (its own report code).  Returns the text for
+    the terminal and whether --cov-fail-under failed the run."""
+    from coverage.exceptions import CoverageException
+    from coverage.results import display_covered, should_fail_under
+    from pytest_cov.engine import Central
+    plugin = _cov_plugin(config)
+    opts, opt = plugin.options, config.option
+    report = opt.cov_report
+    opts.cov_report = ["term"] if not report else {} if len(report) == 1 and "" in report else report
+    for name in ("cov_fail_under", "cov_precision", "no_cov_on_fail"):
+        setattr(opts, name, getattr(opt, name))
+    ctl = Central(opts, None, None)
+    cov = ctl.cov = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config)
+    if opts.cov_fail_under is None and hasattr(cov.config, "fail_under"):
+        opts.cov_fail_under = cov.config.fail_under
+    if opts.cov_precision is None:
+        opts.cov_precision = getattr(cov.config, "precision", 0)
+    ctl.cov_precision = opts.cov_precision
+    cov.load()
+    cov.combine()
+    cov.save()
+    ctl.node_descs.add(ctl.get_node_desc(sys.platform, sys.version_info))
+    if not (opts.cov_report or opts.cov_fail_under) or (failed and opts.no_cov_on_fail):
+        return "", False
+    out = io.StringIO()
+    body = io.StringIO()
+    try:
+        total = ctl.summary(body)
+    except CoverageException as exc:
+        out.write("\nWARNING: Failed to generate report: %s\n\n" % exc)
+        total = 0
+    under = opts.cov_fail_under
+    fail = under is not None and not opt.collectonly and should_fail_under(total, under, opts.cov_precision)
+    if fail:
+        out.write("\nERROR: Coverage failure: total of %s is less than fail-under=%.*f\n"
+                  % (display_covered(total, opts.cov_precision), opts.cov_precision, under))
+    text = body.getvalue()
+    if text or (under or 0) > 0:
+        out.write(_sep("=", "tests coverage"))
+    out.write(text)
+    if (under or 0) > 0 and not opt.collectonly:
+        out.write("%sRequired test coverage of %s%% %s. Total coverage: %.2f%%\n"
+                  % ("FAIL " if total < under else "", under,
+                     "not reached" if total < under else "reached", total))
+    return out.getvalue(), fail
+
+
+def _sep(char, title):
+    import shutil
+    width = max(shutil.get_terminal_size(fallback=(80, 24))[0], 40)
+    fill = char * max((width - len(title) - 2) // 2, 1)
+    return "%s %s %s\n" % (fill, title, fill)
