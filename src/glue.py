@@ -995,7 +995,7 @@ def _cov_config_files(config_file):
     return [os.path.abspath(n) for n in names if os.path.isfile(n)]
 
 
-def _cov_key(source, branch, config_file):
+def _cov_key(source, branch, config_file, context):
     """What decides how a Coverage measures: its arguments, the state of its
     configuration files and the COVERAGE_* environment."""
     stamps = []
@@ -1003,12 +1003,27 @@ def _cov_key(source, branch, config_file):
         st = os.stat(path)
         stamps.append([path, st.st_size, st.st_mtime_ns])
     env = sorted(kv for kv in os.environ.items() if kv[0].startswith("COVERAGE_"))
-    return [sorted(source) if source is not None else None, branch, config_file, stamps, env]
+    return [sorted(source) if source is not None else None, branch, config_file, context, stamps, env]
 
 
-def _cov_new(source, branch, config_file):
+def _cov_new(source, branch, config_file, context=None):
     import coverage
-    return coverage.Coverage(source=source, branch=branch, data_suffix=True, config_file=config_file)
+    cov = coverage.Coverage(source=source, branch=branch, data_suffix=True, config_file=config_file)
+    _cov_core(cov, context)
+    return cov
+
+
+def _cov_core(cov, context):
+    """sys.monitoring (3.12+) instead of the C tracer where the user chose
+    no core and nothing asks for what sysmon cannot do: the same lines,
+    for less time in every worker.  Branches need 3.14, contexts the
+    tracer."""
+    cfg = cov.config
+    if (sys.version_info < (3, 12) or cfg.core or os.environ.get("COVERAGE_CORE") or cfg.timid
+            or (cfg.branch and sys.version_info < (3, 14)) or context or cfg.dynamic_context
+            or cfg.plugins or set(cfg.concurrency or ()) - {"thread"}):
+        return
+    cfg.core = "sysmon"
 
 
 def _cov_boot(rewrite):
@@ -1018,13 +1033,13 @@ def _cov_boot(rewrite):
     import json
     for entry in rewrite:
         if entry.startswith(":cov "):
-            source, branch, config_file = json.loads(entry[5:])[:3]
             try:
-                cov = _cov_new(source, branch, config_file)
+                source, branch, config_file, context = json.loads(entry[5:])
+                cov = _cov_new(source, branch, config_file, context)
                 cov.start()
             except Exception:
                 return   # the collected level sees no coverage and asks for new levels
-            _COV, _COV_KEY = cov, _cov_key(source, branch, config_file)
+            _COV, _COV_KEY = cov, _cov_key(source, branch, config_file, context)
             return
 
 
@@ -1034,14 +1049,16 @@ def _cov_adopt(ctl):
     erase here (a zygote boots at any time; the run erases)."""
     global _COV, _COV_KEY, _COV_STALE
     import warnings
-    key = _cov_key(ctl.cov_source, ctl.cov_branch, ctl.cov_config)
+    key = _cov_key(ctl.cov_source, ctl.cov_branch, ctl.cov_config,
+                   getattr(ctl.config.option, "cov_context", None))
     if _COV is not None and _COV_KEY != key:
         _COV.stop()
         _COV = None
     if _COV is None:
         # What the levels below imported was not measured as asked.
         _COV_STALE = bool(_PRELOADED)
-        _COV, _COV_KEY = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config), key
+        context = getattr(ctl.config.option, "cov_context", None)
+        _COV, _COV_KEY = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config, context), key
         _COV.start()
     ctl.cov = _COV
     if _COV.config.dynamic_context == "test_function":
@@ -1080,7 +1097,8 @@ def _cov_collected(config):
         return []
     ctl = plugin.cov_controller
     import json
-    return [":cov " + json.dumps([ctl.cov_source, ctl.cov_branch, ctl.cov_config])]
+    context = getattr(config.option, "cov_context", None)
+    return [":cov " + json.dumps([ctl.cov_source, ctl.cov_branch, ctl.cov_config, context])]
 
 
 def _cov_watched():

@@ -279,10 +279,13 @@ def test_stale_worker_files_never_leak(project):
     assert not leftovers(project)
 
 
-def test_crashed_worker_loses_only_its_test(project):
+@pytest.mark.parametrize("end,extra", [("os._exit(3)", ()), ("time.sleep(60)", ("--timeout", "1"))],
+                         ids=["crash", "timeout"])
+def test_crashed_or_hung_worker_loses_only_its_test(project, end, extra):
     write_all(project, {k: v for k, v in APP.items() if k != "tests/test_lazy.py"})
-    project.write("tests/test_crash.py", """
+    project.write("tests/test_crash.py", f"""
         import os
+        import time
         from app.lazy import helper
 
         def test_1_before():
@@ -290,13 +293,13 @@ def test_crashed_worker_loses_only_its_test(project):
 
         def test_2_crash():
             helper(False)
-            os._exit(3)
+            {end}
 
         def test_3_after():
             from app.core import Account
             assert Account(1).never()
     """)
-    r, got = cli(project, "--cov=app", workers=1)
+    r, got = cli(project, "--cov=app", *extra, workers=1)
     assert r.rc == 1, r
     assert "the lines this test executed are not in the data" in r.out, r
     lazy_lines = got["app/lazy.py"][0]
