@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import contextlib
+import glob
 import io
 import os
 import pickle
@@ -397,9 +399,25 @@ class Controller:
         if cov is None:
             return
         cov.stop()
+        if cov._collector is not None:
+            cov._collector.reset()   # what it saw of this process is not the tests'
         cov._warn_no_data = False
         cov._warn_unimported_source = False
         cov._warn_preimported_source = False
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        """pytest-cov combines the workers' data files when the test loop
+        ends normally; after -x, pytest.exit() or a collection error it does
+        not, and a later plain `pytest --cov` must not combine them either."""
+        ctl = getattr(self.config.pluginmanager.get_plugin("_cov"), "cov_controller", None)
+        cov = getattr(ctl, "cov", None)
+        if cov is None:
+            return
+        base = os.path.join(getattr(ctl, "topdir", "."), cov.config.data_file)
+        for path in glob.glob(glob.escape(os.path.abspath(base)) + ".pytest-fast.*"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def pytest_collection(self, session: pytest.Session) -> bool:
         config = self.config

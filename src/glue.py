@@ -400,7 +400,11 @@ class _Leader:
         pytest-cov would not have: -x stopped the run, a collection error
         interrupted it) and say whether --cov-fail-under failed it."""
         try:
-            text, fail = _cov_finish(self.config, report == "failed") if report else ("", False)
+            if report:
+                text, fail = _cov_finish(self.config, report == "failed")
+            else:   # nothing combines them: a later plain pytest --cov must not either
+                _cov_drop_worker_files()
+                text, fail = "", False
         except Exception as exc:
             text, fail = "pytest-fast: coverage: %s: %s\n" % (type(exc).__name__, exc), True
         _send(self.fd, {"op": "coverage", "text": text, "fail": fail})
@@ -1109,19 +1113,23 @@ def _cov_worker_files():
     return os.path.abspath(_COV.config.data_file) + _COV_FILES
 
 
-def _cov_run_start(config, stream):
-    """In the leader, before any worker exists: no worker file of an
-    earlier run may reach this run's combine; the CLI also erases what
-    pytest-cov's Central.start erases (the plugin's pytest-cov did)."""
+def _cov_drop_worker_files():
     import glob
-    plugin = _cov_plugin(config)
-    if plugin is None or _COV is None:
-        return False
     for path in glob.glob(glob.escape(_cov_worker_files()) + "*"):
         try:
             os.unlink(path)
         except OSError:
             pass
+
+
+def _cov_run_start(config, stream):
+    """In the leader, before any worker exists: no worker file of an
+    earlier run may reach this run's combine; the CLI also erases what
+    pytest-cov's Central.start erases (the plugin's pytest-cov did)."""
+    plugin = _cov_plugin(config)
+    if plugin is None or _COV is None:
+        return False
+    _cov_drop_worker_files()
     if not stream and not config.option.cov_append:
         ctl = plugin.cov_controller
         _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config).erase()

@@ -343,3 +343,19 @@ def test_make_app_matches_plain(project):
     assert "(warm)" in r.out and (r.rc, got) == (want_r.rc, want), r
     r, got = plugin(project, *args)
     assert (r.rc, got) == (want_r.rc, want), r
+
+
+@pytest.mark.parametrize("front", [cli, plugin], ids=["cli", "plugin"])
+def test_no_report_after_x_and_no_worker_files_left(project, front):
+    write_all(project, APP)
+    project.write("tests/test_core.py", "def test_fails():\n    assert 0\n")
+    fresh(project)
+    want = project.pytest("--cov=app", "-x")
+    assert want.rc == 1 and "tests coverage" not in want.out, want
+    assert not (project.path / ".coverage").exists()
+    fresh(project)
+    run = project.fast if front is cli else lambda *a: plugin_fast(project, *a)
+    r = run("--cov=app", "-x")
+    assert r.rc == 1 and "tests coverage" not in r.out, r
+    assert not (project.path / ".coverage").exists()
+    assert not leftovers(project), "a later plain pytest --cov would combine them"
