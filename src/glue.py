@@ -703,6 +703,8 @@ def main(fd, args):
             _cov_boot(plan.get("rewrite") or ())
         new, failed = _preload(plan["modules"], plan.get("rewrite") or ())
         tainted = level == 1 and _warm_up(plan.get("warmup", True))
+        if level == 1:
+            _cov_warm_parse()
         _freeze_level()
         _send(fd, {"op": "level", "level": level, "files": _module_files(new), "failed": failed,
                    "tainted": tainted, "threads": _threads(),
@@ -1081,6 +1083,54 @@ def _cov_patch():
     engine.Central.start = engine._ensure_topdir(_cov_adopt)
 
 
+# Parsed sources for the reports, made in the zygote: each run's report
+# otherwise parses every measured file again (plain pytest --cov does, on
+# every run).  Keyed by the file's state, so an edit is never served stale.
+_COV_PARSED: dict = {}
+
+
+def _cov_parser(reporter):
+    """PythonFileReporter.parser, served from _COV_PARSED when the file is
+    unchanged (a parser computes its statements, exclusions and arcs once)."""
+    from coverage.parser import PythonParser
+    if reporter._parser is None:
+        exclude = reporter.coverage._exclude_regex("exclude")
+        try:
+            st = os.stat(reporter.filename)
+            key = (reporter.filename, exclude, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        parser = _COV_PARSED.get(key) if key else None
+        if parser is None:
+            parser = PythonParser(filename=reporter.filename, exclude=exclude)
+            parser.parse_source()
+            if key:
+                _COV_PARSED[key] = parser
+        reporter._parser = parser
+    return reporter._parser
+
+
+def _cov_warm_parse():
+    """Parse (and, for branch coverage, analyse the arcs of) the Python
+    files measured so far, as the report will; a file that fails to parse
+    is left to the report, which says so as in a plain run."""
+    if _COV is None or _COV._collector is None:
+        return
+    from coverage.python import PythonFileReporter
+    PythonFileReporter.parser = property(_cov_parser)
+    for filename in list(_COV._collector.data):
+        if not str(filename).endswith(".py"):
+            continue
+        try:
+            reporter = PythonFileReporter(filename, _COV)
+            reporter.lines()
+            if _COV.config.branch:
+                reporter.arcs()
+                reporter.exit_counts()
+        except Exception:
+            continue
+
+
 def _cov_plugin(config):
     """pytest-cov's plugin when it measures this collection, else None."""
     plugin = config.pluginmanager.get_plugin("_cov")
@@ -1100,6 +1150,7 @@ def _cov_collected(config):
             _COV = None
         return []
     ctl = plugin.cov_controller
+    _cov_warm_parse()
     import json
     context = getattr(config.option, "cov_context", None)
     return [":cov " + json.dumps([ctl.cov_source, ctl.cov_branch, ctl.cov_config, context])]

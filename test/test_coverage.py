@@ -359,3 +359,31 @@ def test_no_report_after_x_and_no_worker_files_left(project, front):
     assert r.rc == 1 and "tests coverage" not in r.out, r
     assert not (project.path / ".coverage").exists()
     assert not leftovers(project), "a later plain pytest --cov would combine them"
+
+
+@pytest.mark.parametrize("front", [cli, plugin], ids=["cli", "plugin"])
+def test_parallel_and_data_file_settings(project, front):
+    write_all(project, APP)
+    project.write("setup.cfg", """
+        [coverage:run]
+        parallel = True
+        data_file = out/.coverage
+    """)
+    (project.path / "out").mkdir()
+
+    def data():
+        got = covdata(project, "out/.coverage")
+        (project.path / "out/.coverage").unlink()
+        left = [p.name for p in (project.path / "out").iterdir()]
+        assert not left, left
+        return got
+
+    want_r = project.pytest("--cov=app")
+    assert want_r.rc == 0, want_r
+    want = data()
+    if front is cli:
+        r = project.fast("--workers", "2", "--cov=app")
+    else:
+        r = plugin_fast(project, "--fast-workers", "2", "--cov=app")
+    assert r.rc == 0, r
+    assert data() == want
