@@ -387,3 +387,30 @@ def test_parallel_and_data_file_settings(project, front):
         r = plugin_fast(project, "--fast-workers", "2", "--cov=app")
     assert r.rc == 0, r
     assert data() == want
+
+
+def test_cli_writes_the_reports_asked_for(project):
+    import json
+    write_all(project, APP)
+    args = ("--cov=app", "--cov-branch", "--cov-report=json:plain.json", "--cov-report=html:plainhtml",
+            "--cov-report=lcov:plain.lcov")
+    want_r, _ = plain(project, *args)
+    assert want_r.rc == 0, want_r
+    r, _ = cli(project, *[a.replace("plain", "ours") for a in args])
+    assert r.rc == 0, r
+    for text in ("Coverage JSON written to file ours.json", "Coverage HTML written to dir ourshtml",
+                 "Coverage LCOV written to file ours.lcov"):
+        assert text in r.out, r
+    assert "TOTAL" not in r.out, "a term report only when asked for (or by default)"
+    want, got = (json.loads((project.path / n).read_text()) for n in ("plain.json", "ours.json"))
+    assert got["files"] == want["files"] and got["totals"] == want["totals"]
+    assert (project.path / "ourshtml" / "index.html").exists()
+    assert (project.path / "ours.lcov").read_text() == (project.path / "plain.lcov").read_text()
+
+
+def test_no_cov_measures_nothing(project):
+    write_all(project, APP)
+    fresh(project)
+    r = project.fast("--cov=app", "--no-cov")
+    assert r.rc == 0 and "tests coverage" not in r.out, r
+    assert not (project.path / ".coverage").exists() and not leftovers(project)
