@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import contextlib
+import glob
 import io
 import os
 import pickle
@@ -54,7 +56,6 @@ NEEDS_TEST_PROCESS = {
     "setupshow": "--setup-show",
     "setuponly": "--setup-only",
     "setupplan": "--setup-plan",
-    "cov_source": "--cov",
     "log_cli_level": "--log-cli-level",
 }
 EXIT_PREFIX = "_pytest.outcomes.Exit: "
@@ -425,8 +426,43 @@ class Controller:
             sys.stderr.write(f"pytest-fast: {text}\n")
         self.daemon.notes = []
 
+    def _coverage_from_daemon(self) -> None:
+        """pytest-cov measures this process like a plain run's; but here no
+        test runs: the daemon's workers write the data files, which its
+        finish() combines as pytest-cov's DistMaster combines xdist's.  So
+        this process stops measuring and, like DistMaster, does not warn
+        that it saw no data."""
+        plugin = self.config.pluginmanager.get_plugin("_cov")
+        cov = getattr(getattr(plugin, "cov_controller", None), "cov", None)
+        if cov is None:
+            return
+        cov.stop()
+        if cov._collector is not None:
+            cov._collector.reset()   # what it saw of this process is not the tests'
+        cov._warn_no_data = False
+        cov._warn_unimported_source = False
+        cov._warn_preimported_source = False
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        # --fast-affected: nothing to re-run is good news, not "no tests ran"
+        if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.config.option.fast_affected:
+            session.exitstatus = pytest.ExitCode.OK
+        # pytest-cov combines the workers' data files when the test loop ends
+        # normally; after -x, pytest.exit() or a collection error it does not,
+        # and a later plain `pytest --cov` must not combine them either.
+        ctl = getattr(self.config.pluginmanager.get_plugin("_cov"), "cov_controller", None)
+        cov = getattr(ctl, "cov", None)
+        if cov is None:
+            return
+        base = os.path.join(getattr(ctl, "topdir", "."), cov.config.data_file)
+        for path in glob.glob(glob.escape(os.path.abspath(base)) + ".pytest-fast.*"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
     def pytest_collection(self, session: pytest.Session) -> bool:
         config = self.config
+        self._coverage_from_daemon()
         self._notes()
         try:
             reply = self.daemon.request("run", config, self.timeout, self.shard)
@@ -464,12 +500,6 @@ class Controller:
         session.items = items
         session.testscollected = len(items)
         hook.pytest_collection_finish(session=session)
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        # --fast-affected: nothing to re-run is good news, not "no tests ran"
-        if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.config.option.fast_affected:
-            session.exitstatus = pytest.ExitCode.OK
 
     def _ended_early(self, reply: dict[str, Any]) -> NoReturn:
         rc = int(reply.get("rc", 3))

@@ -3384,7 +3384,8 @@ int pf_parse_workers(const char *s, int *out)
 enum {
     ARG_VALUE = 1,     /* takes a value */
     ARG_RUN = 2,       /* per run (otherwise collection-affecting) */
-    ARG_REFUSE = 4     /* not available in the lean CLI */
+    ARG_REFUSE = 4,    /* not available in the lean CLI */
+    ARG_OPTVALUE = 8   /* takes the next word as its value unless it is an option */
 };
 
 typedef struct arg_spec {
@@ -3473,7 +3474,21 @@ static const arg_spec arg_table[] = {
     {"--log-disable", ARG_VALUE},
     {"--junit-prefix", ARG_VALUE},
     {"--doctest-report", ARG_VALUE},
-    {"--cov", ARG_VALUE | ARG_REFUSE},
+    /* pytest-cov.  What and how to measure is the collection's: the zygote
+     * chain measures from its lowest level on, so a plain run is never
+     * traced.  What to report is per run: the leader (CLI) or the
+     * controller's pytest-cov (plugin) combines and reports. */
+    {"--cov", ARG_OPTVALUE},
+    {"--cov-reset", 0},
+    {"--cov-branch", 0},
+    {"--cov-config", ARG_VALUE},
+    {"--cov-context", ARG_VALUE},
+    {"--no-cov", 0},
+    {"--cov-report", ARG_VALUE | ARG_RUN},
+    {"--cov-fail-under", ARG_VALUE | ARG_RUN},
+    {"--cov-precision", ARG_VALUE | ARG_RUN},
+    {"--cov-append", ARG_RUN},
+    {"--no-cov-on-fail", ARG_RUN},
 };
 
 /* "K/N", 1-based: shard K of N.  Returns 0, or -1 for anything else. */
@@ -3598,7 +3613,10 @@ static int arg_classify(int argc, char **argv, arg_split *s, const pf_value *opt
             util_strv_push(dest, a);
             if (eq)
                 value = eq + 1;
-            else if (flags & ARG_VALUE) {
+            else if ((flags & ARG_OPTVALUE) && i + 1 < argc && argv[i + 1][0] != '-') {
+                value = argv[++i];   /* argparse's nargs="?": `--cov src` */
+                util_strv_push(dest, value);
+            } else if (flags & ARG_VALUE) {
                 if (i + 1 >= argc) {
                     snprintf(msg, msglen, "argument %s: expected one argument", a);
                     return -1;
@@ -4098,6 +4116,7 @@ static const char zyg_glue[] =
     "        config = session.config\n"
     "        items = session.items\n"
     "        rootdir = str(config.rootpath)\n"
+    "        cov = _cov_collected(config)\n"
     "        locs = []\n"
     "        for item in items:\n"
     "            fspath, lineno, domain = item.location\n"
@@ -4108,14 +4127,15 @@ static const char zyg_glue[] =
     "            \"errors\": self.collect_errors,\n"
     "            \"skips\": self.collect_skips,\n"
     "            \"warnings\": self.warnings,\n"
-    "            \"files\": _imported_files(exclude=_PRELOADED),\n"
+    "            \"files\": _imported_files(exclude=_PRELOADED) + _cov_watched(),\n"
     "            \"dirs\": _collection_dirs(config, session),\n"
     "            \"rootdir\": rootdir,\n"
     "            \"inifile\": str(config.inipath) if getattr(config, \"inipath\", None) else None,\n"
     "            \"options\": _option_table(config),\n"
     "            \"header\": self.header,\n"
-    "            \"preload\": _plan(config),\n"
+    "            \"preload\": _plan(config, cov),\n"
     "            \"threads\": _threads(),\n"
+    "            \"relayer\": _COV_STALE,\n"
     "        })\n"
     "        self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}\n"
     "        self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]\n"
@@ -4305,8 +4325,14 @@ static const char zyg_glue[] =
     "        except Exception as exc:\n"
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
+    "        try:\n"
+    "            coverage = _cov_run_start(self.config, msg.get(\"stream\"))\n"
+    "        except Exception as exc:\n"
+    "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
+    "            os._exit(0)\n"
     "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
-    "                        \"scoped_errors\": self.scoped_errors, \"group_starts\": self.group_starts})\n"
+    "                        \"scoped_errors\": self.scoped_errors, \"group_starts\": self.group_starts,\n"
+    "                        \"coverage\": coverage})\n"
     "        if zygote.cwd:\n"
     "            # The arguments were the client's to resolve; the tests run where\n"
     "            # the collection left the working directory, as in a plain run.\n"
@@ -4325,6 +4351,8 @@ static const char zyg_glue[] =
     "                return zygote.worker.work()\n"
     "            if req.get(\"op\") == \"finish\":\n"
     "                self.finish(req)\n"
+    "                if req.get(\"coverage\") is not None:\n"
+    "                    self.finish_coverage(req[\"coverage\"])\n"
     "                os._exit(0)\n"
     "\n"
     "    def select(self, args):\n"
@@ -4388,6 +4416,20 @@ static const char zyg_glue[] =
     "    def collect_error_paths(self):\n"
     "        rootdir = str(self.config.rootpath)\n"
     "        return [os.path.join(rootdir, nodeid.split(\"::\")[0]) for nodeid in self.msg.get(\"error_nodeids\", [])]\n"
+    "\n"
+    "    def finish_coverage(self, report):\n"
+    "        \"\"\"Combine and report the run's coverage (report is false when\n"
+    "        pytest-cov would not have: -x stopped the run, a collection error\n"
+    "        interrupted it) and say whether --cov-fail-under failed it.\"\"\"\n"
+    "        try:\n"
+    "            if report:\n"
+    "                text, fail = _cov_finish(self.config, report == \"failed\")\n"
+    "            else:   # nothing combines them: a later plain pytest --cov must not either\n"
+    "                _cov_drop_worker_files()\n"
+    "                text, fail = \"\", False\n"
+    "        except Exception as exc:\n"
+    "            text, fail = \"pytest-fast: coverage: %s: %s\\n\" % (type(exc).__name__, exc), True\n"
+    "        _send(self.fd, {\"op\": \"coverage\", \"text\": text, \"fail\": fail})\n"
     "\n"
     "    def finish(self, req):\n"
     "        \"\"\"Update .pytest_cache the way the session would have, and record\n"
@@ -4864,7 +4906,7 @@ static const char zyg_glue[] =
     "\n"
     "    def work(self):\n"
     "        import faulthandler\n"
-    "        config, session = self.config, self.session\n"
+    "        config = self.config\n"
     "        name = \"gw%d\" % self.wid\n"
     "        os.environ[\"PYTEST_XDIST_WORKER\"] = name\n"
     "        os.environ[\"PYTEST_XDIST_WORKER_COUNT\"] = str(self.run.get(\"workers\", 1))\n"
@@ -4884,6 +4926,16 @@ static const char zyg_glue[] =
     "        self.start_recording(name)\n"
     "        config.pluginmanager.register(self, \"pytest-fast-worker\")\n"
     "        self.warnings = []   # registering replayed the collection's warnings\n"
+    "        cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None\n"
+    "        try:\n"
+    "            self.loop(cov)\n"
+    "        finally:\n"
+    "            if cov is not None:\n"
+    "                _cov_worker_end(config, cov)\n"
+    "\n"
+    "    def loop(self, cov):\n"
+    "        import faulthandler\n"
+    "        config, session = self.config, self.session\n"
     "        items = session.items\n"
     "        cur = self.ask((\"n\",))\n"
     "        nxt = self.ask((\"n\",)) if cur is not None else None\n"
@@ -4900,6 +4952,8 @@ static const char zyg_glue[] =
     "                    self.record(item)\n"
     "                if self.timeout > 0:\n"
     "                    faulthandler.cancel_dump_traceback_later()\n"
+    "                if cov is not None:\n"
+    "                    _cov_flush(cov)\n"
     "                stop = session.shouldfail or session.shouldstop\n"
     "                reply = self.done(cur, want=nxt is not None and not stop)\n"
     "                if stop or reply == -1:\n"
@@ -5024,8 +5078,12 @@ static const char zyg_glue[] =
     "        # A site or project zygote: preload, report, then wait to be forked\n"
     "        # into the level above.\n"
     "        gc.disable()   # one collection at the end, not one per few imports\n"
+    "        if level == 0:\n"
+    "            _cov_boot(plan.get(\"rewrite\") or ())\n"
     "        new, failed = _preload(plan[\"modules\"], plan.get(\"rewrite\") or ())\n"
     "        tainted = level == 1 and _warm_up(plan.get(\"warmup\", True))\n"
+    "        if level == 1:\n"
+    "            _cov_warm_parse()\n"
     "        _freeze_level()\n"
     "        _send(fd, {\"op\": \"level\", \"level\": level, \"files\": _module_files(new), \"failed\": failed,\n"
     "                   \"tainted\": tainted, \"threads\": _threads(),\n"
@@ -5041,6 +5099,7 @@ static const char zyg_glue[] =
     "        _send(fd, {\"op\": \"exited\", \"rc\": 4, \"files\": [], \"dirs\": []})\n"
     "        return 4\n"
     "    sys.argv = [os.path.join(os.path.dirname(pytest.__file__), \"__main__.py\")] + list(args)\n"
+    "    _cov_patch()\n"
     "    plugin = _Zygote(fd)\n"
     "    _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)\n"
     "    _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)\n"
@@ -5239,7 +5298,7 @@ static const char zyg_glue[] =
     "                   if p and os.path.isdir(p) and p.rstrip(os.sep).endswith((\"site-packages\", \"dist-packages\"))})\n"
     "\n"
     "\n"
-    "def _plan(config):\n"
+    "def _plan(config, cov=()):\n"
     "    \"\"\"The modules this collection imported, in first-import order, split\n"
     "    into what the site and project levels may preload next time.  Test\n"
     "    modules and conftests stay with the collection: pytest imports them.\"\"\"\n"
@@ -5270,7 +5329,7 @@ static const char zyg_glue[] =
     "            site.append(name)\n"
     "        elif base != \"conftest.py\" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):\n"
     "            project.append(name)\n"
-    "    return {\"site\": site, \"project\": project, \"rewrite\": rewrite}\n"
+    "    return {\"site\": site, \"project\": project, \"rewrite\": rewrite + list(cov)}\n"
     "\n"
     "\n"
     "_NORECURSE = (\"*.egg\", \".*\", \"_darcs\", \"build\", \"CVS\", \"dist\", \"node_modules\", \"venv\", \"{arch}\",\n"
@@ -5297,6 +5356,303 @@ static const char zyg_glue[] =
     "\n"
     "def _project_dirs():\n"
     "    return [d for d, _ in _walk_project()]\n"
+    "\n"
+    "\n"
+    "# -------------------------------------------------------------- coverage\n"
+    "# pytest-cov runs in the zygote as in a plain run (its no_cover marker, its\n"
+    "# cov fixture, --cov-context=test), with one Coverage for the whole chain:\n"
+    "# started in the lowest level, before the measured code is imported, and\n"
+    "# never saved there (a save opens SQLite, which a fork must not inherit).\n"
+    "# Every worker inherits what the levels measured and writes its own file;\n"
+    "# the CLI's leader or the plugin's pytest-cov combines them.\n"
+    "\n"
+    "_COV = None           # the running coverage.Coverage of this chain\n"
+    "_COV_KEY = None       # the settings it was started with\n"
+    "_COV_STALE = False    # a level below measured with other settings (or none)\n"
+    "_COV_FILES = \".pytest-fast.\"   # the suffix of the workers' data files\n"
+    "\n"
+    "\n"
+    "def _cov_config_files(config_file):\n"
+    "    \"\"\"The files coverage.py reads its configuration from.\"\"\"\n"
+    "    if config_file in (True, \".coveragerc\") and os.environ.get(\"COVERAGE_RCFILE\"):\n"
+    "        config_file = os.environ[\"COVERAGE_RCFILE\"]\n"
+    "    names = [config_file if isinstance(config_file, str) else \".coveragerc\"]\n"
+    "    names += [\".coveragerc.toml\", \"setup.cfg\", \"tox.ini\", \"pyproject.toml\"]\n"
+    "    return [os.path.abspath(n) for n in names if os.path.isfile(n)]\n"
+    "\n"
+    "\n"
+    "def _cov_key(source, branch, config_file, context):\n"
+    "    \"\"\"What decides how a Coverage measures: its arguments, the state of its\n"
+    "    configuration files and the COVERAGE_* environment.\"\"\"\n"
+    "    stamps = []\n"
+    "    for path in _cov_config_files(config_file):\n"
+    "        st = os.stat(path)\n"
+    "        stamps.append([path, st.st_size, st.st_mtime_ns])\n"
+    "    env = sorted(kv for kv in os.environ.items() if kv[0].startswith(\"COVERAGE_\"))\n"
+    "    return [sorted(source) if source is not None else None, branch, config_file, context, stamps, env]\n"
+    "\n"
+    "\n"
+    "def _cov_new(source, branch, config_file, context=None):\n"
+    "    import coverage\n"
+    "    cov = coverage.Coverage(source=source, branch=branch, data_suffix=True, config_file=config_file)\n"
+    "    _cov_core(cov, context)\n"
+    "    return cov\n"
+    "\n"
+    "\n"
+    "def _cov_core(cov, context):\n"
+    "    \"\"\"sys.monitoring (3.12+) instead of the C tracer where the user chose\n"
+    "    no core and nothing asks for what sysmon cannot do: the same lines,\n"
+    "    for less time in every worker.  Branches need 3.14, contexts the\n"
+    "    tracer.\"\"\"\n"
+    "    cfg = cov.config\n"
+    "    if (sys.version_info < (3, 12) or cfg.core or os.environ.get(\"COVERAGE_CORE\") or cfg.timid\n"
+    "            or (cfg.branch and sys.version_info < (3, 14)) or context or cfg.dynamic_context\n"
+    "            or cfg.plugins or set(cfg.concurrency or ()) - {\"thread\"}):\n"
+    "        return\n"
+    "    cfg.core = \"sysmon\"\n"
+    "\n"
+    "\n"
+    "def _cov_boot(rewrite):\n"
+    "    \"\"\"The site level: start measuring before anything is preloaded, with\n"
+    "    the settings the last collection used (kept with the preload plan).\"\"\"\n"
+    "    global _COV, _COV_KEY\n"
+    "    import json\n"
+    "    for entry in rewrite:\n"
+    "        if entry.startswith(\":cov \"):\n"
+    "            try:\n"
+    "                source, branch, config_file, context = json.loads(entry[5:])\n"
+    "                cov = _cov_new(source, branch, config_file, context)\n"
+    "                cov.start()\n"
+    "            except Exception:\n"
+    "                return   # the collected level sees no coverage and asks for new levels\n"
+    "            _COV, _COV_KEY = cov, _cov_key(source, branch, config_file, context)\n"
+    "            return\n"
+    "\n"
+    "\n"
+    "def _cov_adopt(ctl):\n"
+    "    \"\"\"Replaces pytest-cov's Central.start in the zygote: measure with the\n"
+    "    chain's Coverage (start one if the levels below did not), and never\n"
+    "    erase here (a zygote boots at any time; the run erases).\"\"\"\n"
+    "    global _COV, _COV_KEY, _COV_STALE\n"
+    "    import warnings\n"
+    "    key = _cov_key(ctl.cov_source, ctl.cov_branch, ctl.cov_config,\n"
+    "                   getattr(ctl.config.option, \"cov_context\", None))\n"
+    "    if _COV is not None and _COV_KEY != key:\n"
+    "        _COV.stop()\n"
+    "        _COV = None\n"
+    "    if _COV is None:\n"
+    "        # What the levels below imported was not measured as asked.\n"
+    "        _COV_STALE = bool(_PRELOADED)\n"
+    "        context = getattr(ctl.config.option, \"cov_context\", None)\n"
+    "        _COV, _COV_KEY = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config, context), key\n"
+    "        _COV.start()\n"
+    "    ctl.cov = _COV\n"
+    "    if _COV.config.dynamic_context == \"test_function\":\n"
+    "        from pytest_cov import CentralCovContextWarning\n"
+    "        warnings.warn(CentralCovContextWarning(\n"
+    "            \"Detected dynamic_context=test_function in coverage configuration. This is unnecessary \"\n"
+    "            \"as this plugin provides the more complete --cov-context option.\"), stacklevel=1)\n"
+    "    ctl.started = True\n"
+    "\n"
+    "\n"
+    "def _cov_patch():\n"
+    "    try:\n"
+    "        from pytest_cov import engine\n"
+    "    except ImportError:\n"
+    "        return\n"
+    "    engine.Central.start = engine._ensure_topdir(_cov_adopt)\n"
+    "\n"
+    "\n"
+    "# Parsed sources for the reports, made in the zygote: each run's report\n"
+    "# otherwise parses every measured file again (plain pytest --cov does, on\n"
+    "# every run).  Keyed by the file's state, so an edit is never served stale.\n"
+    "_COV_PARSED: dict = {}\n"
+    "\n"
+    "\n"
+    "def _cov_parser(reporter):\n"
+    "    \"\"\"PythonFileReporter.parser, served from _COV_PARSED when the file is\n"
+    "    unchanged (a parser computes its statements, exclusions and arcs once).\"\"\"\n"
+    "    from coverage.parser import PythonParser\n"
+    "    if reporter._parser is None:\n"
+    "        exclude = reporter.coverage._exclude_regex(\"exclude\")\n"
+    "        try:\n"
+    "            st = os.stat(reporter.filename)\n"
+    "            key = (reporter.filename, exclude, st.st_size, st.st_mtime_ns)\n"
+    "        except OSError:\n"
+    "            key = None\n"
+    "        parser = _COV_PARSED.get(key) if key else None\n"
+    "        if parser is None:\n"
+    "            parser = PythonParser(filename=reporter.filename, exclude=exclude)\n"
+    "            parser.parse_source()\n"
+    "            if key:\n"
+    "                _COV_PARSED[key] = parser\n"
+    "        reporter._parser = parser\n"
+    "    return reporter._parser\n"
+    "\n"
+    "\n"
+    "def _cov_warm_parse():\n"
+    "    \"\"\"Parse (and, for branch coverage, analyse the arcs of) the Python\n"
+    "    files measured so far, as the report will; a file that fails to parse\n"
+    "    is left to the report, which says so as in a plain run.\"\"\"\n"
+    "    if _COV is None or _COV._collector is None:\n"
+    "        return\n"
+    "    from coverage.python import PythonFileReporter\n"
+    "    PythonFileReporter.parser = property(_cov_parser)\n"
+    "    for filename in list(_COV._collector.data):\n"
+    "        if not str(filename).endswith(\".py\"):\n"
+    "            continue\n"
+    "        try:\n"
+    "            reporter = PythonFileReporter(filename, _COV)\n"
+    "            reporter.lines()\n"
+    "            if _COV.config.branch:\n"
+    "                reporter.arcs()\n"
+    "                reporter.exit_counts()\n"
+    "        except Exception:\n"
+    "            continue\n"
+    "\n"
+    "\n"
+    "def _cov_plugin(config):\n"
+    "    \"\"\"pytest-cov's plugin when it measures this collection, else None.\"\"\"\n"
+    "    plugin = config.pluginmanager.get_plugin(\"_cov\")\n"
+    "    if plugin is None or getattr(plugin, \"_disabled\", True) or plugin.cov_controller is None:\n"
+    "        return None\n"
+    "    return plugin\n"
+    "\n"
+    "\n"
+    "def _cov_collected(config):\n"
+    "    \"\"\"At the end of collection: drop a tracer nobody asked for; say what\n"
+    "    the next boot's site level must start.\"\"\"\n"
+    "    global _COV\n"
+    "    plugin = _cov_plugin(config)\n"
+    "    if plugin is None:\n"
+    "        if _COV is not None:\n"
+    "            _COV.stop()\n"
+    "            _COV = None\n"
+    "        return []\n"
+    "    ctl = plugin.cov_controller\n"
+    "    _cov_warm_parse()\n"
+    "    import json\n"
+    "    context = getattr(config.option, \"cov_context\", None)\n"
+    "    return [\":cov \" + json.dumps([ctl.cov_source, ctl.cov_branch, ctl.cov_config, context])]\n"
+    "\n"
+    "\n"
+    "def _cov_watched():\n"
+    "    return _cov_config_files(_COV_KEY[2]) if _COV is not None else []\n"
+    "\n"
+    "\n"
+    "def _cov_worker_files():\n"
+    "    return os.path.abspath(_COV.config.data_file) + _COV_FILES\n"
+    "\n"
+    "\n"
+    "def _cov_drop_worker_files():\n"
+    "    import glob\n"
+    "    for path in glob.glob(glob.escape(_cov_worker_files()) + \"*\"):\n"
+    "        try:\n"
+    "            os.unlink(path)\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "\n"
+    "\n"
+    "def _cov_run_start(config, stream):\n"
+    "    \"\"\"In the leader, before any worker exists: no worker file of an\n"
+    "    earlier run may reach this run's combine; the CLI also erases what\n"
+    "    pytest-cov's Central.start erases (the plugin's pytest-cov did).\"\"\"\n"
+    "    plugin = _cov_plugin(config)\n"
+    "    if plugin is None or _COV is None:\n"
+    "        return False\n"
+    "    _cov_drop_worker_files()\n"
+    "    if not stream and not config.option.cov_append:\n"
+    "        ctl = plugin.cov_controller\n"
+    "        _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config).erase()\n"
+    "    return True\n"
+    "\n"
+    "\n"
+    "def _cov_worker_start(wid):\n"
+    "    \"\"\"This worker's data file, named so that a later run can tell it from\n"
+    "    the user's own parallel files.\"\"\"\n"
+    "    if _COV is None:\n"
+    "        return None\n"
+    "    _COV._warn_unimported_source = False   # as pytest-cov's DistWorker: the combine warns\n"
+    "    _COV._warn_no_data = False\n"
+    "    _COV._data._suffix = \"pytest-fast.gw%d.%d\" % (wid, os.getpid())\n"
+    "    return _COV\n"
+    "\n"
+    "\n"
+    "def _cov_flush(cov):\n"
+    "    \"\"\"After each test: what it executed is on disk, so a crash or a\n"
+    "    timeout loses that test's data only.\"\"\"\n"
+    "    collector = cov._collector\n"
+    "    if collector is not None:\n"
+    "        collector.flush_data()\n"
+    "\n"
+    "\n"
+    "def _cov_worker_end(config, cov):\n"
+    "    \"\"\"The worker is done: save, and keep pytest-cov from combining and\n"
+    "    reporting here (the leader or the controller does that once).\"\"\"\n"
+    "    cov.stop()\n"
+    "    cov.save()\n"
+    "    plugin = _cov_plugin(config)\n"
+    "    if plugin is not None:\n"
+    "        plugin.cov_controller = None\n"
+    "        plugin.options.cov_report = {}\n"
+    "        plugin.options.cov_fail_under = None\n"
+    "\n"
+    "\n"
+    "def _cov_finish(config, failed):\n"
+    "    \"\"\"The CLI's end of a coverage run, in the leader: combine the workers'\n"
+    "    files into the data file, as pytest-cov's Central.finish does, and\n"
+    "    report as its plugin does (its own report code).  Returns the text for\n"
+    "    the terminal and whether --cov-fail-under failed the run.\"\"\"\n"
+    "    from coverage.exceptions import CoverageException\n"
+    "    from coverage.results import display_covered, should_fail_under\n"
+    "    from pytest_cov.engine import Central\n"
+    "    plugin = _cov_plugin(config)\n"
+    "    opts, opt = plugin.options, config.option\n"
+    "    report = opt.cov_report\n"
+    "    opts.cov_report = [\"term\"] if not report else {} if len(report) == 1 and \"\" in report else report\n"
+    "    for name in (\"cov_fail_under\", \"cov_precision\", \"no_cov_on_fail\"):\n"
+    "        setattr(opts, name, getattr(opt, name))\n"
+    "    ctl = Central(opts, None, None)\n"
+    "    cov = ctl.cov = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config)\n"
+    "    if opts.cov_fail_under is None and hasattr(cov.config, \"fail_under\"):\n"
+    "        opts.cov_fail_under = cov.config.fail_under\n"
+    "    if opts.cov_precision is None:\n"
+    "        opts.cov_precision = getattr(cov.config, \"precision\", 0)\n"
+    "    ctl.cov_precision = opts.cov_precision\n"
+    "    cov.load()\n"
+    "    cov.combine()\n"
+    "    cov.save()\n"
+    "    ctl.node_descs.add(ctl.get_node_desc(sys.platform, sys.version_info))\n"
+    "    if not (opts.cov_report or opts.cov_fail_under) or (failed and opts.no_cov_on_fail):\n"
+    "        return \"\", False\n"
+    "    out = io.StringIO()\n"
+    "    body = io.StringIO()\n"
+    "    try:\n"
+    "        total = ctl.summary(body)\n"
+    "    except CoverageException as exc:\n"
+    "        out.write(\"\\nWARNING: Failed to generate report: %s\\n\\n\" % exc)\n"
+    "        total = 0\n"
+    "    under = opts.cov_fail_under\n"
+    "    fail = under is not None and not opt.collectonly and should_fail_under(total, under, opts.cov_precision)\n"
+    "    if fail:\n"
+    "        out.write(\"\\nERROR: Coverage failure: total of %s is less than fail-under=%.*f\\n\"\n"
+    "                  % (display_covered(total, opts.cov_precision), opts.cov_precision, under))\n"
+    "    text = body.getvalue()\n"
+    "    if text or (under or 0) > 0:\n"
+    "        out.write(_sep(\"=\", \"tests coverage\"))\n"
+    "    out.write(text)\n"
+    "    if (under or 0) > 0 and not opt.collectonly:\n"
+    "        out.write(\"%sRequired test coverage of %s%% %s. Total coverage: %.2f%%\\n\"\n"
+    "                  % (\"FAIL \" if total < under else \"\", under,\n"
+    "                     \"not reached\" if total < under else \"reached\", total))\n"
+    "    return out.getvalue(), fail\n"
+    "\n"
+    "\n"
+    "def _sep(char, title):\n"
+    "    import shutil\n"
+    "    width = max(shutil.get_terminal_size(fallback=(80, 24))[0], 40)\n"
+    "    fill = char * max((width - len(title) - 2) // 2, 1)\n"
+    "    return \"%s %s %s\\n\" % (fill, title, fill)\n"
 ;
 
 /* affected.py, the same way: what --affected selects and how workers
@@ -6251,6 +6607,7 @@ typedef struct dmn_run {
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
     bool finishing;             /* the leader is updating .pytest_cache */
+    double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
     size_t counts[8];
@@ -6267,6 +6624,10 @@ typedef struct dmn_run {
     double last_progress;
     size_t progress_sent;
     char runid[33];
+    bool coverage;              /* the workers measure coverage (pytest-cov) */
+    bool cov_wait;              /* the CLI's run waits for the leader's combine */
+    bool cov_fail;              /* --cov-fail-under failed the run */
+    char *cov_text;             /* the coverage report for the CLI's summary */
 } dmn_run;
 
 struct dmn_conn {
@@ -6324,6 +6685,7 @@ static struct {
     dmn_zygote *bchain[3];      /* the tree being built, by level */
     unsigned level_boots[3];
     bool layers_broken;
+    bool cov_relayered;         /* the last chain was rebuilt for coverage settings */
     bool warmup_tainted;        /* a project level's warm-up raised or warned: no more */
     util_strv plan[3];          /* preload lists: site, project; then how pytest rewrites */
     char plan_key[65];
@@ -7199,6 +7561,24 @@ static void dmn_zygote_frame(dmn_zygote *z)
     }
     if (op && !strcmp(op, "ready") && z->state == Z_BOOTING && z->level == L_COLLECTED) {
         dmn_zygote_ready(z, a, msg);
+        const pf_value *relayer = pf_dict_get(msg, "relayer");
+        if (relayer && relayer->kind == PF_BOOL && relayer->u.b && dmn.bchain[L_COLLECTED] == z) {
+            /* Its levels measured coverage otherwise than this collection
+             * asks (or not at all): their import-time lines would be wrong.
+             * Build the chain again with the plan this collection wrote;
+             * a second time, without layers. */
+            util_log("the levels below measured coverage otherwise than the collection asks: "
+                     "building them again%s", dmn.cov_relayered ? " without layers" : "");
+            dmn_plan_save(z);
+            if (dmn.cov_relayered)
+                dmn.layers_broken = true;
+            dmn.cov_relayered = true;
+            dmn.boot_from_layers = !dmn.layers_broken;
+            dmn.bchain[0] = dmn.bchain[1] = dmn.bchain[2] = NULL;
+            dmn_node_kill(z);
+        } else {
+            dmn.cov_relayered = false;   /* only twice in a row turns layers off */
+        }
         dmn_boot_advance();
         return;
     }
@@ -7335,6 +7715,7 @@ static void dmn_run_free(dmn_run *r)
     free(r->cut);
     free(r->failures);
     free(r->exit_msg);
+    free(r->cov_text);
     for (size_t i = 0; i < r->nframes; i++)
         pf_arena_free(r->frames[i]);
     free(r->frames);
@@ -7472,6 +7853,9 @@ static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *
         pf_buf_printf(&text, "\n\n");
         pf_buf_put(&text, w->faulttext.data, w->faulttext.len);
     }
+    if (r->coverage)
+        pf_buf_printf(&text, "\n\ncoverage: the lines this test executed are not in the data "
+                             "(the worker's other tests are)");
     pf_buf_put(&text, "", 1);
     const char *stored = pf_new_cstr(a, (const char *)text.data)->u.s.ptr;
     dmn_count_report(r, pos, "call", "failed", "failed", 0, stored, NULL);
@@ -8032,14 +8416,29 @@ static int dmn_exit_code(dmn_run *r)
     return 0;
 }
 
+/* What pytest-cov does at the end of a run with this outcome: "ok" or
+ * "failed" (--no-cov-on-fail) to combine and report, NULL when the test
+ * loop did not end normally (-x, pytest.exit, an interrupting collection
+ * error: pytest-cov's wrapper sees the exception and reports nothing). */
+static const char *dmn_cov_mode(const dmn_run *r, int rc)
+{
+    if (r->cancelled || r->exit_rc >= 0 || (r->stopping && r->exit_msg))
+        return NULL;
+    if (dmn_scoped_errors(r) && !(r->client && r->client->split.continue_on_errors))
+        return NULL;
+    return rc == 1 ? "failed" : "ok";
+}
+
 /* Tell the leader how the run went so it can update .pytest_cache: the
  * durations and the --affected record always; lastfailed for the CLI only
- * (under `pytest --fast` the controller's own plugins do that).  The leader
- * exits when it is done. */
-static void dmn_finish_leader(dmn_run *r)
+ * (under `pytest --fast` the controller's own plugins do that); in a CLI
+ * coverage run, combine and report too: the run then waits for its
+ * "coverage" frame.  Returns whether it waits.  The leader exits when it
+ * is done. */
+static bool dmn_finish_leader(dmn_run *r, int rc)
 {
     if (r->leader_fd < 0)
-        return;
+        return false;
     pf_arena *a = pf_arena_new(0);
     pf_value *msg = util_msg(a, "finish");
     /* Every run records what its tests took (for --shard), under the
@@ -8059,9 +8458,34 @@ static void dmn_finish_leader(dmn_run *r)
                 pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
         util_set(a, msg, "collect_errors", errs);
     }
-    if (pf_send_value(r->leader_fd, msg) < 0)
+    bool wait = false;
+    if (r->coverage && r->client && !r->client->stream) {
+        const char *mode = dmn_cov_mode(r, rc);
+        util_set(a, msg, "coverage", mode ? pf_new_cstr(a, mode) : pf_new_bool(a, false));
+        wait = true;
+    }
+    if (pf_send_value(r->leader_fd, msg) < 0) {
         util_close(&r->leader_fd);
+        wait = false;
+    }
     pf_arena_free(a);
+    return wait;
+}
+
+/* The CLI's summary with the coverage report before its closing line, where
+ * pytest-cov's terminal summary is in pytest's output. */
+static char *dmn_with_coverage(char *summary, const char *cov)
+{
+    if (!cov || !*cov)
+        return summary;
+    size_t len = strlen(summary);
+    size_t cut = len && summary[len - 1] == '\n' ? len - 1 : len;
+    while (cut > 0 && summary[cut - 1] != '\n')
+        cut--;
+    char *out = util_fmt("%.*s%s%s%s", (int)cut, summary, cov,
+                         cov[strlen(cov) - 1] == '\n' ? "" : "\n", summary + cut);
+    free(summary);
+    return out;
 }
 
 /* The run is over: the leader updates the cache, then the client gets its
@@ -8072,10 +8496,12 @@ static void dmn_run_end(dmn_run *r)
 {
     if (!r->finishing) {
         r->finishing = true;
-        r->end = util_now();
-        dmn_finish_leader(r);
+        r->end = r->finish_since = util_now();
+        r->cov_wait = dmn_finish_leader(r, dmn_exit_code(r));
     }
-    if (r->leader_fd >= 0 && util_now() - r->end < DMN_FINISH_WAIT)
+    if (r->cov_wait)
+        return;   /* the leader's "coverage" frame (or its death) comes back here */
+    if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT)
         return;
     if (r->leader_fd >= 0 && r->leader_pid > 0) {
         util_log("the run leader did not update the cache within %.0fs; killing it", DMN_FINISH_WAIT);
@@ -8084,12 +8510,14 @@ static void dmn_run_end(dmn_run *r)
     util_close(&r->leader_fd);
     dmn_conn *c = r->client;
     int rc = dmn_exit_code(r);
+    if (r->cov_fail && (rc == 0 || rc == 5))
+        rc = 1;       /* pytest-cov counts it as a failed test */
     bool discard = c && c->discard;
     if (c) {
         char err[PF_ERRLEN] = "";
         if (c->dump && dmn_write_dump(r, c->dump, err, sizeof err) < 0)
             rc = rc ? rc : 1;
-        char *summary = dmn_render(r, rc);
+        char *summary = dmn_with_coverage(dmn_render(r, rc), r->cov_text);
         if (c->stream) {
             pf_arena *a = pf_arena_new(0);
             pf_value *d = util_msg(a, "done");
@@ -8161,6 +8589,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         }
     }
     r->selected = true;
+    const pf_value *cov = pf_dict_get(msg, "coverage");
+    r->coverage = cov && cov->kind == PF_BOOL && cov->u.b;
     size_t nerr = dmn_scoped_errors(r);
     if (c && c->stream) {
         pf_arena *a = pf_arena_new(0);
@@ -8211,7 +8641,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         pf_buf_printf(&b, " in %.2fs\n", util_now() - r->start);
         pf_buf_put(&b, "", 1);
         int rc = nerr ? 2 : r->nsel ? 0 : 5;
-        dmn_finish_leader(r);
+        r->coverage = false;   /* no coverage report for the lean --collect-only listing */
+        dmn_finish_leader(r, rc);
         util_close(&r->leader_fd);
         dmn_send_done(c, rc, (const char *)b.data, NULL);
         pf_buf_free(&b);
@@ -8249,6 +8680,16 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
         return;
     if (!strcmp(op, "selected") && !r->selected) {
         dmn_run_selected(r, msg);
+        return;
+    }
+    if (!strcmp(op, "coverage") && r->cov_wait) {
+        const char *text = pf_dict_str(msg, "text");
+        const pf_value *fail = pf_dict_get(msg, "fail");
+        r->cov_fail = fail && fail->kind == PF_BOOL && fail->u.b;
+        r->cov_text = util_strdup(text ? text : "");
+        r->cov_wait = false;
+        r->finish_since = util_now();   /* then the cache update, bounded as usual */
+        dmn_run_end(r);
         return;
     }
     if (!strcmp(op, "usage")) {
@@ -8503,6 +8944,7 @@ static void dmn_run_next(void)
         util_set(a, msg, "workers", pf_new_int(a, c->workers));
         util_set(a, msg, "timeout", pf_new_float(a, c->timeout));
         util_set(a, msg, "full", pf_new_bool(a, c->full || c->stream));
+        util_set(a, msg, "stream", pf_new_bool(a, c->stream));
         util_set(a, msg, "collect_only", pf_new_bool(a, c->split.collect_only));
         util_set(a, msg, "runid", pf_new_cstr(a, r->runid));
         if (c->shard_n) {
@@ -8714,9 +9156,10 @@ static void dmn_request(dmn_conn *c)
         char *text;
         if (!strcmp(r, "-n") || !strcmp(r, "--numprocesses"))
             text = util_fmt("ERROR: %s is pytest-xdist's; pytest-fast runs its own workers: use --workers N", r);
-        else
-            text = util_fmt("ERROR: %s needs pytest's own reporting or the test process: use `pytest --fast %s` "
-                            "or plain pytest", r, r);
+        else if (!strncmp(r, "--junit", 7))
+            text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r, r);
+        else   /* `pytest --fast` refuses these too */
+            text = util_fmt("ERROR: %s needs the test process: run plain pytest for it", r);
         dmn_fail_request(c, 4, text);
         free(text);
         return;
@@ -8751,6 +9194,14 @@ static void dmn_leader_read(dmn_run *r)
             continue;
         }
         util_close(&r->leader_fd);
+        if (r->cov_wait) {
+            r->cov_wait = false;
+            r->cov_fail = true;
+            r->cov_text = util_strdup("pytest-fast: the run leader died while combining the "
+                                      "coverage data (see the daemon log): no coverage report\n");
+            dmn_run_end(r);
+            return;
+        }
         if (r->finishing) {
             dmn_run_end(r);   /* the leader updated the cache and exited */
             return;

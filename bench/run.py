@@ -13,6 +13,8 @@ round-robin, every contender on every scenario:
   single_test    one test by node id
   edit_test      edit a test file, then run the suite (edit -> result), watcher off/on
   edit_app       edit an app module (app/services/svc0.py, imported by every svc)
+  cov_full       whole make_app suite with --cov=app: pytest, pytest -n 2, ours warm
+                 (CLI and pytest --fast), and ours warm without coverage (its overhead)
   floor          a one-test project
   tp_trivial     5,000 trivial tests at 1..nproc workers
   tp_cpu         CPU-bound suite at 1..nproc workers
@@ -333,8 +335,9 @@ class Contender:
                  daemon=None, args=(), env=None):
         self.id, self.label, self.family, self.mode = cid, label, family, mode
         self.workers, self.cold, self.watch = workers, cold, watch
-        self.args, self.env = tuple(args), dict(env or {})   # ours CLI: extra options, variables
         self.daemon = daemon            # daemon identity shared e.g. by ours cold + warm
+        self.args = tuple(args)         # arguments of this contender alone (ours: --affected too)
+        self.env = dict(env or {})      # ours CLI: variables of this contender alone
         self.status, self.reason = "ok", None
 
     def key(self, proj, workers):
@@ -361,6 +364,7 @@ class Bench:
         E = self.E
         w = workers or c.workers or E.nproc
         key = c.key(proj, w)
+        pytest_args = (*pytest_args, *c.args)
         if c.family == "pytest":
             return [E.py, "-m", "pytest", "-q", *pytest_args], E.env_for(E.venv, None), None, None
         if c.family == "xdist":
@@ -389,7 +393,7 @@ class Bench:
             argv = [E.bin, "--address", addr, "--workers", str(w), "--ttl", TTL]
             if c.watch:
                 argv.append(self.ours_watch_flag)
-            argv += list(c.args) + list(pytest_args)
+            argv += list(pytest_args)
             return argv, E.env_for(E.venv, key, c.env), key, addr
         extra = {"PYTHONPATH": REPO, "PYTEST_FAST_BIN": E.bin, "PYTEST_FAST_ADDRESS": addr,
                  "PYTEST_FAST_WORKERS": str(w), "PYTEST_FAST_TTL": TTL}
@@ -890,7 +894,8 @@ def header(m):
 
 # ------------------------------------------------------------------------------ output
 
-ORDER = ["full_suite", "single_test", "edit_test", "edit_app", "floor", "tp_trivial", "tp_cpu"]
+ORDER = ["full_suite", "cov_full", "single_test", "edit_test", "edit_app", "floor", "tp_trivial",
+         "tp_cpu"]
 
 
 def ratio_refs(scen):
@@ -945,6 +950,10 @@ def write_markdown(data, path):
             L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 scen["title"], r["label"], fmt_s(r["median"]), fmt_s(r["min"]), fmt_s(r["max"]),
                 vp, vo, "; ".join(notes)))
+    for scen in timed:
+        if scen.get("ratios"):
+            L += ["", "%s, ratios of medians: %s." % (scen["title"], "; ".join(
+                "%s %.3f" % kv for kv in scen["ratios"].items()))]
     mem = next((s for s in data["scenarios"] if s.get("kind") == "memory"), None)
     if mem:
         L += ["", "Memory during one full-suite run (max total PSS over ~10 ms samples of "
@@ -1128,6 +1137,30 @@ def main():
                     [(c, None, None) for c in (pytest_, x2, xa, plx, up_cli, up_plug, o_cold, o_cli,
                                                o_norec, o_plug)],
                     R, W, note="daemon contenders use --workers %d (nproc)" % nproc)
+        if "cov_full" in wanted:
+            cov = ("--cov=app",)
+            entries = [C("pytest", "pytest --cov", "pytest", "plain", args=cov),
+                       C("xdist_2", "pytest --cov -n 2", "xdist", "plain", workers=2, args=cov),
+                       C("ours_cli", "ours CLI warm --cov", "ours", "cli", daemon="ours_cli_cov",
+                         args=cov),
+                       C("ours_plugin", "ours pytest --fast --cov warm", "ours", "plugin",
+                         daemon="ours_plugin_cov", args=cov),
+                       C("ours_cli_nocov", "ours CLI warm, no coverage", "ours", "cli",
+                         daemon="ours_cli")]
+            scen = B.timed("cov_full", "Full suite with coverage (make_app)", projs["app"],
+                           [(c, None, None) for c in entries], R, W,
+                           note="--cov=app (term report); daemon contenders use --workers %d" % nproc)
+            med = {r["id"]: r["median"] for r in scen["rows"] if r["status"] == "ok" and r.get("median")}
+            ratios = {}
+            for name, a, b in (("ours_cli_cov / pytest_cov", "ours_cli", "pytest"),
+                               ("ours_cli_cov / pytest_cov_n2", "ours_cli", "xdist_2"),
+                               ("ours_plugin_cov / pytest_cov", "ours_plugin", "pytest"),
+                               ("coverage overhead, ours CLI warm (with / without)", "ours_cli",
+                                "ours_cli_nocov")):
+                if a in med and b in med:
+                    ratios[name] = round(med[a] / med[b], 3)
+                    log("  %-52s %.3f" % (name, ratios[name]))
+            scen["ratios"] = ratios
         if "single_test" in wanted:
             up1 = Contender("up_cli", up_cli.label, "upstream", "cli")
             up1.status = "unsupported" if up_cli.status == "ok" else up_cli.status

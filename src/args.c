@@ -11,7 +11,8 @@
 enum {
     ARG_VALUE = 1,     /* takes a value */
     ARG_RUN = 2,       /* per run (otherwise collection-affecting) */
-    ARG_REFUSE = 4     /* not available in the lean CLI */
+    ARG_REFUSE = 4,    /* not available in the lean CLI */
+    ARG_OPTVALUE = 8   /* takes the next word as its value unless it is an option */
 };
 
 typedef struct arg_spec {
@@ -100,7 +101,21 @@ static const arg_spec arg_table[] = {
     {"--log-disable", ARG_VALUE},
     {"--junit-prefix", ARG_VALUE},
     {"--doctest-report", ARG_VALUE},
-    {"--cov", ARG_VALUE | ARG_REFUSE},
+    /* pytest-cov.  What and how to measure is the collection's: the zygote
+     * chain measures from its lowest level on, so a plain run is never
+     * traced.  What to report is per run: the leader (CLI) or the
+     * controller's pytest-cov (plugin) combines and reports. */
+    {"--cov", ARG_OPTVALUE},
+    {"--cov-reset", 0},
+    {"--cov-branch", 0},
+    {"--cov-config", ARG_VALUE},
+    {"--cov-context", ARG_VALUE},
+    {"--no-cov", 0},
+    {"--cov-report", ARG_VALUE | ARG_RUN},
+    {"--cov-fail-under", ARG_VALUE | ARG_RUN},
+    {"--cov-precision", ARG_VALUE | ARG_RUN},
+    {"--cov-append", ARG_RUN},
+    {"--no-cov-on-fail", ARG_RUN},
 };
 
 /* "K/N", 1-based: shard K of N.  Returns 0, or -1 for anything else. */
@@ -225,7 +240,10 @@ static int arg_classify(int argc, char **argv, arg_split *s, const pf_value *opt
             util_strv_push(dest, a);
             if (eq)
                 value = eq + 1;
-            else if (flags & ARG_VALUE) {
+            else if ((flags & ARG_OPTVALUE) && i + 1 < argc && argv[i + 1][0] != '-') {
+                value = argv[++i];   /* argparse's nargs="?": `--cov src` */
+                util_strv_push(dest, value);
+            } else if (flags & ARG_VALUE) {
                 if (i + 1 >= argc) {
                     snprintf(msg, msglen, "argument %s: expected one argument", a);
                     return -1;

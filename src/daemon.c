@@ -127,6 +127,7 @@ typedef struct dmn_run {
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
     bool finishing;             /* the leader is updating .pytest_cache */
+    double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
     size_t counts[8];
@@ -143,6 +144,10 @@ typedef struct dmn_run {
     double last_progress;
     size_t progress_sent;
     char runid[33];
+    bool coverage;              /* the workers measure coverage (pytest-cov) */
+    bool cov_wait;              /* the CLI's run waits for the leader's combine */
+    bool cov_fail;              /* --cov-fail-under failed the run */
+    char *cov_text;             /* the coverage report for the CLI's summary */
 } dmn_run;
 
 struct dmn_conn {
@@ -200,6 +205,7 @@ static struct {
     dmn_zygote *bchain[3];      /* the tree being built, by level */
     unsigned level_boots[3];
     bool layers_broken;
+    bool cov_relayered;         /* the last chain was rebuilt for coverage settings */
     bool warmup_tainted;        /* a project level's warm-up raised or warned: no more */
     util_strv plan[3];          /* preload lists: site, project; then how pytest rewrites */
     char plan_key[65];
@@ -1075,6 +1081,24 @@ static void dmn_zygote_frame(dmn_zygote *z)
     }
     if (op && !strcmp(op, "ready") && z->state == Z_BOOTING && z->level == L_COLLECTED) {
         dmn_zygote_ready(z, a, msg);
+        const pf_value *relayer = pf_dict_get(msg, "relayer");
+        if (relayer && relayer->kind == PF_BOOL && relayer->u.b && dmn.bchain[L_COLLECTED] == z) {
+            /* Its levels measured coverage otherwise than this collection
+             * asks (or not at all): their import-time lines would be wrong.
+             * Build the chain again with the plan this collection wrote;
+             * a second time, without layers. */
+            util_log("the levels below measured coverage otherwise than the collection asks: "
+                     "building them again%s", dmn.cov_relayered ? " without layers" : "");
+            dmn_plan_save(z);
+            if (dmn.cov_relayered)
+                dmn.layers_broken = true;
+            dmn.cov_relayered = true;
+            dmn.boot_from_layers = !dmn.layers_broken;
+            dmn.bchain[0] = dmn.bchain[1] = dmn.bchain[2] = NULL;
+            dmn_node_kill(z);
+        } else {
+            dmn.cov_relayered = false;   /* only twice in a row turns layers off */
+        }
         dmn_boot_advance();
         return;
     }
@@ -1211,6 +1235,7 @@ static void dmn_run_free(dmn_run *r)
     free(r->cut);
     free(r->failures);
     free(r->exit_msg);
+    free(r->cov_text);
     for (size_t i = 0; i < r->nframes; i++)
         pf_arena_free(r->frames[i]);
     free(r->frames);
@@ -1348,6 +1373,9 @@ static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *
         pf_buf_printf(&text, "\n\n");
         pf_buf_put(&text, w->faulttext.data, w->faulttext.len);
     }
+    if (r->coverage)
+        pf_buf_printf(&text, "\n\ncoverage: the lines this test executed are not in the data "
+                             "(the worker's other tests are)");
     pf_buf_put(&text, "", 1);
     const char *stored = pf_new_cstr(a, (const char *)text.data)->u.s.ptr;
     dmn_count_report(r, pos, "call", "failed", "failed", 0, stored, NULL);
@@ -1908,14 +1936,29 @@ static int dmn_exit_code(dmn_run *r)
     return 0;
 }
 
+/* What pytest-cov does at the end of a run with this outcome: "ok" or
+ * "failed" (--no-cov-on-fail) to combine and report, NULL when the test
+ * loop did not end normally (-x, pytest.exit, an interrupting collection
+ * error: pytest-cov's wrapper sees the exception and reports nothing). */
+static const char *dmn_cov_mode(const dmn_run *r, int rc)
+{
+    if (r->cancelled || r->exit_rc >= 0 || (r->stopping && r->exit_msg))
+        return NULL;
+    if (dmn_scoped_errors(r) && !(r->client && r->client->split.continue_on_errors))
+        return NULL;
+    return rc == 1 ? "failed" : "ok";
+}
+
 /* Tell the leader how the run went so it can update .pytest_cache: the
  * durations and the --affected record always; lastfailed for the CLI only
- * (under `pytest --fast` the controller's own plugins do that).  The leader
- * exits when it is done. */
-static void dmn_finish_leader(dmn_run *r)
+ * (under `pytest --fast` the controller's own plugins do that); in a CLI
+ * coverage run, combine and report too: the run then waits for its
+ * "coverage" frame.  Returns whether it waits.  The leader exits when it
+ * is done. */
+static bool dmn_finish_leader(dmn_run *r, int rc)
 {
     if (r->leader_fd < 0)
-        return;
+        return false;
     pf_arena *a = pf_arena_new(0);
     pf_value *msg = util_msg(a, "finish");
     /* Every run records what its tests took (for --shard), under the
@@ -1935,9 +1978,34 @@ static void dmn_finish_leader(dmn_run *r)
                 pf_append(a, errs, pf_new_cstr(a, dmn_str_at(r->z->errors->u.seq.items[i], 0)));
         util_set(a, msg, "collect_errors", errs);
     }
-    if (pf_send_value(r->leader_fd, msg) < 0)
+    bool wait = false;
+    if (r->coverage && r->client && !r->client->stream) {
+        const char *mode = dmn_cov_mode(r, rc);
+        util_set(a, msg, "coverage", mode ? pf_new_cstr(a, mode) : pf_new_bool(a, false));
+        wait = true;
+    }
+    if (pf_send_value(r->leader_fd, msg) < 0) {
         util_close(&r->leader_fd);
+        wait = false;
+    }
     pf_arena_free(a);
+    return wait;
+}
+
+/* The CLI's summary with the coverage report before its closing line, where
+ * pytest-cov's terminal summary is in pytest's output. */
+static char *dmn_with_coverage(char *summary, const char *cov)
+{
+    if (!cov || !*cov)
+        return summary;
+    size_t len = strlen(summary);
+    size_t cut = len && summary[len - 1] == '\n' ? len - 1 : len;
+    while (cut > 0 && summary[cut - 1] != '\n')
+        cut--;
+    char *out = util_fmt("%.*s%s%s%s", (int)cut, summary, cov,
+                         cov[strlen(cov) - 1] == '\n' ? "" : "\n", summary + cut);
+    free(summary);
+    return out;
 }
 
 /* The run is over: the leader updates the cache, then the client gets its
@@ -1948,10 +2016,12 @@ static void dmn_run_end(dmn_run *r)
 {
     if (!r->finishing) {
         r->finishing = true;
-        r->end = util_now();
-        dmn_finish_leader(r);
+        r->end = r->finish_since = util_now();
+        r->cov_wait = dmn_finish_leader(r, dmn_exit_code(r));
     }
-    if (r->leader_fd >= 0 && util_now() - r->end < DMN_FINISH_WAIT)
+    if (r->cov_wait)
+        return;   /* the leader's "coverage" frame (or its death) comes back here */
+    if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT)
         return;
     if (r->leader_fd >= 0 && r->leader_pid > 0) {
         util_log("the run leader did not update the cache within %.0fs; killing it", DMN_FINISH_WAIT);
@@ -1960,12 +2030,14 @@ static void dmn_run_end(dmn_run *r)
     util_close(&r->leader_fd);
     dmn_conn *c = r->client;
     int rc = dmn_exit_code(r);
+    if (r->cov_fail && (rc == 0 || rc == 5))
+        rc = 1;       /* pytest-cov counts it as a failed test */
     bool discard = c && c->discard;
     if (c) {
         char err[PF_ERRLEN] = "";
         if (c->dump && dmn_write_dump(r, c->dump, err, sizeof err) < 0)
             rc = rc ? rc : 1;
-        char *summary = dmn_render(r, rc);
+        char *summary = dmn_with_coverage(dmn_render(r, rc), r->cov_text);
         if (c->stream) {
             pf_arena *a = pf_arena_new(0);
             pf_value *d = util_msg(a, "done");
@@ -2037,6 +2109,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         }
     }
     r->selected = true;
+    const pf_value *cov = pf_dict_get(msg, "coverage");
+    r->coverage = cov && cov->kind == PF_BOOL && cov->u.b;
     size_t nerr = dmn_scoped_errors(r);
     if (c && c->stream) {
         pf_arena *a = pf_arena_new(0);
@@ -2087,7 +2161,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         pf_buf_printf(&b, " in %.2fs\n", util_now() - r->start);
         pf_buf_put(&b, "", 1);
         int rc = nerr ? 2 : r->nsel ? 0 : 5;
-        dmn_finish_leader(r);
+        r->coverage = false;   /* no coverage report for the lean --collect-only listing */
+        dmn_finish_leader(r, rc);
         util_close(&r->leader_fd);
         dmn_send_done(c, rc, (const char *)b.data, NULL);
         pf_buf_free(&b);
@@ -2125,6 +2200,16 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
         return;
     if (!strcmp(op, "selected") && !r->selected) {
         dmn_run_selected(r, msg);
+        return;
+    }
+    if (!strcmp(op, "coverage") && r->cov_wait) {
+        const char *text = pf_dict_str(msg, "text");
+        const pf_value *fail = pf_dict_get(msg, "fail");
+        r->cov_fail = fail && fail->kind == PF_BOOL && fail->u.b;
+        r->cov_text = util_strdup(text ? text : "");
+        r->cov_wait = false;
+        r->finish_since = util_now();   /* then the cache update, bounded as usual */
+        dmn_run_end(r);
         return;
     }
     if (!strcmp(op, "usage")) {
@@ -2379,6 +2464,7 @@ static void dmn_run_next(void)
         util_set(a, msg, "workers", pf_new_int(a, c->workers));
         util_set(a, msg, "timeout", pf_new_float(a, c->timeout));
         util_set(a, msg, "full", pf_new_bool(a, c->full || c->stream));
+        util_set(a, msg, "stream", pf_new_bool(a, c->stream));
         util_set(a, msg, "collect_only", pf_new_bool(a, c->split.collect_only));
         util_set(a, msg, "runid", pf_new_cstr(a, r->runid));
         if (c->shard_n) {
@@ -2590,9 +2676,10 @@ static void dmn_request(dmn_conn *c)
         char *text;
         if (!strcmp(r, "-n") || !strcmp(r, "--numprocesses"))
             text = util_fmt("ERROR: %s is pytest-xdist's; pytest-fast runs its own workers: use --workers N", r);
-        else
-            text = util_fmt("ERROR: %s needs pytest's own reporting or the test process: use `pytest --fast %s` "
-                            "or plain pytest", r, r);
+        else if (!strncmp(r, "--junit", 7))
+            text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r, r);
+        else   /* `pytest --fast` refuses these too */
+            text = util_fmt("ERROR: %s needs the test process: run plain pytest for it", r);
         dmn_fail_request(c, 4, text);
         free(text);
         return;
@@ -2627,6 +2714,14 @@ static void dmn_leader_read(dmn_run *r)
             continue;
         }
         util_close(&r->leader_fd);
+        if (r->cov_wait) {
+            r->cov_wait = false;
+            r->cov_fail = true;
+            r->cov_text = util_strdup("pytest-fast: the run leader died while combining the "
+                                      "coverage data (see the daemon log): no coverage report\n");
+            dmn_run_end(r);
+            return;
+        }
         if (r->finishing) {
             dmn_run_end(r);   /* the leader updated the cache and exited */
             return;

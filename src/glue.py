@@ -132,6 +132,7 @@ class _Zygote:
         config = session.config
         items = session.items
         rootdir = str(config.rootpath)
+        cov = _cov_collected(config)
         locs = []
         for item in items:
             fspath, lineno, domain = item.location
@@ -142,14 +143,15 @@ class _Zygote:
             "errors": self.collect_errors,
             "skips": self.collect_skips,
             "warnings": self.warnings,
-            "files": _imported_files(exclude=_PRELOADED),
+            "files": _imported_files(exclude=_PRELOADED) + _cov_watched(),
             "dirs": _collection_dirs(config, session),
             "rootdir": rootdir,
             "inifile": str(config.inipath) if getattr(config, "inipath", None) else None,
             "options": _option_table(config),
             "header": self.header,
-            "preload": _plan(config),
+            "preload": _plan(config, cov),
             "threads": _threads(),
+            "relayer": _COV_STALE,
         })
         self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}
         self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]
@@ -339,8 +341,14 @@ class _Leader:
         except Exception as exc:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
+        try:
+            coverage = _cov_run_start(self.config, msg.get("stream"))
+        except Exception as exc:
+            _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
+            os._exit(0)
         _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
-                        "scoped_errors": self.scoped_errors, "group_starts": self.group_starts})
+                        "scoped_errors": self.scoped_errors, "group_starts": self.group_starts,
+                        "coverage": coverage})
         if zygote.cwd:
             # The arguments were the client's to resolve; the tests run where
             # the collection left the working directory, as in a plain run.
@@ -359,6 +367,8 @@ class _Leader:
                 return zygote.worker.work()
             if req.get("op") == "finish":
                 self.finish(req)
+                if req.get("coverage") is not None:
+                    self.finish_coverage(req["coverage"])
                 os._exit(0)
 
     def select(self, args):
@@ -422,6 +432,20 @@ class _Leader:
     def collect_error_paths(self):
         rootdir = str(self.config.rootpath)
         return [os.path.join(rootdir, nodeid.split("::")[0]) for nodeid in self.msg.get("error_nodeids", [])]
+
+    def finish_coverage(self, report):
+        """Combine and report the run's coverage (report is false when
+        pytest-cov would not have: -x stopped the run, a collection error
+        interrupted it) and say whether --cov-fail-under failed it."""
+        try:
+            if report:
+                text, fail = _cov_finish(self.config, report == "failed")
+            else:   # nothing combines them: a later plain pytest --cov must not either
+                _cov_drop_worker_files()
+                text, fail = "", False
+        except Exception as exc:
+            text, fail = "pytest-fast: coverage: %s: %s\n" % (type(exc).__name__, exc), True
+        _send(self.fd, {"op": "coverage", "text": text, "fail": fail})
 
     def finish(self, req):
         """Update .pytest_cache the way the session would have, and record
@@ -898,7 +922,7 @@ class _Worker:
 
     def work(self):
         import faulthandler
-        config, session = self.config, self.session
+        config = self.config
         name = "gw%d" % self.wid
         os.environ["PYTEST_XDIST_WORKER"] = name
         os.environ["PYTEST_XDIST_WORKER_COUNT"] = str(self.run.get("workers", 1))
@@ -918,6 +942,16 @@ class _Worker:
         self.start_recording(name)
         config.pluginmanager.register(self, "pytest-fast-worker")
         self.warnings = []   # registering replayed the collection's warnings
+        cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None
+        try:
+            self.loop(cov)
+        finally:
+            if cov is not None:
+                _cov_worker_end(config, cov)
+
+    def loop(self, cov):
+        import faulthandler
+        config, session = self.config, self.session
         items = session.items
         cur = self.ask(("n",))
         nxt = self.ask(("n",)) if cur is not None else None
@@ -934,6 +968,8 @@ class _Worker:
                     self.record(item)
                 if self.timeout > 0:
                     faulthandler.cancel_dump_traceback_later()
+                if cov is not None:
+                    _cov_flush(cov)
                 stop = session.shouldfail or session.shouldstop
                 reply = self.done(cur, want=nxt is not None and not stop)
                 if stop or reply == -1:
@@ -1058,8 +1094,12 @@ def main(fd, args):
         # A site or project zygote: preload, report, then wait to be forked
         # into the level above.
         gc.disable()   # one collection at the end, not one per few imports
+        if level == 0:
+            _cov_boot(plan.get("rewrite") or ())
         new, failed = _preload(plan["modules"], plan.get("rewrite") or ())
         tainted = level == 1 and _warm_up(plan.get("warmup", True))
+        if level == 1:
+            _cov_warm_parse()
         _freeze_level()
         _send(fd, {"op": "level", "level": level, "files": _module_files(new), "failed": failed,
                    "tainted": tainted, "threads": _threads(),
@@ -1075,6 +1115,7 @@ def main(fd, args):
         _send(fd, {"op": "exited", "rc": 4, "files": [], "dirs": []})
         return 4
     sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py")] + list(args)
+    _cov_patch()
     plugin = _Zygote(fd)
     _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)
     _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)
@@ -1273,7 +1314,7 @@ def _site_dirs():
                    if p and os.path.isdir(p) and p.rstrip(os.sep).endswith(("site-packages", "dist-packages"))})
 
 
-def _plan(config):
+def _plan(config, cov=()):
     """The modules this collection imported, in first-import order, split
     into what the site and project levels may preload next time.  Test
     modules and conftests stay with the collection: pytest imports them."""
@@ -1304,7 +1345,7 @@ def _plan(config):
             site.append(name)
         elif base != "conftest.py" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):
             project.append(name)
-    return {"site": site, "project": project, "rewrite": rewrite}
+    return {"site": site, "project": project, "rewrite": rewrite + list(cov)}
 
 
 _NORECURSE = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}",
@@ -1331,3 +1372,300 @@ def _project_files():
 
 def _project_dirs():
     return [d for d, _ in _walk_project()]
+
+
+# -------------------------------------------------------------- coverage
+# pytest-cov runs in the zygote as in a plain run (its no_cover marker, its
+# cov fixture, --cov-context=test), with one Coverage for the whole chain:
+# started in the lowest level, before the measured code is imported, and
+# never saved there (a save opens SQLite, which a fork must not inherit).
+# Every worker inherits what the levels measured and writes its own file;
+# the CLI's leader or the plugin's pytest-cov combines them.
+
+_COV = None           # the running coverage.Coverage of this chain
+_COV_KEY = None       # the settings it was started with
+_COV_STALE = False    # a level below measured with other settings (or none)
+_COV_FILES = ".pytest-fast."   # the suffix of the workers' data files
+
+
+def _cov_config_files(config_file):
+    """The files coverage.py reads its configuration from."""
+    if config_file in (True, ".coveragerc") and os.environ.get("COVERAGE_RCFILE"):
+        config_file = os.environ["COVERAGE_RCFILE"]
+    names = [config_file if isinstance(config_file, str) else ".coveragerc"]
+    names += [".coveragerc.toml", "setup.cfg", "tox.ini", "pyproject.toml"]
+    return [os.path.abspath(n) for n in names if os.path.isfile(n)]
+
+
+def _cov_key(source, branch, config_file, context):
+    """What decides how a Coverage measures: its arguments, the state of its
+    configuration files and the COVERAGE_* environment."""
+    stamps = []
+    for path in _cov_config_files(config_file):
+        st = os.stat(path)
+        stamps.append([path, st.st_size, st.st_mtime_ns])
+    env = sorted(kv for kv in os.environ.items() if kv[0].startswith("COVERAGE_"))
+    return [sorted(source) if source is not None else None, branch, config_file, context, stamps, env]
+
+
+def _cov_new(source, branch, config_file, context=None):
+    import coverage
+    cov = coverage.Coverage(source=source, branch=branch, data_suffix=True, config_file=config_file)
+    _cov_core(cov, context)
+    return cov
+
+
+def _cov_core(cov, context):
+    """sys.monitoring (3.12+) instead of the C tracer where the user chose
+    no core and nothing asks for what sysmon cannot do: the same lines,
+    for less time in every worker.  Branches need 3.14, contexts the
+    tracer."""
+    cfg = cov.config
+    if (sys.version_info < (3, 12) or cfg.core or os.environ.get("COVERAGE_CORE") or cfg.timid
+            or (cfg.branch and sys.version_info < (3, 14)) or context or cfg.dynamic_context
+            or cfg.plugins or set(cfg.concurrency or ()) - {"thread"}):
+        return
+    cfg.core = "sysmon"
+
+
+def _cov_boot(rewrite):
+    """The site level: start measuring before anything is preloaded, with
+    the settings the last collection used (kept with the preload plan)."""
+    global _COV, _COV_KEY
+    import json
+    for entry in rewrite:
+        if entry.startswith(":cov "):
+            try:
+                source, branch, config_file, context = json.loads(entry[5:])
+                cov = _cov_new(source, branch, config_file, context)
+                cov.start()
+            except Exception:
+                return   # the collected level sees no coverage and asks for new levels
+            _COV, _COV_KEY = cov, _cov_key(source, branch, config_file, context)
+            return
+
+
+def _cov_adopt(ctl):
+    """Replaces pytest-cov's Central.start in the zygote: measure with the
+    chain's Coverage (start one if the levels below did not), and never
+    erase here (a zygote boots at any time; the run erases)."""
+    global _COV, _COV_KEY, _COV_STALE
+    import warnings
+    key = _cov_key(ctl.cov_source, ctl.cov_branch, ctl.cov_config,
+                   getattr(ctl.config.option, "cov_context", None))
+    if _COV is not None and _COV_KEY != key:
+        _COV.stop()
+        _COV = None
+    if _COV is None:
+        # What the levels below imported was not measured as asked.
+        _COV_STALE = bool(_PRELOADED)
+        context = getattr(ctl.config.option, "cov_context", None)
+        _COV, _COV_KEY = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config, context), key
+        _COV.start()
+    ctl.cov = _COV
+    if _COV.config.dynamic_context == "test_function":
+        from pytest_cov import CentralCovContextWarning
+        warnings.warn(CentralCovContextWarning(
+            "Detected dynamic_context=test_function in coverage configuration. This is unnecessary "
+            "as this plugin provides the more complete --cov-context option."), stacklevel=1)
+    ctl.started = True
+
+
+def _cov_patch():
+    try:
+        from pytest_cov import engine
+    except ImportError:
+        return
+    engine.Central.start = engine._ensure_topdir(_cov_adopt)
+
+
+# Parsed sources for the reports, made in the zygote: each run's report
+# otherwise parses every measured file again (plain pytest --cov does, on
+# every run).  Keyed by the file's state, so an edit is never served stale.
+_COV_PARSED: dict = {}
+
+
+def _cov_parser(reporter):
+    """PythonFileReporter.parser, served from _COV_PARSED when the file is
+    unchanged (a parser computes its statements, exclusions and arcs once)."""
+    from coverage.parser import PythonParser
+    if reporter._parser is None:
+        exclude = reporter.coverage._exclude_regex("exclude")
+        try:
+            st = os.stat(reporter.filename)
+            key = (reporter.filename, exclude, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        parser = _COV_PARSED.get(key) if key else None
+        if parser is None:
+            parser = PythonParser(filename=reporter.filename, exclude=exclude)
+            parser.parse_source()
+            if key:
+                _COV_PARSED[key] = parser
+        reporter._parser = parser
+    return reporter._parser
+
+
+def _cov_warm_parse():
+    """Parse (and, for branch coverage, analyse the arcs of) the Python
+    files measured so far, as the report will; a file that fails to parse
+    is left to the report, which says so as in a plain run."""
+    if _COV is None or _COV._collector is None:
+        return
+    from coverage.python import PythonFileReporter
+    PythonFileReporter.parser = property(_cov_parser)
+    for filename in list(_COV._collector.data):
+        if not str(filename).endswith(".py"):
+            continue
+        try:
+            reporter = PythonFileReporter(filename, _COV)
+            reporter.lines()
+            if _COV.config.branch:
+                reporter.arcs()
+                reporter.exit_counts()
+        except Exception:
+            continue
+
+
+def _cov_plugin(config):
+    """pytest-cov's plugin when it measures this collection, else None."""
+    plugin = config.pluginmanager.get_plugin("_cov")
+    if plugin is None or getattr(plugin, "_disabled", True) or plugin.cov_controller is None:
+        return None
+    return plugin
+
+
+def _cov_collected(config):
+    """At the end of collection: drop a tracer nobody asked for; say what
+    the next boot's site level must start."""
+    global _COV
+    plugin = _cov_plugin(config)
+    if plugin is None:
+        if _COV is not None:
+            _COV.stop()
+            _COV = None
+        return []
+    ctl = plugin.cov_controller
+    _cov_warm_parse()
+    import json
+    context = getattr(config.option, "cov_context", None)
+    return [":cov " + json.dumps([ctl.cov_source, ctl.cov_branch, ctl.cov_config, context])]
+
+
+def _cov_watched():
+    return _cov_config_files(_COV_KEY[2]) if _COV is not None else []
+
+
+def _cov_worker_files():
+    return os.path.abspath(_COV.config.data_file) + _COV_FILES
+
+
+def _cov_drop_worker_files():
+    import glob
+    for path in glob.glob(glob.escape(_cov_worker_files()) + "*"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _cov_run_start(config, stream):
+    """In the leader, before any worker exists: no worker file of an
+    earlier run may reach this run's combine; the CLI also erases what
+    pytest-cov's Central.start erases (the plugin's pytest-cov did)."""
+    plugin = _cov_plugin(config)
+    if plugin is None or _COV is None:
+        return False
+    _cov_drop_worker_files()
+    if not stream and not config.option.cov_append:
+        ctl = plugin.cov_controller
+        _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config).erase()
+    return True
+
+
+def _cov_worker_start(wid):
+    """This worker's data file, named so that a later run can tell it from
+    the user's own parallel files."""
+    if _COV is None:
+        return None
+    _COV._warn_unimported_source = False   # as pytest-cov's DistWorker: the combine warns
+    _COV._warn_no_data = False
+    _COV._data._suffix = "pytest-fast.gw%d.%d" % (wid, os.getpid())
+    return _COV
+
+
+def _cov_flush(cov):
+    """After each test: what it executed is on disk, so a crash or a
+    timeout loses that test's data only."""
+    collector = cov._collector
+    if collector is not None:
+        collector.flush_data()
+
+
+def _cov_worker_end(config, cov):
+    """The worker is done: save, and keep pytest-cov from combining and
+    reporting here (the leader or the controller does that once)."""
+    cov.stop()
+    cov.save()
+    plugin = _cov_plugin(config)
+    if plugin is not None:
+        plugin.cov_controller = None
+        plugin.options.cov_report = {}
+        plugin.options.cov_fail_under = None
+
+
+def _cov_finish(config, failed):
+    """The CLI's end of a coverage run, in the leader: combine the workers'
+    files into the data file, as pytest-cov's Central.finish does, and
+    report as its plugin does (its own report code).  Returns the text for
+    the terminal and whether --cov-fail-under failed the run."""
+    from coverage.exceptions import CoverageException
+    from coverage.results import display_covered, should_fail_under
+    from pytest_cov.engine import Central
+    plugin = _cov_plugin(config)
+    opts, opt = plugin.options, config.option
+    report = opt.cov_report
+    opts.cov_report = ["term"] if not report else {} if len(report) == 1 and "" in report else report
+    for name in ("cov_fail_under", "cov_precision", "no_cov_on_fail"):
+        setattr(opts, name, getattr(opt, name))
+    ctl = Central(opts, None, None)
+    cov = ctl.cov = _cov_new(ctl.cov_source, ctl.cov_branch, ctl.cov_config)
+    if opts.cov_fail_under is None and hasattr(cov.config, "fail_under"):
+        opts.cov_fail_under = cov.config.fail_under
+    if opts.cov_precision is None:
+        opts.cov_precision = getattr(cov.config, "precision", 0)
+    ctl.cov_precision = opts.cov_precision
+    cov.load()
+    cov.combine()
+    cov.save()
+    ctl.node_descs.add(ctl.get_node_desc(sys.platform, sys.version_info))
+    if not (opts.cov_report or opts.cov_fail_under) or (failed and opts.no_cov_on_fail):
+        return "", False
+    out = io.StringIO()
+    body = io.StringIO()
+    try:
+        total = ctl.summary(body)
+    except CoverageException as exc:
+        out.write("\nWARNING: Failed to generate report: %s\n\n" % exc)
+        total = 0
+    under = opts.cov_fail_under
+    fail = under is not None and not opt.collectonly and should_fail_under(total, under, opts.cov_precision)
+    if fail:
+        out.write("\nERROR: Coverage failure: total of %s is less than fail-under=%.*f\n"
+                  % (display_covered(total, opts.cov_precision), opts.cov_precision, under))
+    text = body.getvalue()
+    if text or (under or 0) > 0:
+        out.write(_sep("=", "tests coverage"))
+    out.write(text)
+    if (under or 0) > 0 and not opt.collectonly:
+        out.write("%sRequired test coverage of %s%% %s. Total coverage: %.2f%%\n"
+                  % ("FAIL " if total < under else "", under,
+                     "not reached" if total < under else "reached", total))
+    return out.getvalue(), fail
+
+
+def _sep(char, title):
+    import shutil
+    width = max(shutil.get_terminal_size(fallback=(80, 24))[0], 40)
+    fill = char * max((width - len(title) - 2) // 2, 1)
+    return "%s %s %s\n" % (fill, title, fill)

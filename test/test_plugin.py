@@ -619,16 +619,11 @@ def test_inert_in_the_zygote_even_with_fast(project):
     (["--sw"], "--stepwise"),
     (["--setup-show"], "--setup-show"),
     (["--log-cli-level=INFO"], "--log-cli-level"),
-    (["-p", "fakecov", "--cov=app"], "--cov"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_refused_options(project, args, needle):
     if args[0] == "-n":
         pytest.importorskip("xdist")
     project.write("tests/test_a.py", "def test_a():\n    pass\n")
-    project.write("fakecov.py", """
-        def pytest_addoption(parser):  # stands in for pytest-cov's option
-            parser.addoption("--cov", action="append", dest="cov_source", nargs="?", const=True)
-    """)
     r = fast(project, *args)
     assert r.rc == 4, r
     assert needle in r.err, r

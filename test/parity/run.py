@@ -56,6 +56,20 @@ WORK = Path(os.environ.get("PARITY_WORK", "/tmp/pytest-fast-parity"))
 # What every venv gets besides the package's own test requirements: the
 # versions the repo's own suite uses (test/requirements.txt).
 RUNNER_REQS = ["pytest==9.2.0", "pytest-xdist==3.8.0"]
+# --cov: every contender also runs with `--cov --cov-branch`; each run's data
+# file is compared per file (lines and arcs) with the oracle's.
+COV_REQS = ["pytest-cov", "coverage"]
+COV_ARGS = ["--cov", "--cov-branch"]
+COV_DUMP = """
+import coverage, json, os, sys
+data = coverage.CoverageData(basename=sys.argv[1])
+data.read()
+root = os.getcwd()
+rel = {f: os.path.relpath(f, root) for f in data.measured_files()}
+# the suite's files only: the harness's plugins (parity_dump) run in the controller
+json.dump({r: [sorted(data.lines(f) or ()), sorted(data.arcs(f) or ())]
+           for f, r in rel.items() if not r.startswith("..")}, open(sys.argv[2], "w"))
+"""
 
 # contender key -> column title; "pytest" is the oracle
 COLUMNS = [
@@ -68,6 +82,7 @@ COLUMNS = [
     ("plugin-warm", "pytest --fast warm"),
 ]
 OURS = ("fast-cold", "fast-warm", "plugin-cold", "plugin-warm")
+COV = False
 MAX_LISTED = 8  # mismatches listed per package and contender; the rest go to a file
 
 
@@ -264,6 +279,7 @@ class Result:
     rc: int | None = None          # None: not run / timed out
     wall: float = 0.0
     outcomes: dict[str, str] | None = None
+    coverage: dict[str, list] | None = None   # --cov: file -> [lines, arcs]
     note: str = ""                 # why there is no result
     mismatches: list[tuple[str, str, str]] = field(default_factory=list)  # nodeid, oracle, ours
     explained: list[tuple[str, str, str, str]] = field(default_factory=list)  # + reason
@@ -429,6 +445,9 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
                       "--fast-address", addr_plugin, "--fast-workers", "2",
                       "-p", "parity_dump", *pkg.args], dump_env(key))
 
+    if COV:
+        for cmd, _ in cmds.values():
+            cmd += COV_ARGS
     why_no_plugin = plugin_available()
     results: dict[str, Result] = {}
     # a daemon left over from an interrupted harness run would make "cold" warm
@@ -446,9 +465,14 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
             if key.endswith("-warm") and results.get(key.replace("-warm", "-cold")):
                 settle(daemons[key.split("-")[0]], env, rundir)
             log(f"{pkg.name}: {key} ...")
+            if COV:
+                for old in rundir.glob(".coverage*"):
+                    old.unlink()
             results[key] = run_one(cmd, cenv, rundir, dumps / f"{key}.json",
                                    logs / f"{key}.log", pkg.timeout)
             r = results[key]
+            if COV:
+                r.coverage = dump_coverage(py, rundir, dumps / f"{key}.cov.json", logs / f"{key}.log")
             log(f"{pkg.name}: {key} rc={r.rc} {r.wall:.1f}s "
                 f"{len(r.outcomes or {})} outcomes {r.note}")
     finally:
@@ -460,6 +484,42 @@ def run_package(pkg: Package, contenders: set[str], known: list[Known]) -> dict:
     row = compare(pkg, results, known)
     row["setup"] = t_setup
     return row
+
+
+def dump_coverage(py: Path, rundir: Path, out: Path, logfile: Path) -> dict[str, list] | None:
+    """The run's combined .coverage as {file: [lines, arcs]} (through the
+    venv's coverage.py); None when there is none, or worker files remain."""
+    if out.exists():
+        out.unlink()
+    left = sorted(p.name for p in rundir.glob(".coverage.*"))
+    if left or not (rundir / ".coverage").exists():
+        with open(logfile, "a") as f:
+            f.write(f"[parity] coverage: no combined .coverage, or files left over: {left}\n")
+        return None
+    if run_logged([str(py), "-c", COV_DUMP, str(rundir / ".coverage"), str(out)], logfile,
+                  cwd=rundir) != 0:
+        return None
+    return json.loads(out.read_text())
+
+
+def compare_coverage(results: dict[str, Result], flaky_files: set[str]) -> None:
+    """Per file, the lines and arcs of every contender against the oracle's."""
+    want = results["pytest"].coverage
+    for key, r in results.items():
+        if key in ("pytest", "pytest2") or r.rc is None:
+            continue
+        if want is None or r.coverage is None:
+            r.mismatches.append(("[coverage]", "data" if want else "none", "data" if r.coverage else "none"))
+            continue
+        for f in sorted(set(want) | set(r.coverage)):
+            if f in flaky_files:
+                continue
+            a, b = want.get(f), r.coverage.get(f)
+            if a != b:
+                what = "absent" if a is None or b is None else \
+                    f"{len(set(map(tuple, a[1])) ^ set(map(tuple, b[1])))} arcs, " \
+                    f"{len(set(a[0]) ^ set(b[0]))} lines differ"
+                r.mismatches.append((f"[coverage] {f}", "pytest --cov", what))
 
 
 def load_results(pkg: Package) -> dict[str, Result]:
@@ -503,6 +563,13 @@ def compare(pkg: Package, results: dict[str, Result], known: list[Known]) -> dic
                 elif key != "pytest2":
                     r.mismatches.append((nid, a, b))
             r.rc_mismatch = r.rc != oracle.rc and not rc_flaky
+    if COV:
+        # files whose data differ between two plain runs (hypothesis, timing)
+        o1, o2 = oracle.coverage or {}, (results.get("pytest2") or Result()).coverage or {}
+        compare_coverage(results, {f for f in set(o1) | set(o2) if o1.get(f) != o2.get(f)}
+                         if "pytest2" in results else set())
+    for key, r in results.items():
+        if key != "pytest":
             (WORK / pkg.name / "logs" / f"{key}.mismatches").write_text(
                 "".join(f"{nid}\t{a}\t{b}\n" for nid, a, b in r.mismatches))
     return {"pkg": pkg, "results": results, "flaky": flaky, "rc_flaky": rc_flaky}
@@ -635,9 +702,16 @@ def main() -> int:
     ap.add_argument("--list", action="store_true", help="print the parsed package list")
     ap.add_argument("--report", action="store_true",
                     help="run nothing: compare and print the last run's results again")
+    ap.add_argument("--cov", action="store_true",
+                    help="every contender also runs with --cov --cov-branch; compare the "
+                         "per-file lines and arcs with plain pytest --cov's")
     ap.add_argument("--freeze", action="store_true",
                     help="write constraints.txt from the venvs the last run made")
     opts = ap.parse_args()
+    global COV
+    COV = opts.cov
+    if COV:
+        RUNNER_REQS.extend(COV_REQS)
 
     pkgs = parse_packages(opts.packages)
     for p in pkgs:
