@@ -410,6 +410,7 @@ class Controller:
         self.timeout = timeout
         self.header = header
         self.shard = shard
+        self.pool = 0   # the selection before --fast-shard / --fast-affected took their part
 
     def pytest_report_header(self) -> list[str]:
         """What the conftests (imported by the daemon, not here) add."""
@@ -445,8 +446,10 @@ class Controller:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        # --fast-affected: nothing to re-run is good news, not "no tests ran"
-        if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.config.option.fast_affected:
+        # Not "no tests ran" but good news: --fast-affected with nothing to
+        # re-run, or a shard that got none of a non-empty selection.
+        if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and (
+                self.config.option.fast_affected or (self.shard and self.shard[1] > 1 and self.pool)):
             session.exitstatus = pytest.ExitCode.OK
         # pytest-cov combines the workers' data files when the test loop ends
         # normally; after -x, pytest.exit() or a collection error it does not,
@@ -478,6 +481,7 @@ class Controller:
         for data in reply["warnings"]:
             self._warning(data)
         items: list[pytest.Item] = [_remote_item(session, *loc) for loc in reply["items"]]
+        self.pool = int(reply.get("pool", 0))
         self._collected(session, items, int(reply["deselected"]))
         return True
 

@@ -3706,8 +3706,10 @@ static bool id_prefixed(const char *kv, const char *prefixes)
 }
 
 /* Environment entries that affect what the zygote imports and collects:
- * PYTEST_ADDOPTS, PYTEST_FAST_* (but run parameters), PYTHON*, VIRTUAL_ENV
- * and every PYTEST_FAST_ENV_PREFIXES prefix.  Sorted, so order is moot. */
+ * PYTEST_ADDOPTS, PYTEST_FAST_* (but run parameters), PYTHON*, VIRTUAL_ENV,
+ * COVERAGE_* (coverage.py reads them when the chain starts measuring: a
+ * COVERAGE_FILE per CI shard must not reuse another's data file) and every
+ * PYTEST_FAST_ENV_PREFIXES prefix.  Sorted, so order is moot. */
 static void id_env_relevant(char **envp, util_strv *out)
 {
     const char *prefixes = NULL;
@@ -3717,7 +3719,7 @@ static void id_env_relevant(char **envp, util_strv *out)
     for (char **e = envp; *e; e++) {
         const char *kv = *e;
         bool take = !strncmp(kv, "PYTEST_ADDOPTS=", 15) || !strncmp(kv, "PYTHON", 6) ||
-                    !strncmp(kv, "VIRTUAL_ENV=", 12) ||
+                    !strncmp(kv, "VIRTUAL_ENV=", 12) || !strncmp(kv, "COVERAGE_", 9) ||
                     (!strncmp(kv, "PYTEST_FAST_", 12) && !id_volatile_var(kv)) ||
                     id_prefixed(kv, prefixes);
         if (take)
@@ -4331,6 +4333,7 @@ static const char zyg_glue[] =
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
     "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
+    "                        \"pool\": len(self.pool),\n"
     "                        \"scoped_errors\": self.scoped_errors, \"group_starts\": self.group_starts,\n"
     "                        \"coverage\": coverage})\n"
     "        if zygote.cwd:\n"
@@ -6596,6 +6599,7 @@ typedef struct dmn_run {
     size_t *sel;                /* item indices, in run order */
     size_t nsel;
     size_t deselected;
+    size_t pool;                /* selected before --shard and --affected took their part */
     const pf_value *scoped;     /* indices into zygote errors, or NULL = all */
     signed char *severity;      /* per position, -1 = no report yet */
     double *seconds;            /* per position: its reports' durations, summed */
@@ -8411,8 +8415,10 @@ static int dmn_exit_code(dmn_run *r)
             return 1;
     if (nerr)
         return 1;
-    if (r->nsel == 0 && !c->split.affected)
-        return 5;   /* pytest's "no tests ran"; with --affected, nothing to re-run is good news */
+    /* pytest's "no tests ran"; but a shard that got none of a non-empty
+     * selection, or --affected with nothing to re-run, is good news */
+    if (r->nsel == 0 && !c->split.affected && !(c->shard_n > 1 && r->pool > 0))
+        return 5;
     return 0;
 }
 
@@ -8564,6 +8570,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     int64_t des = 0;
     pf_dict_int(msg, "deselected", &des);
     r->deselected = (size_t)des;
+    int64_t pool = 0;
+    pf_dict_int(msg, "pool", &pool);
+    r->pool = pool > 0 ? (size_t)pool : 0;
     const pf_value *scoped = pf_dict_get(msg, "scoped_errors");
     r->scoped = scoped && pf_is_seq(scoped) ? scoped : NULL;
     r->nsel = idx && pf_is_seq(idx) ? idx->u.seq.len : 0;
@@ -8607,6 +8616,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         }
         util_set(a, d, "items", items);
         util_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
+        util_set(a, d, "pool", pf_new_int(a, (int64_t)r->pool));
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i)) {

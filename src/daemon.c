@@ -116,6 +116,7 @@ typedef struct dmn_run {
     size_t *sel;                /* item indices, in run order */
     size_t nsel;
     size_t deselected;
+    size_t pool;                /* selected before --shard and --affected took their part */
     const pf_value *scoped;     /* indices into zygote errors, or NULL = all */
     signed char *severity;      /* per position, -1 = no report yet */
     double *seconds;            /* per position: its reports' durations, summed */
@@ -1931,8 +1932,10 @@ static int dmn_exit_code(dmn_run *r)
             return 1;
     if (nerr)
         return 1;
-    if (r->nsel == 0 && !c->split.affected)
-        return 5;   /* pytest's "no tests ran"; with --affected, nothing to re-run is good news */
+    /* pytest's "no tests ran"; but a shard that got none of a non-empty
+     * selection, or --affected with nothing to re-run, is good news */
+    if (r->nsel == 0 && !c->split.affected && !(c->shard_n > 1 && r->pool > 0))
+        return 5;
     return 0;
 }
 
@@ -2084,6 +2087,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     int64_t des = 0;
     pf_dict_int(msg, "deselected", &des);
     r->deselected = (size_t)des;
+    int64_t pool = 0;
+    pf_dict_int(msg, "pool", &pool);
+    r->pool = pool > 0 ? (size_t)pool : 0;
     const pf_value *scoped = pf_dict_get(msg, "scoped_errors");
     r->scoped = scoped && pf_is_seq(scoped) ? scoped : NULL;
     r->nsel = idx && pf_is_seq(idx) ? idx->u.seq.len : 0;
@@ -2127,6 +2133,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         }
         util_set(a, d, "items", items);
         util_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
+        util_set(a, d, "pool", pf_new_int(a, (int64_t)r->pool));
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i)) {

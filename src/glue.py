@@ -347,6 +347,7 @@ class _Leader:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
         _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
+                        "pool": len(self.pool),
                         "scoped_errors": self.scoped_errors, "group_starts": self.group_starts,
                         "coverage": coverage})
         if zygote.cwd:

@@ -37,8 +37,10 @@ static bool id_prefixed(const char *kv, const char *prefixes)
 }
 
 /* Environment entries that affect what the zygote imports and collects:
- * PYTEST_ADDOPTS, PYTEST_FAST_* (but run parameters), PYTHON*, VIRTUAL_ENV
- * and every PYTEST_FAST_ENV_PREFIXES prefix.  Sorted, so order is moot. */
+ * PYTEST_ADDOPTS, PYTEST_FAST_* (but run parameters), PYTHON*, VIRTUAL_ENV,
+ * COVERAGE_* (coverage.py reads them when the chain starts measuring: a
+ * COVERAGE_FILE per CI shard must not reuse another's data file) and every
+ * PYTEST_FAST_ENV_PREFIXES prefix.  Sorted, so order is moot. */
 static void id_env_relevant(char **envp, util_strv *out)
 {
     const char *prefixes = NULL;
@@ -48,7 +50,7 @@ static void id_env_relevant(char **envp, util_strv *out)
     for (char **e = envp; *e; e++) {
         const char *kv = *e;
         bool take = !strncmp(kv, "PYTEST_ADDOPTS=", 15) || !strncmp(kv, "PYTHON", 6) ||
-                    !strncmp(kv, "VIRTUAL_ENV=", 12) ||
+                    !strncmp(kv, "VIRTUAL_ENV=", 12) || !strncmp(kv, "COVERAGE_", 9) ||
                     (!strncmp(kv, "PYTEST_FAST_", 12) && !id_volatile_var(kv)) ||
                     id_prefixed(kv, prefixes);
         if (take)

@@ -414,3 +414,23 @@ def test_no_cov_measures_nothing(project):
     r = project.fast("--cov=app", "--no-cov")
     assert r.rc == 0 and "tests coverage" not in r.out, r
     assert not (project.path / ".coverage").exists() and not leftovers(project)
+
+
+def test_a_coverage_file_per_shard_combines_to_plain_pytests_data(project):
+    """The CI recipe: each shard writes COVERAGE_FILE=.coverage.shard-K, then
+    `coverage combine` makes what one plain `pytest --cov` writes.  A shard
+    started with another COVERAGE_FILE gets its own chain, not the last one's
+    data file."""
+    write_all(project, APP)
+    _, want = plain(project, "--cov=app")
+    fresh(project)
+    for k in (1, 2, 3):
+        r = project.fast("--workers", "2", "--shard", f"{k}/3", "--cov=app", "--cov-report=",
+                         env={"COVERAGE_FILE": f".coverage.shard-{k}"})
+        assert r.rc in (0, 5), r
+        assert (project.path / f".coverage.shard-{k}").exists(), (k, r, leftovers(project))
+    assert leftovers(project) == [".coverage.shard-1", ".coverage.shard-2", ".coverage.shard-3"]
+    c = subprocess.run([sys.executable, "-m", "coverage", "combine", *leftovers(project)], cwd=project.path,
+                       env=project.env(), capture_output=True, text=True, timeout=60)
+    assert c.returncode == 0, c
+    assert covdata(project) == want

@@ -82,8 +82,8 @@ def _uneven_durations(oracle):
 
 
 def _expected_rc(dump):
-    if not dump:
-        return 5
+    """pytest's exit code for a shard's outcomes: a shard that got none of a
+    non-empty selection is not "no tests ran" (5) but a success."""
     return 1 if any(v in ("failed", "error") for v in dump.values()) else 0
 
 
@@ -388,3 +388,25 @@ def test_a_leader_stuck_updating_the_cache_costs_ten_seconds_not_the_daemon(proj
     again = project.fast()
     assert again.rc == 0 and again.dump == oracle.dump, again
     # The stuck leader was killed (the fixture checks that no process is left).
+
+
+def test_an_empty_shard_succeeds_but_an_empty_selection_does_not(project):
+    """A CI job whose shard got no test must not turn the pipeline red; a
+    selection that is empty before the split is still pytest's exit 5."""
+    project.write("tests/test_two.py", """
+        def test_a():
+            pass
+
+        def test_b():
+            pass
+    """)
+    dumps = [project.fast("--shard", f"{k}/3") for k in (1, 2, 3)]
+    assert sorted(len(r.dump) for r in dumps) == [0, 1, 1], dumps
+    assert all(r.rc == 0 for r in dumps), dumps
+    empty = next(k for k, r in enumerate(dumps, 1) if not r.dump)
+    r = plugin_fast(project, f"--fast-shard={empty}/3")
+    assert r.rc == 0 and r.dump == {} and "2 deselected" in r.out, r
+    r = project.fast("--shard", f"{empty}/3", "-k", "nothing_matches")
+    assert r.rc == 5, r
+    r = plugin_fast(project, f"--fast-shard={empty}/3", "-k", "nothing_matches")
+    assert r.rc == 5, r
