@@ -1117,8 +1117,8 @@ def main():
     o_cli = C("ours_cli", "ours CLI warm", "ours", "cli")
     o_plug = C("ours_plugin", "ours pytest --fast warm", "ours", "plugin")
     o_watch = C("ours_cli_watch", "ours CLI warm + watcher", "ours", "cli", watch=True)
-    o_norec = C("ours_cli_norec", "ours CLI warm, no --affected recording", "ours", "cli",
-                env={"PYTEST_FAST_RECORD": "0"})
+    o_rec = C("ours_cli_rec", "ours CLI warm, recording for --affected", "ours", "cli",
+              env={"PYTEST_FAST_RECORD": "1"})
     o_aff = C("ours_cli_affected", "ours CLI warm --affected", "ours", "cli", args=["--affected"])
 
     projs = make_projects(os.path.abspath(args.make_app))
@@ -1135,7 +1135,7 @@ def main():
         if "full_suite" in wanted:
             B.timed("full_suite", "Full suite (make_app)", projs["app"],
                     [(c, None, None) for c in (pytest_, x2, xa, plx, up_cli, up_plug, o_cold, o_cli,
-                                               o_norec, o_plug)],
+                                               o_rec, o_plug)],
                     R, W, note="daemon contenders use --workers %d (nproc)" % nproc)
         if "cov_full" in wanted:
             cov = ("--cov=app",)

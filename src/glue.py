@@ -485,7 +485,7 @@ class _Leader:
     def record_dependencies(self, req):
         """Merge what this run's workers recorded into the --affected record."""
         path = _affected_record(self.config)
-        if not path:
+        if not path or not _recording(self.msg["args"]):
             return
         prefix = "run-%s-" % self.msg.get("runid", "")
         folder = os.path.dirname(path)
@@ -536,6 +536,15 @@ class _Leader:
 
 AFFECTED_ARG = "--fast-affected"   # the CLI's --affected; the daemon passes it per run
 _RUN_FILE_MAX_AGE = 3600.0           # seconds: a killed run's worker files go after this
+
+
+def _recording(args):
+    """Whether this run's workers record what each test runs: in --affected
+    runs (the tests they run are the ones whose record is out of date) or
+    with PYTEST_FAST_RECORD=1.  Not in every run: before 3.12 any profile
+    function puts CPython's whole eval loop on its slow path."""
+    cut = args.index("--") if "--" in args else len(args)
+    return AFFECTED_ARG in args[:cut] or os.environ.get("PYTEST_FAST_RECORD") == "1"
 
 
 def _affected_root(config):
@@ -893,7 +902,7 @@ class _Worker:
     def start_recording(self, name):
         """What each test runs and opens, for --affected (see affected.py)."""
         path = _affected_record(self.config)
-        if path is None or os.environ.get("PYTEST_FAST_RECORD") == "0":
+        if path is None or not _recording(self.run["args"]):
             return
         root = _affected_root(self.config)
         try:

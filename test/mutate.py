@@ -238,7 +238,7 @@ class Harness:
         mutator = Mutator(self.root, rng, data_files)
         report = Report()
         baseline, base_rc = self.oracle()
-        self.fast()    # records every test
+        self.fast("--affected")    # no record yet: runs and records every test
         for i in range(edits):
             kind = kinds[i % len(kinds)]
             edit = mutator.edit(kind)

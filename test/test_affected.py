@@ -187,6 +187,10 @@ def test_cli_selects_what_each_kind_of_edit_can_change(project):
     _write_app(project)
     full = project.fast()
     assert full.rc == 0 and len(full.dump) == 6, full
+    record = project.path / ".pytest_cache" / "d" / "pytest-fast" / "affected.json"
+    assert not record.exists()      # a plain run pays nothing for --affected
+    r, chosen = _affected_run(project)
+    assert len(chosen) == 6 and "every test: no usable record" in r.err, r
     r, chosen = _affected_run(project)
     assert chosen == set() and r.rc == 0, r      # nothing to re-run is a success, not exit 5
     assert "--affected: 0 of 6 tests" in r.err, r
@@ -224,7 +228,7 @@ def test_cli_selects_what_each_kind_of_edit_can_change(project):
 
 def test_conftest_edit_or_a_corrupt_record_runs_everything(project):
     _write_app(project)
-    project.fast()
+    project.fast("--affected")
     assert _affected_run(project)[1] == set()
     project.write("tests/conftest.py", _src("tests/conftest.py") + "\n# edited\n")
     assert len(_affected_run(project)[1]) == 6
@@ -239,7 +243,7 @@ def test_conftest_edit_or_a_corrupt_record_runs_everything(project):
 
 def test_the_record_survives_a_daemon_restart(project):
     _write_app(project)
-    project.fast()
+    project.fast(env={"PYTEST_FAST_RECORD": "1"})    # a plain run records when asked
     project.stop()
     project.write("app/names.py", _src("app/names.py") + "\n# comment only\n")
     r, chosen = _affected_run(project)
@@ -249,7 +253,7 @@ def test_the_record_survives_a_daemon_restart(project):
 
 def test_plugin_selects_the_same_and_records_too(project):
     _write_app(project)
-    r = plugin_fast(project)
+    r = plugin_fast(project, "--fast-affected")
     assert r.rc == 0 and len(r.dump) == 6, r
     r = plugin_fast(project, "--fast-affected")
     assert r.rc == 0 and r.dump == {}, r        # pytest says exit 5 here; nothing to re-run is fine
