@@ -7,7 +7,7 @@ collects), warm (a fork of the warm zygote) and edit -> result (a test file
 is edited, then pytest-fast runs at once; the edited test proves the edit
 was picked up).  Every run's outcome counts must equal plain pytest's.
 
-One round each, after one discarded plain run that writes the .pyc caches
+One round each, after compileall has written the project's .pyc caches
 (PYTHONDONTWRITEBYTECODE is unset: users have them); ./build.sh bench is the
 rigorous, repeated measurement.  Run by ./build.sh demo with the suite's venv.
 
@@ -80,7 +80,7 @@ class Demo:
         fast = [str(self.binary), "--workers", str(self.workers)]
         subprocess.run(fast + ["--stop"], env=self.env, capture_output=True)
         self.edit(0)
-        self.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider"])    # writes the .pyc caches
+        self.run([py, "-m", "compileall", "-q", "."])    # the .pyc caches users have
         self.measure("plain pytest", [py, "-m", "pytest", "-q"])
         self.measure(f"pytest-xdist -n {self.workers}", [py, "-m", "pytest", "-q", "-n", str(self.workers)])
         self.measure("pytest-fast, cold", fast)
