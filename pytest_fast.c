@@ -5928,12 +5928,15 @@ static const char zyg_affected[] =
     "class Recorder:\n"
     "    \"\"\"Per test, the project files whose code ran or that were opened.\n"
     "\n"
-    "    sys.monitoring (3.12+): one PY_START event per code object per test,\n"
-    "    disabled after its first hit and re-armed between tests.  Before 3.12\n"
+    "    sys.monitoring (3.12+): PY_START, disabled for good at the first call of\n"
+    "    code outside the project, kept for the project's own functions (far\n"
+    "    fewer calls; re-arming every code object per test cost make_app 70 %\n"
+    "    of a warm run).  Before 3.12\n"
     "    native, when given, is the zygote's C profile function (calls_start,\n"
     "    calls_here, calls_stop: one set insertion per call); without it, a\n"
     "    global trace function that asks for no line events, which is far\n"
-    "    slower.  Opened files come from an audit hook.\"\"\"\n"
+    "    slower.  Opened files come from an audit hook: native's, in C\n"
+    "    (opens_start, opens_stop), else one in Python.\"\"\"\n"
     "\n"
     "    def __init__(self, root: str, excluded: Iterable[str], native: Any = None) -> None:\n"
     "        self.native = native\n"
@@ -5944,7 +5947,8 @@ static const char zyg_affected[] =
     "        self.active = False\n"
     "        self.tool: int | None = None\n"
     "        self.chained: Any = None\n"
-    "        sys.addaudithook(self._audit)\n"
+    "        if native is None:\n"
+    "            sys.addaudithook(self._audit)   # the zygote's is in C: far cheaper\n"
     "\n"
     "    def relative(self, filename: str) -> str | None:\n"
     "        try:\n"
@@ -5978,12 +5982,17 @@ static const char zyg_affected[] =
     "        self.native.calls_here()   # replaces this Python hook in the new thread\n"
     "\n"
     "    def _on_start(self, code, offset):  # type: ignore[no-untyped-def]\n"
-    "        self.seen.add(code.co_filename)\n"
-    "        return sys.monitoring.DISABLE\n"
+    "        if self.relative(code.co_filename) is None:\n"
+    "            return sys.monitoring.DISABLE\n"
+    "        if self.active:\n"
+    "            self.seen.add(code.co_filename)\n"
+    "        return None\n"
     "\n"
     "    def start(self) -> None:\n"
     "        self.seen = set()\n"
     "        self.active = True\n"
+    "        if self.native is not None:\n"
+    "            self.native.opens_start()\n"
     "        mon = getattr(sys, \"monitoring\", None)\n"
     "        if mon is None and self.native is not None:\n"
     "            self.native.calls_start()\n"
@@ -6000,16 +6009,15 @@ static const char zyg_affected[] =
     "                if mon.get_tool(tool) is None:\n"
     "                    mon.use_tool_id(tool, \"pytest-fast\")\n"
     "                    mon.register_callback(tool, mon.events.PY_START, self._on_start)\n"
+    "                    mon.set_events(tool, mon.events.PY_START)\n"
     "                    self.tool = tool\n"
     "                    break\n"
-    "            else:\n"
-    "                return\n"
-    "        mon.restart_events()\n"
-    "        mon.set_events(self.tool, mon.events.PY_START)\n"
     "\n"
     "    def stop(self) -> set[str]:\n"
     "        \"\"\"The project files seen since start, relative to the root.\"\"\"\n"
     "        self.active = False\n"
+    "        if self.native is not None:\n"
+    "            self.seen |= self.native.opens_stop()\n"
     "        mon = getattr(sys, \"monitoring\", None)\n"
     "        if mon is None and self.native is not None:\n"
     "            threading.setprofile(None)  # type: ignore[arg-type]\n"
@@ -6018,15 +6026,16 @@ static const char zyg_affected[] =
     "        if mon is None:\n"
     "            sys.settrace(self.chained)\n"
     "            threading.settrace(self.chained)  # type: ignore[arg-type]\n"
-    "        elif self.tool is not None:\n"
-    "            mon.set_events(self.tool, 0)\n"
     "        return self.project(self.seen)\n"
     "\n"
     "    def so_far(self) -> set[str]:\n"
     "        \"\"\"The project files seen since start, recording on.\"\"\"\n"
-    "        if self.native is not None and getattr(sys, \"monitoring\", None) is None:\n"
-    "            self.seen |= self.native.calls_stop()\n"
-    "            self.native.calls_start()\n"
+    "        if self.native is not None:\n"
+    "            self.seen |= self.native.opens_stop()\n"
+    "            self.native.opens_start()\n"
+    "            if getattr(sys, \"monitoring\", None) is None:\n"
+    "                self.seen |= self.native.calls_stop()\n"
+    "                self.native.calls_start()\n"
     "        return self.project(self.seen)\n"
     "\n"
     "    def project(self, filenames: Iterable[str]) -> set[str]:\n"
@@ -6389,6 +6398,71 @@ static PyObject *zyg_py_calls_stop(PyObject *self, PyObject *args)
     return seen;
 }
 
+/* The files opened for reading since opens_start(), for --affected: a C
+ * audit hook, because CPython calls audit hooks for every audited event
+ * (sys._getframe, compile, ...) and a Python one cost make_app's warm
+ * run about 60 % on 3.12.  Never fails the audited operation.  Owned by
+ * workers. */
+static PyObject *zyg_opened;   /* set of absolute paths; NULL when off */
+static bool zyg_audit_added;
+
+static int zyg_audit(const char *event, PyObject *args, void *data)
+{
+    (void)data;
+    if (!zyg_opened || strcmp(event, "open") != 0 || !PyTuple_Check(args) || PyTuple_GET_SIZE(args) < 3)
+        return 0;
+    PyObject *path = PyTuple_GET_ITEM(args, 0), *mode = PyTuple_GET_ITEM(args, 1);
+    PyObject *flags = PyTuple_GET_ITEM(args, 2);
+    if (!PyUnicode_Check(path))
+        return 0;
+    bool reading;
+    if (PyUnicode_Check(mode)) {
+        const char *m = PyUnicode_AsUTF8(mode);
+        reading = m && !strpbrk(m, "wax+");
+    } else {
+        long f = PyLong_Check(flags) ? PyLong_AsLong(flags) : O_WRONLY;
+        reading = !(f & (O_WRONLY | O_RDWR));
+    }
+    if (reading) {
+        const char *p = PyUnicode_AsUTF8(path);
+        char cwd[PATH_MAX];
+        PyObject *abs = !p ? NULL
+                        : p[0] == '/' || !getcwd(cwd, sizeof cwd) ? (Py_INCREF(path), path)
+                                                                  : PyUnicode_FromFormat("%s/%U", cwd, path);
+        if (!abs || PySet_Add(zyg_opened, abs) < 0)
+            PyErr_Clear();
+        Py_XDECREF(abs);
+    }
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return 0;
+}
+
+static PyObject *zyg_py_opens_start(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    if (!zyg_audit_added) {
+        if (PySys_AddAuditHook(zyg_audit, NULL) < 0)
+            return NULL;
+        zyg_audit_added = true;
+    }
+    Py_XDECREF(zyg_opened);
+    zyg_opened = PySet_New(NULL);
+    if (!zyg_opened)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *zyg_py_opens_stop(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    PyObject *seen = zyg_opened ? zyg_opened : PySet_New(NULL);
+    zyg_opened = NULL;
+    return seen;
+}
+
 static PyMethodDef zyg_methods[] = {
     {"send", zyg_py_send, METH_VARARGS, "send(fd, payload): write one frame"},
     {"recv", zyg_py_recv, METH_VARARGS, "recv(fd): read and safely decode one frame"},
@@ -6396,6 +6470,8 @@ static PyMethodDef zyg_methods[] = {
     {"calls_start", zyg_py_calls_start, METH_NOARGS, "calls_start(): record called functions' files"},
     {"calls_here", zyg_py_calls_here, METH_NOARGS, "calls_here(): record in this thread too"},
     {"calls_stop", zyg_py_calls_stop, METH_NOARGS, "calls_stop() -> set of the files called"},
+    {"opens_start", zyg_py_opens_start, METH_NOARGS, "opens_start(): record files opened to read"},
+    {"opens_stop", zyg_py_opens_stop, METH_NOARGS, "opens_stop() -> set of the files opened"},
     {NULL, NULL, 0, NULL},
 };
 

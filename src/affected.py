@@ -256,12 +256,15 @@ def update(record: dict | None, world: str, root: str, ran: dict[str, dict], pro
 class Recorder:
     """Per test, the project files whose code ran or that were opened.
 
-    sys.monitoring (3.12+): one PY_START event per code object per test,
-    disabled after its first hit and re-armed between tests.  Before 3.12
+    sys.monitoring (3.12+): PY_START, disabled for good at the first call of
+    code outside the project, kept for the project's own functions (far
+    fewer calls; re-arming every code object per test cost make_app 70 %
+    of a warm run).  Before 3.12
     native, when given, is the zygote's C profile function (calls_start,
     calls_here, calls_stop: one set insertion per call); without it, a
     global trace function that asks for no line events, which is far
-    slower.  Opened files come from an audit hook."""
+    slower.  Opened files come from an audit hook: native's, in C
+    (opens_start, opens_stop), else one in Python."""
 
     def __init__(self, root: str, excluded: Iterable[str], native: Any = None) -> None:
         self.native = native
@@ -272,7 +275,8 @@ class Recorder:
         self.active = False
         self.tool: int | None = None
         self.chained: Any = None
-        sys.addaudithook(self._audit)
+        if native is None:
+            sys.addaudithook(self._audit)   # the zygote's is in C: far cheaper
 
     def relative(self, filename: str) -> str | None:
         try:
@@ -306,12 +310,17 @@ class Recorder:
         self.native.calls_here()   # replaces this Python hook in the new thread
 
     def _on_start(self, code, offset):  # type: ignore[no-untyped-def]
-        self.seen.add(code.co_filename)
-        return sys.monitoring.DISABLE
+        if self.relative(code.co_filename) is None:
+            return sys.monitoring.DISABLE
+        if self.active:
+            self.seen.add(code.co_filename)
+        return None
 
     def start(self) -> None:
         self.seen = set()
         self.active = True
+        if self.native is not None:
+            self.native.opens_start()
         mon = getattr(sys, "monitoring", None)
         if mon is None and self.native is not None:
             self.native.calls_start()
@@ -328,16 +337,15 @@ class Recorder:
                 if mon.get_tool(tool) is None:
                     mon.use_tool_id(tool, "pytest-fast")
                     mon.register_callback(tool, mon.events.PY_START, self._on_start)
+                    mon.set_events(tool, mon.events.PY_START)
                     self.tool = tool
                     break
-            else:
-                return
-        mon.restart_events()
-        mon.set_events(self.tool, mon.events.PY_START)
 
     def stop(self) -> set[str]:
         """The project files seen since start, relative to the root."""
         self.active = False
+        if self.native is not None:
+            self.seen |= self.native.opens_stop()
         mon = getattr(sys, "monitoring", None)
         if mon is None and self.native is not None:
             threading.setprofile(None)  # type: ignore[arg-type]
@@ -346,15 +354,16 @@ class Recorder:
         if mon is None:
             sys.settrace(self.chained)
             threading.settrace(self.chained)  # type: ignore[arg-type]
-        elif self.tool is not None:
-            mon.set_events(self.tool, 0)
         return self.project(self.seen)
 
     def so_far(self) -> set[str]:
         """The project files seen since start, recording on."""
-        if self.native is not None and getattr(sys, "monitoring", None) is None:
-            self.seen |= self.native.calls_stop()
-            self.native.calls_start()
+        if self.native is not None:
+            self.seen |= self.native.opens_stop()
+            self.native.opens_start()
+            if getattr(sys, "monitoring", None) is None:
+                self.seen |= self.native.calls_stop()
+                self.native.calls_start()
         return self.project(self.seen)
 
     def project(self, filenames: Iterable[str]) -> set[str]:
