@@ -4362,7 +4362,10 @@ static const char zyg_glue[] =
     "        config, session = self.config, self.session\n"
     "        args = list(args)\n"
     "        cut = args.index(\"--\") if \"--\" in args else len(args)\n"
-    "        self.affected = AFFECTED_ARG in args[:cut]\n"
+    "        self.affected = _affected_asked(args)\n"
+    "        # The world as this run starts: what the finish records its tests\n"
+    "        # against (a conftest edited during the run must still count).\n"
+    "        self.world = _world(config) if _recording(args) else None\n"
     "        args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]\n"
     "        config._parser.parse_known_args(args, namespace=config.option)\n"
     "        index = {id(item): i for i, item in enumerate(session.items)}\n"
@@ -4408,7 +4411,7 @@ static const char zyg_glue[] =
     "        path = _affected_record(self.config)\n"
     "        record = _affected.load(path) if path else None\n"
     "        tests = {item.nodeid: _rel_module(item, root) for item in items}\n"
-    "        chosen, why = _affected.affected(record, _world(self.config), root, tests)\n"
+    "        chosen, why = _affected.affected(record, self.world, root, tests)\n"
     "        sys.stderr.write(\"pytest-fast: --affected: %d of %d tests (%s)\\n\" % (len(chosen), len(tests), why))\n"
     "        sys.stderr.flush()\n"
     "        dropped = [item for item in items if item.nodeid not in chosen]\n"
@@ -4471,7 +4474,7 @@ static const char zyg_glue[] =
     "    def record_dependencies(self, req):\n"
     "        \"\"\"Merge what this run's workers recorded into the --affected record.\"\"\"\n"
     "        path = _affected_record(self.config)\n"
-    "        if not path or not _recording(self.msg[\"args\"]):\n"
+    "        if not path or self.world is None:\n"
     "            return\n"
     "        prefix = \"run-%s-\" % self.msg.get(\"runid\", \"\")\n"
     "        folder = os.path.dirname(path)\n"
@@ -4512,7 +4515,7 @@ static const char zyg_glue[] =
     "            return\n"
     "        project = _project_modules(root)\n"
     "        try:\n"
-    "            record = _affected.update(_affected.load(path), _world(self.config), root, ran,\n"
+    "            record = _affected.update(_affected.load(path), self.world, root, ran,\n"
     "                                      project.values(), project, self.started_ns)\n"
     "            _affected.save(path, record)\n"
     "        except OSError as exc:\n"
@@ -4524,13 +4527,17 @@ static const char zyg_glue[] =
     "_RUN_FILE_MAX_AGE = 3600.0           # seconds: a killed run's worker files go after this\n"
     "\n"
     "\n"
+    "def _affected_asked(args):\n"
+    "    cut = args.index(\"--\") if \"--\" in args else len(args)\n"
+    "    return AFFECTED_ARG in args[:cut]\n"
+    "\n"
+    "\n"
     "def _recording(args):\n"
     "    \"\"\"Whether this run's workers record what each test runs: in --affected\n"
     "    runs (the tests they run are the ones whose record is out of date) or\n"
     "    with PYTEST_FAST_RECORD=1.  Not in every run: before 3.12 any profile\n"
     "    function puts CPython's whole eval loop on its slow path.\"\"\"\n"
-    "    cut = args.index(\"--\") if \"--\" in args else len(args)\n"
-    "    return AFFECTED_ARG in args[:cut] or os.environ.get(\"PYTEST_FAST_RECORD\") == \"1\"\n"
+    "    return _affected_asked(args) or os.environ.get(\"PYTEST_FAST_RECORD\") == \"1\"\n"
     "\n"
     "\n"
     "def _affected_root(config):\n"
@@ -6426,9 +6433,13 @@ static int zyg_audit(const char *event, PyObject *args, void *data)
     if (reading) {
         const char *p = PyUnicode_AsUTF8(path);
         char cwd[PATH_MAX];
-        PyObject *abs = !p ? NULL
-                        : p[0] == '/' || !getcwd(cwd, sizeof cwd) ? (Py_INCREF(path), path)
-                                                                  : PyUnicode_FromFormat("%s/%U", cwd, path);
+        PyObject *abs = NULL;
+        if (p && p[0] != '/' && getcwd(cwd, sizeof cwd))
+            abs = PyUnicode_FromFormat("%s/%U", cwd, path);   /* the open's own cwd */
+        else if (p) {
+            abs = path;
+            Py_INCREF(abs);
+        }
         if (!abs || PySet_Add(zyg_opened, abs) < 0)
             PyErr_Clear();
         Py_XDECREF(abs);

@@ -376,7 +376,10 @@ class _Leader:
         config, session = self.config, self.session
         args = list(args)
         cut = args.index("--") if "--" in args else len(args)
-        self.affected = AFFECTED_ARG in args[:cut]
+        self.affected = _affected_asked(args)
+        # The world as this run starts: what the finish records its tests
+        # against (a conftest edited during the run must still count).
+        self.world = _world(config) if _recording(args) else None
         args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]
         config._parser.parse_known_args(args, namespace=config.option)
         index = {id(item): i for i, item in enumerate(session.items)}
@@ -422,7 +425,7 @@ class _Leader:
         path = _affected_record(self.config)
         record = _affected.load(path) if path else None
         tests = {item.nodeid: _rel_module(item, root) for item in items}
-        chosen, why = _affected.affected(record, _world(self.config), root, tests)
+        chosen, why = _affected.affected(record, self.world, root, tests)
         sys.stderr.write("pytest-fast: --affected: %d of %d tests (%s)\n" % (len(chosen), len(tests), why))
         sys.stderr.flush()
         dropped = [item for item in items if item.nodeid not in chosen]
@@ -485,7 +488,7 @@ class _Leader:
     def record_dependencies(self, req):
         """Merge what this run's workers recorded into the --affected record."""
         path = _affected_record(self.config)
-        if not path or not _recording(self.msg["args"]):
+        if not path or self.world is None:
             return
         prefix = "run-%s-" % self.msg.get("runid", "")
         folder = os.path.dirname(path)
@@ -526,7 +529,7 @@ class _Leader:
             return
         project = _project_modules(root)
         try:
-            record = _affected.update(_affected.load(path), _world(self.config), root, ran,
+            record = _affected.update(_affected.load(path), self.world, root, ran,
                                       project.values(), project, self.started_ns)
             _affected.save(path, record)
         except OSError as exc:
@@ -538,13 +541,17 @@ AFFECTED_ARG = "--fast-affected"   # the CLI's --affected; the daemon passes it 
 _RUN_FILE_MAX_AGE = 3600.0           # seconds: a killed run's worker files go after this
 
 
+def _affected_asked(args):
+    cut = args.index("--") if "--" in args else len(args)
+    return AFFECTED_ARG in args[:cut]
+
+
 def _recording(args):
     """Whether this run's workers record what each test runs: in --affected
     runs (the tests they run are the ones whose record is out of date) or
     with PYTEST_FAST_RECORD=1.  Not in every run: before 3.12 any profile
     function puts CPython's whole eval loop on its slow path."""
-    cut = args.index("--") if "--" in args else len(args)
-    return AFFECTED_ARG in args[:cut] or os.environ.get("PYTEST_FAST_RECORD") == "1"
+    return _affected_asked(args) or os.environ.get("PYTEST_FAST_RECORD") == "1"
 
 
 def _affected_root(config):

@@ -401,9 +401,13 @@ static int zyg_audit(const char *event, PyObject *args, void *data)
     if (reading) {
         const char *p = PyUnicode_AsUTF8(path);
         char cwd[PATH_MAX];
-        PyObject *abs = !p ? NULL
-                        : p[0] == '/' || !getcwd(cwd, sizeof cwd) ? (Py_INCREF(path), path)
-                                                                  : PyUnicode_FromFormat("%s/%U", cwd, path);
+        PyObject *abs = NULL;
+        if (p && p[0] != '/' && getcwd(cwd, sizeof cwd))
+            abs = PyUnicode_FromFormat("%s/%U", cwd, path);   /* the open's own cwd */
+        else if (p) {
+            abs = path;
+            Py_INCREF(abs);
+        }
         if (!abs || PySet_Add(zyg_opened, abs) < 0)
             PyErr_Clear();
         Py_XDECREF(abs);
