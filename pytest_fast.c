@@ -3,7 +3,7 @@
  * src/ (the C sections in this order; zygote.c inlines glue.py and
  * affected.py):
  *   prologue.c, util.c, codec.c, frame.c, sha256.c, cores.c, args.c,
- *   identity.c, zygote.c, daemon.c, client.c, main.c.
+ *   identity.c, tree.c, zygote.c, daemon.c, client.c, main.c.
  * Do not edit: edit those and run ./build.sh amalgamate.
  */
 
@@ -22,6 +22,7 @@
  *   cores.c     Worker count   performance cores, affinity, cgroup quota
  *   args.c      Arguments      which pytest arguments are per run
  *   identity.c  Identity       environment fingerprint, address, directory
+ *   tree.c      Tree           what --watch watches: the project's files
  *   zygote.c    Zygote         embedded CPython: collects once, then forks;
  *                              its Python is glue.py, inlined as a string
  *   daemon.c    Daemon         accept loop, staleness, dispatcher, summary
@@ -64,6 +65,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -3436,6 +3438,7 @@ static const arg_spec arg_table[] = {
     {"--disable-pytest-warnings", ARG_RUN},
     {"--setup-show", ARG_RUN},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
+    {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--pdb", ARG_RUN | ARG_REFUSE},
@@ -3682,6 +3685,7 @@ static bool id_volatile_var(const char *kv)
         "PYTEST_FAST_ADDRESS=", "PYTEST_FAST_WORKERS=", "PYTEST_FAST_TTL=",
         "PYTEST_FAST_TIMEOUT=", "PYTEST_FAST_BIN=", "PYTEST_FAST_WATCH_POLL=",
         "PYTEST_FAST_WATCH_DEBOUNCE=", "PYTEST_FAST_WATCH=", "PYTEST_FAST_SHARD=",
+        "PYTEST_FAST_RECORD=",
     };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (!strncmp(kv, names[i], strlen(names[i])))
@@ -3965,6 +3969,188 @@ static int id_python_version(const char *python, int *major, int *minor)
             return 1;
     }
     return 0;
+}
+
+/************** begin src/tree.c **************/
+/* ==========================================================================
+ * Tree
+ *
+ * Owns nothing global.  A snapshot of the files under a project root whose
+ * change `pytest-fast --watch` reacts to: Python files and pytest's config
+ * files, and the data files a recording run saw tests read (its watch list,
+ * one absolute path a line).  Hidden directories, caches, virtual
+ * environments and installed packages are skipped, so a run's own
+ * .pytest_cache, __pycache__ and .coverage writes never look like an edit.
+ * Snapshots are sorted by path: comparing two is one merge.  Calls
+ * Utilities.
+ * ========================================================================== */
+
+#define TREE_MAX_FILES 200000   /* past this, a snapshot is marked truncated */
+#define TREE_MAX_DEPTH 40
+
+typedef struct tree_file {
+    char *path;
+    int64_t mtime_ns, size;
+    uint64_t ino;
+} tree_file;
+
+typedef struct tree {
+    tree_file *f;
+    size_t n, cap;
+    util_strv dirs;    /* every directory walked: what inotify should watch */
+    bool truncated;
+} tree;
+
+static void tree_free(tree *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->f[i].path);
+    free(t->f);
+    util_strv_free(&t->dirs);
+    memset(t, 0, sizeof *t);
+}
+
+static bool tree_suffix(const char *name, const char *suffix)
+{
+    size_t n = strlen(name), k = strlen(suffix);
+    return n >= k && !strcmp(name + n - k, suffix);
+}
+
+static bool tree_wanted_file(const char *name)
+{
+    static const char *const configs[] = {"pytest.ini", ".pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini"};
+    for (size_t i = 0; i < sizeof configs / sizeof *configs; i++)
+        if (!strcmp(name, configs[i]))
+            return true;
+    return name[0] != '.' && (tree_suffix(name, ".py") || tree_suffix(name, ".pyi"));
+}
+
+/* A directory of the project's own, not a cache, a virtual environment or
+ * installed packages. */
+static bool tree_wanted_dir(const char *path, const char *name)
+{
+    if (name[0] == '.' || !strcmp(name, "__pycache__") || !strcmp(name, "node_modules") ||
+        !strcmp(name, "site-packages") || tree_suffix(name, ".egg-info"))
+        return false;
+    char *venv = util_fmt("%s/pyvenv.cfg", path);
+    struct stat st;
+    bool is_venv = stat(venv, &st) == 0;
+    free(venv);
+    return !is_venv;
+}
+
+static void tree_add(tree *t, const char *path, const struct stat *st)
+{
+    if (t->n == TREE_MAX_FILES) {
+        t->truncated = true;
+        return;
+    }
+    if (t->n == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 256;
+        t->f = util_realloc(t->f, t->cap * sizeof *t->f);
+    }
+    t->f[t->n++] = (tree_file){util_strdup(path),
+                               (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+                               (int64_t)st->st_size, (uint64_t)st->st_ino};
+}
+
+static void tree_walk(tree *t, const char *dir, int depth)
+{
+    DIR *d = depth < TREE_MAX_DEPTH ? opendir(dir) : NULL;
+    if (!d)
+        return;
+    util_strv_push(&t->dirs, dir);
+    struct dirent *e;
+    while ((e = readdir(d)) && !t->truncated) {
+        const char *name = e->d_name;
+        if (!strcmp(name, ".") || !strcmp(name, ".."))
+            continue;
+        char *path = util_fmt("%s/%s", dir, name);
+        struct stat st;
+        /* Symlinked directories are not followed (no cycles); symlinked
+         * files count with their target's times. */
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+            if (tree_wanted_dir(path, name))
+                tree_walk(t, path, depth + 1);
+        } else if (tree_wanted_file(name) && stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+            tree_add(t, path, &st);
+        }
+        free(path);
+    }
+    closedir(d);
+}
+
+static int tree_cmp(const void *a, const void *b)
+{
+    return strcmp(((const tree_file *)a)->path, ((const tree_file *)b)->path);
+}
+
+/* The snapshot of root, plus the files named in list (may be NULL).  A
+ * listed file that is missing is left out: its coming back is a change. */
+static void tree_scan(tree *t, const char *root, const char *list)
+{
+    tree_free(t);
+    tree_walk(t, root, 0);
+    char *text = list ? util_read_file(list, 16u << 20) : NULL;
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = 0;
+        else
+            next = line + strlen(line);
+        struct stat st;
+        if (line[0] == '/' && stat(line, &st) == 0 && S_ISREG(st.st_mode))
+            tree_add(t, line, &st);
+    }
+    free(text);
+    if (t->n)
+        qsort(t->f, t->n, sizeof *t->f, tree_cmp);
+    size_t k = 0;   /* a listed file may also be a walked one */
+    for (size_t i = 0; i < t->n; i++) {
+        if (k && !strcmp(t->f[k - 1].path, t->f[i].path))
+            free(t->f[i].path);
+        else
+            t->f[k++] = t->f[i];
+    }
+    t->n = k;
+}
+
+static bool tree_same_file(const tree_file *a, const tree_file *b)
+{
+    return a->mtime_ns == b->mtime_ns && a->size == b->size && a->ino == b->ino;
+}
+
+static bool tree_equal(const tree *a, const tree *b)
+{
+    if (a->n != b->n)
+        return false;
+    for (size_t i = 0; i < a->n; i++)
+        if (strcmp(a->f[i].path, b->f[i].path) || !tree_same_file(&a->f[i], &b->f[i]))
+            return false;
+    return true;
+}
+
+/* The paths that differ between two snapshots (changed, added, removed),
+ * relative to root where they are under it; at most max of them are
+ * listed, all are counted.  Returns the count. */
+static size_t tree_diff(const tree *was, const tree *now, const char *root, util_strv *out, size_t max)
+{
+    size_t i = 0, k = 0, count = 0, rl = strlen(root);
+    while (i < was->n || k < now->n) {
+        int c = i == was->n ? 1 : k == now->n ? -1 : strcmp(was->f[i].path, now->f[k].path);
+        const char *path = NULL;
+        if (c < 0)
+            path = was->f[i++].path;
+        else if (c > 0)
+            path = now->f[k++].path;
+        else if (!tree_same_file(&was->f[i++], &now->f[k++]))
+            path = now->f[k - 1].path;
+        if (!path)
+            continue;
+        if (count++ < max)
+            util_strv_push(out, !strncmp(path, root, rl) && path[rl] == '/' ? path + rl + 1 : path);
+    }
+    return count;
 }
 
 /************** begin src/zygote.c **************/
@@ -4333,7 +4519,7 @@ static const char zyg_glue[] =
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
     "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
-    "                        \"pool\": len(self.pool),\n"
+    "                        \"pool\": len(self.pool), \"watch_list\": self.watch_list(),\n"
     "                        \"scoped_errors\": self.scoped_errors, \"group_starts\": self.group_starts,\n"
     "                        \"coverage\": coverage})\n"
     "        if zygote.cwd:\n"
@@ -4366,7 +4552,9 @@ static const char zyg_glue[] =
     "        # The world as this run starts: what the finish records its tests\n"
     "        # against (a conftest edited during the run must still count).\n"
     "        self.world = _world(config) if _recording(args) else None\n"
-    "        args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]\n"
+    "        excluded = [a.split(\"=\", 1)[1] for a in args[:cut] if a.startswith(EXCLUDE_ARG + \"=\")]\n"
+    "        args = [a for i, a in enumerate(args)\n"
+    "                if i >= cut or (a != AFFECTED_ARG and not a.startswith(EXCLUDE_ARG + \"=\"))]\n"
     "        config._parser.parse_known_args(args, namespace=config.option)\n"
     "        index = {id(item): i for i, item in enumerate(session.items)}\n"
     "        items = list(session.items)\n"
@@ -4398,12 +4586,26 @@ static const char zyg_glue[] =
     "                    config.hook.pytest_deselected(items=[i for i in items if id(i) not in chosen])\n"
     "                items = kept\n"
     "            # within the shard: shards stay a partition of the same selection\n"
+    "            if excluded:\n"
+    "                items = self.exclude(items, excluded[-1])\n"
     "            if self.affected:\n"
     "                items = self.select_affected(items)\n"
     "        finally:\n"
     "            pm.unregister(counter)\n"
     "        items, self.group_starts = _dist_groups(items, getattr(config.option, \"dist\", \"no\"))\n"
     "        return [index[id(item)] for item in items], counter.count\n"
+    "\n"
+    "    def exclude(self, items, path):\n"
+    "        \"\"\"--watch's second run: the selection but the tests its first\n"
+    "        (affected) run reported, as listed in that run's --dump file.\"\"\"\n"
+    "        with open(path, encoding=\"utf-8\") as f:\n"
+    "            done = json.load(f)\n"
+    "        if not isinstance(done, dict):\n"
+    "            raise ValueError(\"%s: expected a JSON object of node ids\" % path)\n"
+    "        dropped = [item for item in items if item.nodeid in done]\n"
+    "        if dropped:\n"
+    "            self.config.hook.pytest_deselected(items=dropped)\n"
+    "        return [item for item in items if item.nodeid not in done]\n"
     "\n"
     "    def select_affected(self, items):\n"
     "        \"\"\"--affected: only what an edit since the last run could change.\"\"\"\n"
@@ -4418,6 +4620,12 @@ static const char zyg_glue[] =
     "        if dropped:\n"
     "            self.config.hook.pytest_deselected(items=dropped)\n"
     "        return [item for item in items if item.nodeid in chosen]\n"
+    "\n"
+    "    def watch_list(self):\n"
+    "        \"\"\"Where a recording run lists the data files its tests read, for\n"
+    "        --watch to watch beside the Python files (None: not recording).\"\"\"\n"
+    "        path = _affected_record(self.config) if self.world is not None else None\n"
+    "        return os.path.join(os.path.dirname(path), WATCH_LIST) if path else None\n"
     "\n"
     "    def collect_error_paths(self):\n"
     "        rootdir = str(self.config.rootpath)\n"
@@ -4518,12 +4726,16 @@ static const char zyg_glue[] =
     "            record = _affected.update(_affected.load(path), self.world, root, ran,\n"
     "                                      project.values(), project, self.started_ns)\n"
     "            _affected.save(path, record)\n"
+    "            _write_lines(os.path.join(folder, WATCH_LIST),\n"
+    "                         sorted(os.path.join(root, rel) for rel in record[\"files\"] if not rel.endswith(\".py\")))\n"
     "        except OSError as exc:\n"
     "            sys.stderr.write(\"pytest-fast: cannot write %s (%s); --affected will run every test\\n\"\n"
     "                             % (path, exc))\n"
     "\n"
     "\n"
     "AFFECTED_ARG = \"--fast-affected\"   # the CLI's --affected; the daemon passes it per run\n"
+    "EXCLUDE_ARG = \"--fast-exclude\"      # --watch: =PATH, a --dump file of tests not to run again\n"
+    "WATCH_LIST = \"watch.txt\"            # beside the record: the data files tests read\n"
     "_RUN_FILE_MAX_AGE = 3600.0           # seconds: a killed run's worker files go after this\n"
     "\n"
     "\n"
@@ -4689,6 +4901,13 @@ static const char zyg_glue[] =
     "        pending = {}\n"
     "        cache.set(DURATIONS_KEY, record)\n"
     "    cache.set(PENDING_KEY, pending)\n"
+    "\n"
+    "\n"
+    "def _write_lines(path, lines):\n"
+    "    tmp = \"%s.%d.tmp\" % (path, os.getpid())\n"
+    "    with open(tmp, \"w\", encoding=\"utf-8\") as f:\n"
+    "        f.writelines(line + \"\\n\" for line in lines)\n"
+    "    os.replace(tmp, path)\n"
     "\n"
     "\n"
     "def _write_json(path, data):\n"
@@ -6655,6 +6874,16 @@ typedef struct dmn_zygote {
 
 typedef struct dmn_conn dmn_conn;
 
+/* A `pytest-fast --watch` client's subscription (see Subscribers). */
+typedef struct dmn_sub {
+    char *cwd;                  /* the client's directory */
+    char *root;                 /* what is walked: the collection's rootdir if cwd is in it */
+    tree seen;                  /* what the client last heard of */
+    tree settling;              /* a newer snapshot, waiting to hold still */
+    bool pending;
+    double since, debounce, poll, next_scan;
+} dmn_sub;
+
 typedef struct dmn_worker {
     int wid;
     pid_t pid;
@@ -6749,6 +6978,7 @@ struct dmn_conn {
     bool full, stream, color, options_only;
     bool fresh, discard, booted;    /* --start-method fork / spawn */
     bool waited;                    /* this run waited for a collection: cold */
+    dmn_sub *sub;                   /* a --watch subscription, not a run */
     dmn_conn *next;             /* run queue */
 };
 
@@ -6792,6 +7022,10 @@ static struct {
     bool watching;
     double watch_poll, watch_debounce, stale_since, next_poll;
     int notify_fd;              /* inotify on the current tree's directories (Linux) */
+    int sub_notify_fd;          /* inotify on the subscribers' directories (Linux) */
+    util_strv sub_dirs;         /* ... the directories it watches */
+    int nsubs;
+    char *watch_list;           /* the last recording run's data files (see tree.c) */
     pid_t notify_pid;           /* the collected zygote it was set up for */
     dmn_run *run;
     unsigned runs;
@@ -6842,6 +7076,14 @@ static void dmn_conn_free(dmn_conn *c)
     free(c->fp);
     free(c->dump);
     free(c->python);
+    if (c->sub) {
+        dmn.nsubs--;
+        free(c->sub->cwd);
+        free(c->sub->root);
+        tree_free(&c->sub->seen);
+        tree_free(&c->sub->settling);
+        free(c->sub);
+    }
     free(c);
 }
 
@@ -8668,6 +8910,11 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->deselected = (size_t)des;
     int64_t pool = 0;
     pf_dict_int(msg, "pool", &pool);
+    const char *watch_list = pf_dict_str(msg, "watch_list");
+    if (watch_list && watch_list[0] == '/') {
+        free(dmn.watch_list);
+        dmn.watch_list = util_strdup(watch_list);
+    }
     r->pool = pool > 0 ? (size_t)pool : 0;
     const pf_value *scoped = pf_dict_get(msg, "scoped_errors");
     r->scoped = scoped && pf_is_seq(scoped) ? scoped : NULL;
@@ -9089,6 +9336,175 @@ static void dmn_run_next(void)
     }
 }
 
+/* ------------------------------------------------------------ subscribers */
+
+/* `pytest-fast --watch` keeps a connection subscribed: it hears "changed"
+ * each time the project's files (tree.c) have changed and then held still
+ * for the debounce time, during a run too, so that a save can cancel the
+ * run in flight.  inotify (Linux) on every directory walked says when to
+ * look; the walk is the judge, and a slow poll covers what inotify misses. */
+
+#define DMN_SUB_SAFETY_POLL 5.0   /* seconds between walks while inotify watches */
+
+/* The collection's rootdir when the client's directory is inside it (an
+ * edit in the app beside a tests/ directory counts), else that directory. */
+static const char *dmn_sub_root(const dmn_sub *s)
+{
+    const char *rootdir = dmn.cur ? dmn.cur->rootdir : "";
+    size_t n = strlen(rootdir);
+    if (n && !strncmp(s->cwd, rootdir, n) && (s->cwd[n] == '/' || s->cwd[n] == 0))
+        return rootdir;
+    return s->cwd;
+}
+
+/* inotify on the union of the subscribers' directories, re-made when that
+ * set changes (a directory was created or removed). */
+static void dmn_sub_notify_sync(void)
+{
+#ifdef __linux__
+    util_strv dirs = {0};
+    for (int i = 0; i < dmn.nconns; i++)
+        for (size_t k = 0; dmn.conns[i]->sub && k < dmn.conns[i]->sub->seen.dirs.n; k++)
+            util_strv_push(&dirs, dmn.conns[i]->sub->seen.dirs.v[k]);
+    if (dirs.n)
+        qsort(dirs.v, dirs.n, sizeof *dirs.v, util_cmp_str);
+    if (util_strv_equal(&dirs, &dmn.sub_dirs) && (dmn.sub_notify_fd >= 0 || !dirs.n)) {
+        util_strv_free(&dirs);
+        return;
+    }
+    util_close(&dmn.sub_notify_fd);
+    util_strv_free(&dmn.sub_dirs);
+    dmn.sub_dirs = dirs;
+    if (!dirs.n || (dmn.sub_notify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) < 0)
+        return;
+    for (size_t i = 0; i < dirs.n; i++)
+        if (inotify_add_watch(dmn.sub_notify_fd, dirs.v[i],
+                              IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE |
+                                  IN_MOVED_FROM | IN_MOVED_TO) < 0) {
+            /* Past the watch limit: the poll alone does the work. */
+            util_log("--watch: inotify cannot watch %s (%s); polling", dirs.v[i], strerror(errno));
+            util_close(&dmn.sub_notify_fd);
+            return;
+        }
+#endif
+}
+
+static void dmn_sub_send_changed(dmn_conn *c, const tree *now)
+{
+    dmn_sub *s = c->sub;
+    util_strv files = {0};
+    size_t count = tree_diff(&s->seen, now, s->root, &files, 20);
+    pf_arena *a = pf_arena_new(0);
+    pf_value *d = util_msg(a, "changed");
+    util_set(a, d, "files", util_strv_value(a, &files));
+    util_set(a, d, "count", pf_new_int(a, (int64_t)count));
+    dmn_send(c, d);
+    pf_arena_free(a);
+    util_strv_free(&files);
+}
+
+/* Walk the subscriber's tree: a snapshot that differs from what it last
+ * heard of is told once it is the same on two walks a debounce apart. */
+static void dmn_sub_scan(dmn_conn *c, double now)
+{
+    dmn_sub *s = c->sub;
+    const char *root = dmn_sub_root(s);
+    tree t = {0};
+    tree_scan(&t, root, dmn.watch_list);
+    if (strcmp(root, s->root) != 0) {
+        /* The first collection named the rootdir: a new baseline, no edit. */
+        free(s->root);
+        s->root = util_strdup(root);
+        tree_free(&s->seen);
+        s->seen = t;
+        s->pending = false;
+    } else if (tree_equal(&t, &s->seen)) {
+        tree_free(&t);
+        s->pending = false;     /* changed and changed back */
+    } else if (s->pending && tree_equal(&t, &s->settling) && now - s->since >= s->debounce) {
+        dmn_sub_send_changed(c, &t);
+        tree_free(&s->seen);
+        s->seen = t;
+        tree_free(&s->settling);
+        s->pending = false;
+    } else {
+        if (!s->pending || !tree_equal(&t, &s->settling))
+            s->since = now;     /* still changing: settle again */
+        tree_free(&s->settling);
+        s->settling = t;
+        s->pending = true;
+    }
+    s->next_scan = s->pending ? s->since + s->debounce
+                              : now + (dmn.sub_notify_fd >= 0 ? DMN_SUB_SAFETY_POLL : s->poll);
+}
+
+static void dmn_subs_tick(double now)
+{
+    bool scanned = false;
+    for (int i = dmn.nconns - 1; i >= 0; i--) {
+        dmn_conn *c = dmn.conns[i];
+        if (c->sub && now >= c->sub->next_scan) {
+            dmn_sub_scan(c, now);
+            scanned = true;
+            if (c->fd < 0)
+                dmn_conn_drop(c);   /* the client went away */
+        }
+    }
+    if (scanned)
+        dmn_sub_notify_sync();
+}
+
+/* Something changed in a watched directory: look now. */
+static void dmn_subs_notified(double now)
+{
+    char buf[4096];
+    while (read(dmn.sub_notify_fd, buf, sizeof buf) > 0)
+        ;
+    for (int i = 0; i < dmn.nconns; i++)
+        if (dmn.conns[i]->sub && !dmn.conns[i]->sub->pending)
+            dmn.conns[i]->sub->next_scan = now;
+}
+
+static double dmn_subs_next(void)
+{
+    double next = 0;
+    for (int i = 0; i < dmn.nconns; i++)
+        if (dmn.conns[i]->sub && (!next || dmn.conns[i]->sub->next_scan < next))
+            next = dmn.conns[i]->sub->next_scan;
+    return next;
+}
+
+/* {op: "watch", cwd, debounce, poll}: answered "watching" with the root
+ * and its file count; the connection then stays subscribed until the
+ * client hangs up. */
+static void dmn_subscribe(dmn_conn *c, const pf_value *req)
+{
+    const char *cwd = pf_dict_str(req, "cwd");
+    if (!cwd || cwd[0] != '/') {
+        dmn_fail_request(c, 4, "malformed watch request");
+        return;
+    }
+    const pf_value *debounce = pf_dict_get(req, "debounce"), *poll = pf_dict_get(req, "poll");
+    dmn_sub *s = util_alloc(sizeof *s);
+    s->cwd = util_strdup(cwd);
+    s->debounce = debounce && debounce->kind == PF_FLOAT && debounce->u.f >= 0 ? debounce->u.f : 0.05;
+    s->poll = poll && poll->kind == PF_FLOAT && poll->u.f > 0 ? poll->u.f : 0.5;
+    s->root = util_strdup(dmn_sub_root(s));
+    tree_scan(&s->seen, s->root, dmn.watch_list);
+    c->sub = s;
+    dmn.nsubs++;
+    s->next_scan = util_now() + s->poll;
+    util_log("--watch: a client watches %s (%zu files%s)", s->root, s->seen.n,
+             s->seen.truncated ? ", truncated" : "");
+    pf_arena *a = pf_arena_new(0);
+    pf_value *d = util_msg(a, "watching");
+    util_set(a, d, "root", pf_new_cstr(a, s->root));
+    util_set(a, d, "files", pf_new_int(a, (int64_t)s->seen.n));
+    dmn_send(c, d);
+    pf_arena_free(a);
+    dmn_sub_notify_sync();
+}
+
 static const char *dmn_env(const util_strv *env, const char *name)
 {
     size_t n = strlen(name);
@@ -9203,6 +9619,10 @@ static void dmn_request(dmn_conn *c)
     }
     if (!strcmp(op, "stop")) {
         dmn_reply_and_stop(c, "bye", "stop requested");
+        return;
+    }
+    if (!strcmp(op, "watch")) {
+        dmn_subscribe(c, req);
         return;
     }
     if (strcmp(op, "run") != 0 && strcmp(op, "options") != 0) {
@@ -9613,6 +10033,7 @@ static int dmn_loop(void)
             dmn_notify_sync();
         size_t notified = n;
         p[n++] = (struct pollfd){dmn.notify_fd, POLLIN, 0};
+        p[n++] = (struct pollfd){dmn.sub_notify_fd, POLLIN, 0};
         double now = util_now();
         int timeout = 1000;
         if (!r && !dmn.queue && !dmn.booting) {
@@ -9628,6 +10049,9 @@ static int dmn_loop(void)
         } else if (r) {
             timeout = 100;
         }
+        double sub_next = dmn_subs_next();
+        if (dmn.nsubs && (sub_next - now) * 1000 < timeout)
+            timeout = sub_next > now ? (int)((sub_next - now) * 1000) + 1 : 0;
         for (int i = 0; i < dmn.nconns; i++) {
             double left = dmn.conns[i]->accepted + DMN_REQUEST_TIMEOUT - now;
             if (dmn_conn_pending(dmn.conns[i]) && left * 1000 < timeout)
@@ -9667,6 +10091,10 @@ static int dmn_loop(void)
         }
         if (rc > 0 && p[notified].revents && dmn.notify_fd >= 0)
             dmn_notify_read(now);   /* during a run too: a pending event would wake poll at once */
+        if (rc > 0 && p[notified + 1].revents && dmn.sub_notify_fd >= 0)
+            dmn_subs_notified(now);
+        if (dmn.nsubs)
+            dmn_subs_tick(now);
         if (dmn.run && dmn.run->finishing)
             dmn_run_end(dmn.run);   /* past DMN_FINISH_WAIT: reply without the leader */
         if (dmn.run) {
@@ -9689,8 +10117,8 @@ static int dmn_loop(void)
                 dmn_conn_readable(polled[i]);
         }
         dmn_expire_conns(now);
-        if (dmn.run || dmn.queue)
-            dmn.last_activity = now;
+        if (dmn.run || dmn.queue || dmn.nsubs)
+            dmn.last_activity = now;   /* a --watch client is using the daemon */
     }
     free(p);
     free(polled);
@@ -9706,6 +10134,7 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
     dmn.ttl = ttl;
     dmn.pidfile = id_sibling(address, ".pid");
     dmn.notify_fd = -1;
+    dmn.sub_notify_fd = -1;
     for (int i = 0; i < DMN_NODES; i++)
         dmn_node_free(&dmn.nodes[i]);
     signal(SIGPIPE, SIG_IGN);
@@ -9779,7 +10208,7 @@ typedef struct cli_opts {
     int workers, runs;
     int shard_k, shard_n;       /* 0/0: no shard */
     bool store_durations;
-    bool full_report, status, stop, print_workers, explain, help, version, ensure, watch;
+    bool full_report, status, stop, print_workers, explain, help, version, ensure, prewarm, watch;
     util_strv pytest_args;
 } cli_opts;
 
@@ -9806,6 +10235,9 @@ static const char cli_usage[] =
     "                          with $PYTEST_FAST_WATCH_POLL / _DEBOUNCE seconds)\n"
     "  --affected              run only the tests an edit since their last run could\n"
     "                          change, those that failed and those never run\n"
+    "  --watch                 stay in the foreground: on every save, run the tests\n"
+    "                          the edit affects first, then the rest; a new save\n"
+    "                          cancels the run in flight.  Keys on a terminal (h)\n"
     "  --dump PATH             write {nodeid: outcome} JSON after the run\n"
     "  --shard K/N             run only shard K of N (1-based; or $PYTEST_FAST_SHARD;\n"
     "                          GitLab's CI_NODE_INDEX/CI_NODE_TOTAL when set), split\n"
@@ -9920,6 +10352,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
         else if (!strcmp(a, "--store-durations"))
             o->store_durations = true;
         else if (!strcmp(a, "--with-watcher"))
+            o->prewarm = true;
+        else if (!strcmp(a, "--watch"))
             o->watch = true;
         else if (!strcmp(a, "--affected"))
             util_strv_push(&o->pytest_args, "--fast-affected");   /* the leader's name for it */
@@ -9955,6 +10389,9 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
         return 2;
     }
     free(ci);
+    if (o->watch && (o->dump || o->runs || o->status || o->stop || o->ensure || o->shard_n))
+        return cli_usage_error("--watch runs on every save: it does not combine with --dump, --runs, "
+                               "--shard, --status, --stop or --ensure-daemon");
     if (o->start_method && strcmp(o->start_method, "forkserver") && strcmp(o->start_method, "fork") &&
         strcmp(o->start_method, "spawn"))
         return cli_usage_error("invalid --start-method '%s': expected forkserver, fork or spawn",
@@ -10121,8 +10558,24 @@ static void cli_progress(const pf_value *msg, bool tty)
     fflush(stdout);
 }
 
+/* What one run asks for beyond the options: its pytest arguments and
+ * --dump path, and, under --watch, the session it belongs to. */
+typedef struct cli_watch cli_watch;
+typedef struct cli_job {
+    const util_strv *args;
+    const char *dump;
+    cli_watch *watch;
+} cli_job;
+
+#define CLI_CHANGED (-2)          /* --watch: a save cancelled the run */
+#define CLI_QUIT (-3)             /* --watch: the user asked to leave */
+
+static int cli_watch_fds(const cli_watch *w, struct pollfd *out);
+static int cli_watch_event(cli_watch *w, bool running);
+
 /* One run: send, stream, print.  Returns pytest's exit code. */
-static int cli_run_once(const cli_opts *o, const char *address, const char *fp, const char *python)
+static int cli_run_once(const cli_opts *o, const cli_job *job, const char *address, const char *fp,
+                        const char *python)
 {
     char err[PF_ERRLEN] = "";
     int fd = cli_connect(address, err, sizeof err);
@@ -10142,11 +10595,14 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     extern char **environ;
     util_strv env = {0};
     for (char **e = environ; *e; e++)
-        util_strv_push(&env, *e);
+        if (!job->watch || strncmp(*e, "PYTEST_FAST_RECORD=", 19))
+            util_strv_push(&env, *e);
+    if (job->watch)   /* every run records, so the next save's --affected knows */
+        util_strv_push(&env, "PYTEST_FAST_RECORD=1");
     bool tty = isatty(1);
     util_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
     util_set(a, req, "build", pf_new_cstr(a, util_build));
-    util_set(a, req, "args", util_strv_value(a, &o->pytest_args));
+    util_set(a, req, "args", util_strv_value(a, job->args));
     util_set(a, req, "env", util_strv_value(a, &env));
     util_set(a, req, "cwd", pf_new_cstr(a, cwd));
     util_set(a, req, "fp", pf_new_cstr(a, fp));
@@ -10154,7 +10610,7 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     util_set(a, req, "workers", pf_new_int(a, o->workers));
     util_set(a, req, "timeout", pf_new_float(a, o->timeout));
     util_set(a, req, "full", pf_new_bool(a, o->full_report));
-    util_set(a, req, "watch", pf_new_bool(a, o->watch));
+    util_set(a, req, "watch", pf_new_bool(a, o->prewarm));
     if (o->shard_n) {
         pf_value *shard = pf_new_container(a, PF_TUPLE);
         pf_append(a, shard, pf_new_int(a, o->shard_k));
@@ -10165,8 +10621,8 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     util_set(a, req, "color", pf_new_bool(a, tty && !getenv("NO_COLOR")));
     if (o->start_method)
         util_set(a, req, "start_method", pf_new_cstr(a, o->start_method));
-    if (o->dump) {
-        char *abs = o->dump[0] == '/' ? util_strdup(o->dump) : util_fmt("%s/%s", cwd, o->dump);
+    if (job->dump) {
+        char *abs = job->dump[0] == '/' ? util_strdup(job->dump) : util_fmt("%s/%s", cwd, job->dump);
         util_set(a, req, "dump", pf_new_cstr(a, abs));
         free(abs);
     }
@@ -10185,10 +10641,13 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     pf_reader_init(&r);
     util_nonblock(fd);
     int rc = 3;
+    int why = 0;   /* CLI_CHANGED / CLI_QUIT: --watch cancelled this run */
     bool progress_shown = false, cancel_sent = false;
     double cancel_at = 0;
     for (;;) {
-        if (cli_interrupts && !cancel_sent) {
+        if (cli_interrupts && job->watch && !why)
+            why = CLI_QUIT;
+        if ((cli_interrupts || why) && !cancel_sent) {
             /* Any byte means "cancel"; the daemon kills the run's workers. */
             if (write(fd, "c", 1) < 0) {
                 rc = 2;
@@ -10196,17 +10655,23 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
             }
             cancel_sent = true;
             cancel_at = util_now();
-            fputs("\npytest-fast: interrupted, cancelling the run (Ctrl-C again to leave now)\n", stderr);
+            if (!why)
+                fputs("\npytest-fast: interrupted, cancelling the run (Ctrl-C again to leave now)\n", stderr);
         }
-        if (cli_interrupts > 1 || (cancel_sent && util_now() - cancel_at > 2.0)) {
+        if ((cli_interrupts > 1 && !why) || (cancel_sent && util_now() - cancel_at > 2.0)) {
             rc = 2;
             break;
         }
-        struct pollfd p = {fd, POLLIN, 0};
-        int n = poll(&p, 1, cancel_sent ? 100 : 1000);
+        struct pollfd p[3] = {{fd, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
+        nfds_t np = 1;
+        if (job->watch && !why)   /* a save or a key can cancel the run */
+            np += (nfds_t)cli_watch_fds(job->watch, p + 1);
+        int n = poll(p, np, cancel_sent ? 100 : 1000);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n == 0)
+        if (n > 0 && np > 1 && (p[1].revents || p[2].revents))
+            why = cli_watch_event(job->watch, true);
+        if (n <= 0 || !p[0].revents)
             continue;
         int st = pf_reader_feed(&r, fd);
         if (st == PF_READ_AGAIN)
@@ -10214,8 +10679,9 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
         if (st != PF_READ_FRAME) {
             if (progress_shown)
                 fputs("\r\033[K", stdout);
-            fprintf(stderr, "pytest-fast: the daemon closed the connection mid-run (log: %s)\n",
-                    id_sibling(address, ".log"));
+            if (!why)
+                fprintf(stderr, "pytest-fast: the daemon closed the connection mid-run (log: %s)\n",
+                        id_sibling(address, ".log"));
             rc = cancel_sent ? 2 : 3;
             break;
         }
@@ -10246,10 +10712,10 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
             pf_dict_int(msg, "rc", &code);
             const char *summary = pf_dict_str(msg, "summary");
             const char *e = pf_dict_str(msg, "error");
-            if (summary && *summary)
+            if (summary && *summary && !why)
                 fputs(summary, stdout);
             fflush(stdout);
-            if (e && *e)
+            if (e && *e && !why)
                 fprintf(stderr, "%s%s", e, e[strlen(e) - 1] == '\n' ? "" : "\n");
             rc = (int)code;
             pf_arena_free(m);
@@ -10259,6 +10725,8 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     }
     pf_reader_free(&r);
     close(fd);
+    if (why)
+        return why;
     if (cancel_sent && rc != 2 && rc != 0)
         rc = 2;
     return rc;
@@ -10274,12 +10742,13 @@ static void cli_await_gone(const char *address)
     }
 }
 
-static int cli_run(const cli_opts *o, const char *address, const char *fp, const char *python)
+static int cli_run(const cli_opts *o, const cli_job *job, const char *address, const char *fp,
+                   const char *python)
 {
-    int rc = cli_run_once(o, address, fp, python);
+    int rc = cli_run_once(o, job, address, fp, python);
     if (rc == CLI_RESTART) {
         cli_await_gone(address);
-        rc = cli_run_once(o, address, fp, python);
+        rc = cli_run_once(o, job, address, fp, python);
     }
     return rc == CLI_RESTART ? 3 : rc;
 }
@@ -10339,6 +10808,339 @@ static int cli_stop(const char *address)
     cli_await_gone(address);
     printf("stopped the daemon at %s\n", address);
     return 0;
+}
+
+/* ------------------------------------------------------------------ watch */
+
+/* `pytest-fast --watch`: a subscription to the daemon's file watch (see the
+ * daemon's Subscribers) and a loop of runs.  The first run is the whole
+ * selection; after each settled save, the tests the edit affects run first
+ * and print at once, then the rest of the selection, so nothing is skipped
+ * silently.  A save during a run cancels it and starts over.  Every run
+ * records what its tests ran, which is what the next save's selection
+ * reads.  On a terminal, single keys change the selection. */
+struct cli_watch {
+    const cli_opts *o;
+    const char *address, *fp, *python;
+    int sub;                    /* the subscription; -1 between daemons */
+    pf_reader rd;
+    bool keys;                  /* stdin and stdout are a terminal */
+    struct termios saved;
+    util_strv changed;          /* what the last "changed" named */
+    int64_t nchanged;
+    util_strv paths;            /* p: paths or node ids */
+    char *kexpr;                /* t: a -k expression */
+    bool failed_only;           /* f: --lf */
+    char root[PATH_MAX];
+};
+
+static const char cli_watch_keys[] =
+    "  a, Enter  run the whole selection\n"
+    "  f         only the tests that failed (--lf); f again: all\n"
+    "  p         filter by paths or node ids\n"
+    "  t         filter by a -k expression\n"
+    "  c         clear the filters\n"
+    "  q         quit (Ctrl-C too)\n"
+    "  h         this help\n";
+
+/* Subscribe: starts a daemon if none answers; a daemon of another build
+ * makes way first, as for a run. */
+static int cli_watch_subscribe(cli_watch *w)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char err[PF_ERRLEN] = "";
+        int fd = cli_connect(w->address, err, sizeof err);
+        if (fd == -1)
+            fd = cli_start(w->address, w->o->ttl, err, sizeof err);
+        if (fd < 0) {
+            fprintf(stderr, "pytest-fast: %s\n", err[0] ? err : strerror(errno));
+            return -1;
+        }
+        char cwd[PATH_MAX];
+        const char *debounce = util_getenv("PYTEST_FAST_WATCH_DEBOUNCE");
+        const char *poll_s = util_getenv("PYTEST_FAST_WATCH_POLL");
+        double v;
+        pf_arena *a = pf_arena_new(0);
+        pf_value *req = util_msg(a, "watch");
+        util_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
+        util_set(a, req, "build", pf_new_cstr(a, util_build));
+        util_set(a, req, "cwd", pf_new_cstr(a, getcwd(cwd, sizeof cwd) ? cwd : "/"));
+        if (debounce && cli_parse_double(debounce, &v))
+            util_set(a, req, "debounce", pf_new_float(a, v));
+        if (poll_s && cli_parse_double(poll_s, &v) && v > 0)
+            util_set(a, req, "poll", pf_new_float(a, v));
+        pf_value *reply = NULL;
+        pf_reader r;
+        pf_reader_init(&r);
+        if (cli_send(fd, req, false) < 0 || pf_read_frame(&r, fd, 30000) != PF_READ_FRAME ||
+            pf_decode(a, r.body.data, r.need, &reply, err, sizeof err) < 0)
+            reply = NULL;
+        pf_reader_free(&r);
+        const char *op = reply && reply->kind == PF_DICT ? pf_dict_str(reply, "op") : NULL;
+        if (op && !strcmp(op, "watching")) {
+            snprintf(w->root, sizeof w->root, "%s", pf_dict_str(reply, "root") ? pf_dict_str(reply, "root") : "");
+            pf_arena_free(a);
+            util_nonblock(fd);
+            pf_reader_init(&w->rd);
+            w->sub = fd;
+            return 0;
+        }
+        close(fd);
+        pf_arena_free(a);
+        if (!op || strcmp(op, "restart") != 0) {
+            fprintf(stderr, "pytest-fast: the daemon did not take the watch request (log: %s)\n",
+                    id_sibling(w->address, ".log"));
+            return -1;
+        }
+        cli_await_gone(w->address);
+    }
+    return -1;
+}
+
+static int cli_watch_fds(const cli_watch *w, struct pollfd *out)
+{
+    out[0] = (struct pollfd){w->sub, POLLIN, 0};
+    out[1] = (struct pollfd){w->keys ? 0 : -1, POLLIN, 0};
+    return 2;
+}
+
+/* What the subscription or the keyboard says: CLI_CHANGED, CLI_QUIT, a key
+ * (only when not running: a run only listens for q), or 0. */
+static int cli_watch_event(cli_watch *w, bool running)
+{
+    for (;;) {
+        int st = w->sub >= 0 ? pf_reader_feed(&w->rd, w->sub) : PF_READ_AGAIN;
+        if (st == PF_READ_AGAIN)
+            break;
+        if (st != PF_READ_FRAME) {
+            /* The daemon went away (--stop, a rebuilt binary): a new one. */
+            close(w->sub);
+            w->sub = -1;
+            pf_reader_free(&w->rd);
+            fputs("pytest-fast --watch: the daemon stopped; starting a new one\n", stderr);
+            return cli_watch_subscribe(w) < 0 ? CLI_QUIT : CLI_CHANGED;
+        }
+        pf_arena *a = pf_arena_new(0);
+        pf_value *msg = NULL;
+        char err[160];
+        int ok = pf_decode(a, w->rd.body.data, w->rd.need, &msg, err, sizeof err);
+        pf_reader_reset(&w->rd);
+        const char *op = ok == 0 && msg->kind == PF_DICT ? pf_dict_str(msg, "op") : NULL;
+        if (op && !strcmp(op, "changed")) {
+            util_strv_free(&w->changed);
+            util_value_strv(pf_dict_get(msg, "files"), &w->changed);
+            w->nchanged = 0;
+            pf_dict_int(msg, "count", &w->nchanged);
+            pf_arena_free(a);
+            return CLI_CHANGED;
+        }
+        pf_arena_free(a);
+    }
+    unsigned char key;
+    struct pollfd p = {0, POLLIN, 0};
+    while (w->keys && poll(&p, 1, 0) > 0 && read(0, &key, 1) == 1) {
+        if (key == 'q')
+            return CLI_QUIT;
+        if (!running)
+            return key;
+    }
+    return 0;
+}
+
+/* A line from the terminal, echoed: keys are read one at a time otherwise. */
+static char *cli_watch_line(cli_watch *w, const char *prompt)
+{
+    tcsetattr(0, TCSANOW, &w->saved);
+    fputs(prompt, stdout);
+    fflush(stdout);
+    char buf[4096];
+    bool got = fgets(buf, sizeof buf, stdin) != NULL;
+    struct termios raw = w->saved;
+    raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+    tcsetattr(0, TCSANOW, &raw);
+    if (!got)
+        return NULL;
+    buf[strcspn(buf, "\r\n")] = 0;
+    return util_strdup(buf);
+}
+
+/* "failed only; -k 'expr'; path path", or nothing. */
+static void cli_watch_filters(const cli_watch *w, pf_buf *b)
+{
+    if (w->failed_only)
+        pf_buf_printf(b, "failed only");
+    if (w->kexpr)
+        pf_buf_printf(b, "%s-k '%s'", b->len ? "; " : "", w->kexpr);
+    for (size_t i = 0; i < w->paths.n; i++)
+        pf_buf_printf(b, "%s%s", i ? " " : b->len ? "; " : "", w->paths.v[i]);
+}
+
+/* The run's arguments: the command line's, then the filters, then extra. */
+static void cli_watch_args(const cli_watch *w, util_strv *args, const char *extra)
+{
+    for (size_t i = 0; i < w->o->pytest_args.n; i++)
+        util_strv_push(args, w->o->pytest_args.v[i]);
+    if (w->failed_only)
+        util_strv_push(args, "--lf");
+    if (w->kexpr) {
+        util_strv_push(args, "-k");
+        util_strv_push(args, w->kexpr);
+    }
+    if (extra)
+        util_strv_push(args, extra);
+    for (size_t i = 0; i < w->paths.n; i++)
+        util_strv_push(args, w->paths.v[i]);
+}
+
+static int cli_watch_run(cli_watch *w, const char *extra, const char *dump)
+{
+    util_strv args = {0};
+    cli_watch_args(w, &args, extra);
+    cli_job job = {&args, dump, w};
+    int rc = cli_run(w->o, &job, w->address, w->fp, w->python);
+    util_strv_free(&args);
+    return rc;
+}
+
+/* After a save: the affected tests, then the rest.  pytest's exit code of
+ * the pair (the worse one), or CLI_CHANGED / CLI_QUIT. */
+static int cli_watch_after_change(cli_watch *w)
+{
+    pf_buf b = {0};
+    for (size_t i = 0; i < w->changed.n; i++)
+        pf_buf_printf(&b, "%s%s", i ? ", " : "", w->changed.v[i]);
+    if (w->nchanged > (int64_t)w->changed.n)
+        pf_buf_printf(&b, " and %lld more", (long long)(w->nchanged - (int64_t)w->changed.n));
+    printf("\npytest-fast --watch: %.*s changed: the tests it affects first\n", (int)b.len, b.data);
+    pf_buf_free(&b);
+    fflush(stdout);
+    const char *tmp = util_getenv("TMPDIR");
+    char *dump = util_fmt("%s/pytest-fast-watch-XXXXXX", tmp ? tmp : "/tmp");
+    int fd = mkstemp(dump);
+    if (fd < 0) {
+        free(dump);
+        return cli_watch_run(w, NULL, NULL);
+    }
+    close(fd);
+    int rc = cli_watch_run(w, "--fast-affected", dump);
+    struct stat st;
+    if ((rc == 0 || rc == 1) && stat(dump, &st) == 0 && st.st_size > 2) {
+        /* "{}" or more: the rest excludes what the first run reported */
+        printf("\npytest-fast --watch: the rest of the selection\n");
+        fflush(stdout);
+        char *exclude = util_fmt("--fast-exclude=%s", dump);
+        int rest = cli_watch_run(w, exclude, NULL);
+        free(exclude);
+        if (rest == CLI_CHANGED || rest == CLI_QUIT || rest > 1)
+            rc = rest == 5 ? rc : rest;
+        else if (rest > rc)
+            rc = rest;
+    }
+    unlink(dump);
+    free(dump);
+    return rc;
+}
+
+/* Between runs: the prompt, then a save, a key or Ctrl-C. */
+static int cli_watch_wait(cli_watch *w)
+{
+    pf_buf b = {0};
+    cli_watch_filters(w, &b);
+    printf("\npytest-fast --watch: waiting for changes in %s%s%.*s%s%s\n", w->root,
+           b.len ? " [filter: " : "", (int)b.len, b.data, b.len ? "]" : "",
+           w->keys ? "; h for help, q to quit" : "");
+    pf_buf_free(&b);
+    fflush(stdout);
+    for (;;) {
+        if (cli_interrupts)
+            return CLI_QUIT;
+        struct pollfd p[2];
+        cli_watch_fds(w, p);
+        if (poll(p, 2, 1000) < 0 && errno != EINTR)
+            return CLI_QUIT;
+        int ev = cli_watch_event(w, false);
+        if (ev == CLI_CHANGED || ev == CLI_QUIT)
+            return ev;
+        char *line;
+        switch (ev) {
+        case '\n': case '\r': case 'a':
+            return 'a';
+        case 'f':
+            w->failed_only = !w->failed_only;
+            return 'a';
+        case 'c':
+            w->failed_only = false;
+            free(w->kexpr);
+            w->kexpr = NULL;
+            util_strv_free(&w->paths);
+            return 'a';
+        case 't':
+            if (!(line = cli_watch_line(w, "-k expression (empty: none): ")))
+                break;
+            free(w->kexpr);
+            w->kexpr = *line ? line : NULL;
+            if (!*line)
+                free(line);
+            return 'a';
+        case 'p':
+            if (!(line = cli_watch_line(w, "paths or node ids, space-separated (empty: none): ")))
+                break;
+            util_strv_free(&w->paths);
+            for (char *tok = strtok(line, " \t"); tok; tok = strtok(NULL, " \t"))
+                util_strv_push(&w->paths, tok);
+            free(line);
+            return 'a';
+        case 'h':
+            fputs(cli_watch_keys, stdout);
+            fflush(stdout);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static int cli_watch_main(const cli_opts *o, const char *address, const char *fp, const char *python)
+{
+    cli_watch w;
+    memset(&w, 0, sizeof w);
+    w.o = o;
+    w.address = address;
+    w.fp = fp;
+    w.python = python;
+    w.sub = -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = cli_on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (cli_watch_subscribe(&w) < 0)
+        return 3;
+    w.keys = isatty(0) && isatty(1) && tcgetattr(0, &w.saved) == 0;
+    if (w.keys) {
+        struct termios raw = w.saved;
+        raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);   /* ISIG stays: Ctrl-C is ours */
+        raw.c_cc[VMIN] = 1;
+        raw.c_cc[VTIME] = 0;
+        tcsetattr(0, TCSANOW, &raw);
+    }
+    int next = 'a', rc = 0;
+    while (next != CLI_QUIT) {
+        rc = next == CLI_CHANGED ? cli_watch_after_change(&w) : cli_watch_run(&w, NULL, NULL);
+        next = rc == CLI_CHANGED || rc == CLI_QUIT ? rc : cli_watch_wait(&w);
+    }
+    if (w.keys)
+        tcsetattr(0, TCSANOW, &w.saved);
+    if (w.sub >= 0)
+        close(w.sub);
+    pf_reader_free(&w.rd);
+    util_strv_free(&w.changed);
+    util_strv_free(&w.paths);
+    free(w.kexpr);
+    printf("\npytest-fast --watch: bye\n");
+    return cli_interrupts ? 2 : 0;
 }
 
 /* Ask the interpreter which pytest it has (only for --version: the client
@@ -10444,8 +11246,9 @@ static int cli_main(int argc, char **argv)
         snprintf(address, sizeof address, "%s/local.sock", dir);
         o.ttl = 60;
         int last = 0;
+        cli_job job = {&o.pytest_args, o.dump, NULL};
         for (int i = 0; i < o.runs; i++)
-            last = cli_run(&o, address, fp, python);
+            last = cli_run(&o, &job, address, fp, python);
         pf_arena *a = pf_arena_new(0);
         cli_control(address, "stop", NULL, a, msg, sizeof msg);
         pf_arena_free(a);
@@ -10493,7 +11296,10 @@ static int cli_main(int argc, char **argv)
         return cli_status(address);
     if (o.stop)
         return cli_stop(address);
-    return cli_run(&o, address, fp, python);
+    if (o.watch)
+        return cli_watch_main(&o, address, fp, python);
+    cli_job job = {&o.pytest_args, o.dump, NULL};
+    return cli_run(&o, &job, address, fp, python);
 }
 
 /************** begin src/main.c **************/

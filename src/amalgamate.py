@@ -37,6 +37,7 @@ SECTIONS = (
     "cores.c",      # default worker count
     "args.c",       # which pytest arguments are per run, which re-collect
     "identity.c",   # environment fingerprint, address, private directory
+    "tree.c",       # what --watch watches: a sorted snapshot of the project's files
     "zygote.c",     # embedded CPython (inlines glue.py and affected.py)
     "daemon.c",     # accept loop, staleness, dispatcher, summary
     "client.c",     # starts the daemon, sends a run, prints the result

@@ -63,6 +63,7 @@ static const arg_spec arg_table[] = {
     {"--disable-pytest-warnings", ARG_RUN},
     {"--setup-show", ARG_RUN},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
+    {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--pdb", ARG_RUN | ARG_REFUSE},

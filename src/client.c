@@ -26,7 +26,7 @@ typedef struct cli_opts {
     int workers, runs;
     int shard_k, shard_n;       /* 0/0: no shard */
     bool store_durations;
-    bool full_report, status, stop, print_workers, explain, help, version, ensure, watch;
+    bool full_report, status, stop, print_workers, explain, help, version, ensure, prewarm, watch;
     util_strv pytest_args;
 } cli_opts;
 
@@ -53,6 +53,9 @@ static const char cli_usage[] =
     "                          with $PYTEST_FAST_WATCH_POLL / _DEBOUNCE seconds)\n"
     "  --affected              run only the tests an edit since their last run could\n"
     "                          change, those that failed and those never run\n"
+    "  --watch                 stay in the foreground: on every save, run the tests\n"
+    "                          the edit affects first, then the rest; a new save\n"
+    "                          cancels the run in flight.  Keys on a terminal (h)\n"
     "  --dump PATH             write {nodeid: outcome} JSON after the run\n"
     "  --shard K/N             run only shard K of N (1-based; or $PYTEST_FAST_SHARD;\n"
     "                          GitLab's CI_NODE_INDEX/CI_NODE_TOTAL when set), split\n"
@@ -167,6 +170,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
         else if (!strcmp(a, "--store-durations"))
             o->store_durations = true;
         else if (!strcmp(a, "--with-watcher"))
+            o->prewarm = true;
+        else if (!strcmp(a, "--watch"))
             o->watch = true;
         else if (!strcmp(a, "--affected"))
             util_strv_push(&o->pytest_args, "--fast-affected");   /* the leader's name for it */
@@ -202,6 +207,9 @@ static int cli_parse(int argc, char **argv, cli_opts *o)
         return 2;
     }
     free(ci);
+    if (o->watch && (o->dump || o->runs || o->status || o->stop || o->ensure || o->shard_n))
+        return cli_usage_error("--watch runs on every save: it does not combine with --dump, --runs, "
+                               "--shard, --status, --stop or --ensure-daemon");
     if (o->start_method && strcmp(o->start_method, "forkserver") && strcmp(o->start_method, "fork") &&
         strcmp(o->start_method, "spawn"))
         return cli_usage_error("invalid --start-method '%s': expected forkserver, fork or spawn",
@@ -368,8 +376,24 @@ static void cli_progress(const pf_value *msg, bool tty)
     fflush(stdout);
 }
 
+/* What one run asks for beyond the options: its pytest arguments and
+ * --dump path, and, under --watch, the session it belongs to. */
+typedef struct cli_watch cli_watch;
+typedef struct cli_job {
+    const util_strv *args;
+    const char *dump;
+    cli_watch *watch;
+} cli_job;
+
+#define CLI_CHANGED (-2)          /* --watch: a save cancelled the run */
+#define CLI_QUIT (-3)             /* --watch: the user asked to leave */
+
+static int cli_watch_fds(const cli_watch *w, struct pollfd *out);
+static int cli_watch_event(cli_watch *w, bool running);
+
 /* One run: send, stream, print.  Returns pytest's exit code. */
-static int cli_run_once(const cli_opts *o, const char *address, const char *fp, const char *python)
+static int cli_run_once(const cli_opts *o, const cli_job *job, const char *address, const char *fp,
+                        const char *python)
 {
     char err[PF_ERRLEN] = "";
     int fd = cli_connect(address, err, sizeof err);
@@ -389,11 +413,14 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     extern char **environ;
     util_strv env = {0};
     for (char **e = environ; *e; e++)
-        util_strv_push(&env, *e);
+        if (!job->watch || strncmp(*e, "PYTEST_FAST_RECORD=", 19))
+            util_strv_push(&env, *e);
+    if (job->watch)   /* every run records, so the next save's --affected knows */
+        util_strv_push(&env, "PYTEST_FAST_RECORD=1");
     bool tty = isatty(1);
     util_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
     util_set(a, req, "build", pf_new_cstr(a, util_build));
-    util_set(a, req, "args", util_strv_value(a, &o->pytest_args));
+    util_set(a, req, "args", util_strv_value(a, job->args));
     util_set(a, req, "env", util_strv_value(a, &env));
     util_set(a, req, "cwd", pf_new_cstr(a, cwd));
     util_set(a, req, "fp", pf_new_cstr(a, fp));
@@ -401,7 +428,7 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     util_set(a, req, "workers", pf_new_int(a, o->workers));
     util_set(a, req, "timeout", pf_new_float(a, o->timeout));
     util_set(a, req, "full", pf_new_bool(a, o->full_report));
-    util_set(a, req, "watch", pf_new_bool(a, o->watch));
+    util_set(a, req, "watch", pf_new_bool(a, o->prewarm));
     if (o->shard_n) {
         pf_value *shard = pf_new_container(a, PF_TUPLE);
         pf_append(a, shard, pf_new_int(a, o->shard_k));
@@ -412,8 +439,8 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     util_set(a, req, "color", pf_new_bool(a, tty && !getenv("NO_COLOR")));
     if (o->start_method)
         util_set(a, req, "start_method", pf_new_cstr(a, o->start_method));
-    if (o->dump) {
-        char *abs = o->dump[0] == '/' ? util_strdup(o->dump) : util_fmt("%s/%s", cwd, o->dump);
+    if (job->dump) {
+        char *abs = job->dump[0] == '/' ? util_strdup(job->dump) : util_fmt("%s/%s", cwd, job->dump);
         util_set(a, req, "dump", pf_new_cstr(a, abs));
         free(abs);
     }
@@ -432,10 +459,13 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     pf_reader_init(&r);
     util_nonblock(fd);
     int rc = 3;
+    int why = 0;   /* CLI_CHANGED / CLI_QUIT: --watch cancelled this run */
     bool progress_shown = false, cancel_sent = false;
     double cancel_at = 0;
     for (;;) {
-        if (cli_interrupts && !cancel_sent) {
+        if (cli_interrupts && job->watch && !why)
+            why = CLI_QUIT;
+        if ((cli_interrupts || why) && !cancel_sent) {
             /* Any byte means "cancel"; the daemon kills the run's workers. */
             if (write(fd, "c", 1) < 0) {
                 rc = 2;
@@ -443,17 +473,23 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
             }
             cancel_sent = true;
             cancel_at = util_now();
-            fputs("\npytest-fast: interrupted, cancelling the run (Ctrl-C again to leave now)\n", stderr);
+            if (!why)
+                fputs("\npytest-fast: interrupted, cancelling the run (Ctrl-C again to leave now)\n", stderr);
         }
-        if (cli_interrupts > 1 || (cancel_sent && util_now() - cancel_at > 2.0)) {
+        if ((cli_interrupts > 1 && !why) || (cancel_sent && util_now() - cancel_at > 2.0)) {
             rc = 2;
             break;
         }
-        struct pollfd p = {fd, POLLIN, 0};
-        int n = poll(&p, 1, cancel_sent ? 100 : 1000);
+        struct pollfd p[3] = {{fd, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
+        nfds_t np = 1;
+        if (job->watch && !why)   /* a save or a key can cancel the run */
+            np += (nfds_t)cli_watch_fds(job->watch, p + 1);
+        int n = poll(p, np, cancel_sent ? 100 : 1000);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n == 0)
+        if (n > 0 && np > 1 && (p[1].revents || p[2].revents))
+            why = cli_watch_event(job->watch, true);
+        if (n <= 0 || !p[0].revents)
             continue;
         int st = pf_reader_feed(&r, fd);
         if (st == PF_READ_AGAIN)
@@ -461,8 +497,9 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
         if (st != PF_READ_FRAME) {
             if (progress_shown)
                 fputs("\r\033[K", stdout);
-            fprintf(stderr, "pytest-fast: the daemon closed the connection mid-run (log: %s)\n",
-                    id_sibling(address, ".log"));
+            if (!why)
+                fprintf(stderr, "pytest-fast: the daemon closed the connection mid-run (log: %s)\n",
+                        id_sibling(address, ".log"));
             rc = cancel_sent ? 2 : 3;
             break;
         }
@@ -493,10 +530,10 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
             pf_dict_int(msg, "rc", &code);
             const char *summary = pf_dict_str(msg, "summary");
             const char *e = pf_dict_str(msg, "error");
-            if (summary && *summary)
+            if (summary && *summary && !why)
                 fputs(summary, stdout);
             fflush(stdout);
-            if (e && *e)
+            if (e && *e && !why)
                 fprintf(stderr, "%s%s", e, e[strlen(e) - 1] == '\n' ? "" : "\n");
             rc = (int)code;
             pf_arena_free(m);
@@ -506,6 +543,8 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     }
     pf_reader_free(&r);
     close(fd);
+    if (why)
+        return why;
     if (cancel_sent && rc != 2 && rc != 0)
         rc = 2;
     return rc;
@@ -521,12 +560,13 @@ static void cli_await_gone(const char *address)
     }
 }
 
-static int cli_run(const cli_opts *o, const char *address, const char *fp, const char *python)
+static int cli_run(const cli_opts *o, const cli_job *job, const char *address, const char *fp,
+                   const char *python)
 {
-    int rc = cli_run_once(o, address, fp, python);
+    int rc = cli_run_once(o, job, address, fp, python);
     if (rc == CLI_RESTART) {
         cli_await_gone(address);
-        rc = cli_run_once(o, address, fp, python);
+        rc = cli_run_once(o, job, address, fp, python);
     }
     return rc == CLI_RESTART ? 3 : rc;
 }
@@ -586,6 +626,339 @@ static int cli_stop(const char *address)
     cli_await_gone(address);
     printf("stopped the daemon at %s\n", address);
     return 0;
+}
+
+/* ------------------------------------------------------------------ watch */
+
+/* `pytest-fast --watch`: a subscription to the daemon's file watch (see the
+ * daemon's Subscribers) and a loop of runs.  The first run is the whole
+ * selection; after each settled save, the tests the edit affects run first
+ * and print at once, then the rest of the selection, so nothing is skipped
+ * silently.  A save during a run cancels it and starts over.  Every run
+ * records what its tests ran, which is what the next save's selection
+ * reads.  On a terminal, single keys change the selection. */
+struct cli_watch {
+    const cli_opts *o;
+    const char *address, *fp, *python;
+    int sub;                    /* the subscription; -1 between daemons */
+    pf_reader rd;
+    bool keys;                  /* stdin and stdout are a terminal */
+    struct termios saved;
+    util_strv changed;          /* what the last "changed" named */
+    int64_t nchanged;
+    util_strv paths;            /* p: paths or node ids */
+    char *kexpr;                /* t: a -k expression */
+    bool failed_only;           /* f: --lf */
+    char root[PATH_MAX];
+};
+
+static const char cli_watch_keys[] =
+    "  a, Enter  run the whole selection\n"
+    "  f         only the tests that failed (--lf); f again: all\n"
+    "  p         filter by paths or node ids\n"
+    "  t         filter by a -k expression\n"
+    "  c         clear the filters\n"
+    "  q         quit (Ctrl-C too)\n"
+    "  h         this help\n";
+
+/* Subscribe: starts a daemon if none answers; a daemon of another build
+ * makes way first, as for a run. */
+static int cli_watch_subscribe(cli_watch *w)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char err[PF_ERRLEN] = "";
+        int fd = cli_connect(w->address, err, sizeof err);
+        if (fd == -1)
+            fd = cli_start(w->address, w->o->ttl, err, sizeof err);
+        if (fd < 0) {
+            fprintf(stderr, "pytest-fast: %s\n", err[0] ? err : strerror(errno));
+            return -1;
+        }
+        char cwd[PATH_MAX];
+        const char *debounce = util_getenv("PYTEST_FAST_WATCH_DEBOUNCE");
+        const char *poll_s = util_getenv("PYTEST_FAST_WATCH_POLL");
+        double v;
+        pf_arena *a = pf_arena_new(0);
+        pf_value *req = util_msg(a, "watch");
+        util_set(a, req, "proto", pf_new_int(a, PF_PROTOCOL));
+        util_set(a, req, "build", pf_new_cstr(a, util_build));
+        util_set(a, req, "cwd", pf_new_cstr(a, getcwd(cwd, sizeof cwd) ? cwd : "/"));
+        if (debounce && cli_parse_double(debounce, &v))
+            util_set(a, req, "debounce", pf_new_float(a, v));
+        if (poll_s && cli_parse_double(poll_s, &v) && v > 0)
+            util_set(a, req, "poll", pf_new_float(a, v));
+        pf_value *reply = NULL;
+        pf_reader r;
+        pf_reader_init(&r);
+        if (cli_send(fd, req, false) < 0 || pf_read_frame(&r, fd, 30000) != PF_READ_FRAME ||
+            pf_decode(a, r.body.data, r.need, &reply, err, sizeof err) < 0)
+            reply = NULL;
+        pf_reader_free(&r);
+        const char *op = reply && reply->kind == PF_DICT ? pf_dict_str(reply, "op") : NULL;
+        if (op && !strcmp(op, "watching")) {
+            snprintf(w->root, sizeof w->root, "%s", pf_dict_str(reply, "root") ? pf_dict_str(reply, "root") : "");
+            pf_arena_free(a);
+            util_nonblock(fd);
+            pf_reader_init(&w->rd);
+            w->sub = fd;
+            return 0;
+        }
+        close(fd);
+        pf_arena_free(a);
+        if (!op || strcmp(op, "restart") != 0) {
+            fprintf(stderr, "pytest-fast: the daemon did not take the watch request (log: %s)\n",
+                    id_sibling(w->address, ".log"));
+            return -1;
+        }
+        cli_await_gone(w->address);
+    }
+    return -1;
+}
+
+static int cli_watch_fds(const cli_watch *w, struct pollfd *out)
+{
+    out[0] = (struct pollfd){w->sub, POLLIN, 0};
+    out[1] = (struct pollfd){w->keys ? 0 : -1, POLLIN, 0};
+    return 2;
+}
+
+/* What the subscription or the keyboard says: CLI_CHANGED, CLI_QUIT, a key
+ * (only when not running: a run only listens for q), or 0. */
+static int cli_watch_event(cli_watch *w, bool running)
+{
+    for (;;) {
+        int st = w->sub >= 0 ? pf_reader_feed(&w->rd, w->sub) : PF_READ_AGAIN;
+        if (st == PF_READ_AGAIN)
+            break;
+        if (st != PF_READ_FRAME) {
+            /* The daemon went away (--stop, a rebuilt binary): a new one. */
+            close(w->sub);
+            w->sub = -1;
+            pf_reader_free(&w->rd);
+            fputs("pytest-fast --watch: the daemon stopped; starting a new one\n", stderr);
+            return cli_watch_subscribe(w) < 0 ? CLI_QUIT : CLI_CHANGED;
+        }
+        pf_arena *a = pf_arena_new(0);
+        pf_value *msg = NULL;
+        char err[160];
+        int ok = pf_decode(a, w->rd.body.data, w->rd.need, &msg, err, sizeof err);
+        pf_reader_reset(&w->rd);
+        const char *op = ok == 0 && msg->kind == PF_DICT ? pf_dict_str(msg, "op") : NULL;
+        if (op && !strcmp(op, "changed")) {
+            util_strv_free(&w->changed);
+            util_value_strv(pf_dict_get(msg, "files"), &w->changed);
+            w->nchanged = 0;
+            pf_dict_int(msg, "count", &w->nchanged);
+            pf_arena_free(a);
+            return CLI_CHANGED;
+        }
+        pf_arena_free(a);
+    }
+    unsigned char key;
+    struct pollfd p = {0, POLLIN, 0};
+    while (w->keys && poll(&p, 1, 0) > 0 && read(0, &key, 1) == 1) {
+        if (key == 'q')
+            return CLI_QUIT;
+        if (!running)
+            return key;
+    }
+    return 0;
+}
+
+/* A line from the terminal, echoed: keys are read one at a time otherwise. */
+static char *cli_watch_line(cli_watch *w, const char *prompt)
+{
+    tcsetattr(0, TCSANOW, &w->saved);
+    fputs(prompt, stdout);
+    fflush(stdout);
+    char buf[4096];
+    bool got = fgets(buf, sizeof buf, stdin) != NULL;
+    struct termios raw = w->saved;
+    raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+    tcsetattr(0, TCSANOW, &raw);
+    if (!got)
+        return NULL;
+    buf[strcspn(buf, "\r\n")] = 0;
+    return util_strdup(buf);
+}
+
+/* "failed only; -k 'expr'; path path", or nothing. */
+static void cli_watch_filters(const cli_watch *w, pf_buf *b)
+{
+    if (w->failed_only)
+        pf_buf_printf(b, "failed only");
+    if (w->kexpr)
+        pf_buf_printf(b, "%s-k '%s'", b->len ? "; " : "", w->kexpr);
+    for (size_t i = 0; i < w->paths.n; i++)
+        pf_buf_printf(b, "%s%s", i ? " " : b->len ? "; " : "", w->paths.v[i]);
+}
+
+/* The run's arguments: the command line's, then the filters, then extra. */
+static void cli_watch_args(const cli_watch *w, util_strv *args, const char *extra)
+{
+    for (size_t i = 0; i < w->o->pytest_args.n; i++)
+        util_strv_push(args, w->o->pytest_args.v[i]);
+    if (w->failed_only)
+        util_strv_push(args, "--lf");
+    if (w->kexpr) {
+        util_strv_push(args, "-k");
+        util_strv_push(args, w->kexpr);
+    }
+    if (extra)
+        util_strv_push(args, extra);
+    for (size_t i = 0; i < w->paths.n; i++)
+        util_strv_push(args, w->paths.v[i]);
+}
+
+static int cli_watch_run(cli_watch *w, const char *extra, const char *dump)
+{
+    util_strv args = {0};
+    cli_watch_args(w, &args, extra);
+    cli_job job = {&args, dump, w};
+    int rc = cli_run(w->o, &job, w->address, w->fp, w->python);
+    util_strv_free(&args);
+    return rc;
+}
+
+/* After a save: the affected tests, then the rest.  pytest's exit code of
+ * the pair (the worse one), or CLI_CHANGED / CLI_QUIT. */
+static int cli_watch_after_change(cli_watch *w)
+{
+    pf_buf b = {0};
+    for (size_t i = 0; i < w->changed.n; i++)
+        pf_buf_printf(&b, "%s%s", i ? ", " : "", w->changed.v[i]);
+    if (w->nchanged > (int64_t)w->changed.n)
+        pf_buf_printf(&b, " and %lld more", (long long)(w->nchanged - (int64_t)w->changed.n));
+    printf("\npytest-fast --watch: %.*s changed: the tests it affects first\n", (int)b.len, b.data);
+    pf_buf_free(&b);
+    fflush(stdout);
+    const char *tmp = util_getenv("TMPDIR");
+    char *dump = util_fmt("%s/pytest-fast-watch-XXXXXX", tmp ? tmp : "/tmp");
+    int fd = mkstemp(dump);
+    if (fd < 0) {
+        free(dump);
+        return cli_watch_run(w, NULL, NULL);
+    }
+    close(fd);
+    int rc = cli_watch_run(w, "--fast-affected", dump);
+    struct stat st;
+    if ((rc == 0 || rc == 1) && stat(dump, &st) == 0 && st.st_size > 2) {
+        /* "{}" or more: the rest excludes what the first run reported */
+        printf("\npytest-fast --watch: the rest of the selection\n");
+        fflush(stdout);
+        char *exclude = util_fmt("--fast-exclude=%s", dump);
+        int rest = cli_watch_run(w, exclude, NULL);
+        free(exclude);
+        if (rest == CLI_CHANGED || rest == CLI_QUIT || rest > 1)
+            rc = rest == 5 ? rc : rest;
+        else if (rest > rc)
+            rc = rest;
+    }
+    unlink(dump);
+    free(dump);
+    return rc;
+}
+
+/* Between runs: the prompt, then a save, a key or Ctrl-C. */
+static int cli_watch_wait(cli_watch *w)
+{
+    pf_buf b = {0};
+    cli_watch_filters(w, &b);
+    printf("\npytest-fast --watch: waiting for changes in %s%s%.*s%s%s\n", w->root,
+           b.len ? " [filter: " : "", (int)b.len, b.data, b.len ? "]" : "",
+           w->keys ? "; h for help, q to quit" : "");
+    pf_buf_free(&b);
+    fflush(stdout);
+    for (;;) {
+        if (cli_interrupts)
+            return CLI_QUIT;
+        struct pollfd p[2];
+        cli_watch_fds(w, p);
+        if (poll(p, 2, 1000) < 0 && errno != EINTR)
+            return CLI_QUIT;
+        int ev = cli_watch_event(w, false);
+        if (ev == CLI_CHANGED || ev == CLI_QUIT)
+            return ev;
+        char *line;
+        switch (ev) {
+        case '\n': case '\r': case 'a':
+            return 'a';
+        case 'f':
+            w->failed_only = !w->failed_only;
+            return 'a';
+        case 'c':
+            w->failed_only = false;
+            free(w->kexpr);
+            w->kexpr = NULL;
+            util_strv_free(&w->paths);
+            return 'a';
+        case 't':
+            if (!(line = cli_watch_line(w, "-k expression (empty: none): ")))
+                break;
+            free(w->kexpr);
+            w->kexpr = *line ? line : NULL;
+            if (!*line)
+                free(line);
+            return 'a';
+        case 'p':
+            if (!(line = cli_watch_line(w, "paths or node ids, space-separated (empty: none): ")))
+                break;
+            util_strv_free(&w->paths);
+            for (char *tok = strtok(line, " \t"); tok; tok = strtok(NULL, " \t"))
+                util_strv_push(&w->paths, tok);
+            free(line);
+            return 'a';
+        case 'h':
+            fputs(cli_watch_keys, stdout);
+            fflush(stdout);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static int cli_watch_main(const cli_opts *o, const char *address, const char *fp, const char *python)
+{
+    cli_watch w;
+    memset(&w, 0, sizeof w);
+    w.o = o;
+    w.address = address;
+    w.fp = fp;
+    w.python = python;
+    w.sub = -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = cli_on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (cli_watch_subscribe(&w) < 0)
+        return 3;
+    w.keys = isatty(0) && isatty(1) && tcgetattr(0, &w.saved) == 0;
+    if (w.keys) {
+        struct termios raw = w.saved;
+        raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);   /* ISIG stays: Ctrl-C is ours */
+        raw.c_cc[VMIN] = 1;
+        raw.c_cc[VTIME] = 0;
+        tcsetattr(0, TCSANOW, &raw);
+    }
+    int next = 'a', rc = 0;
+    while (next != CLI_QUIT) {
+        rc = next == CLI_CHANGED ? cli_watch_after_change(&w) : cli_watch_run(&w, NULL, NULL);
+        next = rc == CLI_CHANGED || rc == CLI_QUIT ? rc : cli_watch_wait(&w);
+    }
+    if (w.keys)
+        tcsetattr(0, TCSANOW, &w.saved);
+    if (w.sub >= 0)
+        close(w.sub);
+    pf_reader_free(&w.rd);
+    util_strv_free(&w.changed);
+    util_strv_free(&w.paths);
+    free(w.kexpr);
+    printf("\npytest-fast --watch: bye\n");
+    return cli_interrupts ? 2 : 0;
 }
 
 /* Ask the interpreter which pytest it has (only for --version: the client
@@ -691,8 +1064,9 @@ static int cli_main(int argc, char **argv)
         snprintf(address, sizeof address, "%s/local.sock", dir);
         o.ttl = 60;
         int last = 0;
+        cli_job job = {&o.pytest_args, o.dump, NULL};
         for (int i = 0; i < o.runs; i++)
-            last = cli_run(&o, address, fp, python);
+            last = cli_run(&o, &job, address, fp, python);
         pf_arena *a = pf_arena_new(0);
         cli_control(address, "stop", NULL, a, msg, sizeof msg);
         pf_arena_free(a);
@@ -740,5 +1114,8 @@ static int cli_main(int argc, char **argv)
         return cli_status(address);
     if (o.stop)
         return cli_stop(address);
-    return cli_run(&o, address, fp, python);
+    if (o.watch)
+        return cli_watch_main(&o, address, fp, python);
+    cli_job job = {&o.pytest_args, o.dump, NULL};
+    return cli_run(&o, &job, address, fp, python);
 }

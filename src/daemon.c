@@ -76,6 +76,16 @@ typedef struct dmn_zygote {
 
 typedef struct dmn_conn dmn_conn;
 
+/* A `pytest-fast --watch` client's subscription (see Subscribers). */
+typedef struct dmn_sub {
+    char *cwd;                  /* the client's directory */
+    char *root;                 /* what is walked: the collection's rootdir if cwd is in it */
+    tree seen;                  /* what the client last heard of */
+    tree settling;              /* a newer snapshot, waiting to hold still */
+    bool pending;
+    double since, debounce, poll, next_scan;
+} dmn_sub;
+
 typedef struct dmn_worker {
     int wid;
     pid_t pid;
@@ -170,6 +180,7 @@ struct dmn_conn {
     bool full, stream, color, options_only;
     bool fresh, discard, booted;    /* --start-method fork / spawn */
     bool waited;                    /* this run waited for a collection: cold */
+    dmn_sub *sub;                   /* a --watch subscription, not a run */
     dmn_conn *next;             /* run queue */
 };
 
@@ -213,6 +224,10 @@ static struct {
     bool watching;
     double watch_poll, watch_debounce, stale_since, next_poll;
     int notify_fd;              /* inotify on the current tree's directories (Linux) */
+    int sub_notify_fd;          /* inotify on the subscribers' directories (Linux) */
+    util_strv sub_dirs;         /* ... the directories it watches */
+    int nsubs;
+    char *watch_list;           /* the last recording run's data files (see tree.c) */
     pid_t notify_pid;           /* the collected zygote it was set up for */
     dmn_run *run;
     unsigned runs;
@@ -263,6 +278,14 @@ static void dmn_conn_free(dmn_conn *c)
     free(c->fp);
     free(c->dump);
     free(c->python);
+    if (c->sub) {
+        dmn.nsubs--;
+        free(c->sub->cwd);
+        free(c->sub->root);
+        tree_free(&c->sub->seen);
+        tree_free(&c->sub->settling);
+        free(c->sub);
+    }
     free(c);
 }
 
@@ -2089,6 +2112,11 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->deselected = (size_t)des;
     int64_t pool = 0;
     pf_dict_int(msg, "pool", &pool);
+    const char *watch_list = pf_dict_str(msg, "watch_list");
+    if (watch_list && watch_list[0] == '/') {
+        free(dmn.watch_list);
+        dmn.watch_list = util_strdup(watch_list);
+    }
     r->pool = pool > 0 ? (size_t)pool : 0;
     const pf_value *scoped = pf_dict_get(msg, "scoped_errors");
     r->scoped = scoped && pf_is_seq(scoped) ? scoped : NULL;
@@ -2510,6 +2538,175 @@ static void dmn_run_next(void)
     }
 }
 
+/* ------------------------------------------------------------ subscribers */
+
+/* `pytest-fast --watch` keeps a connection subscribed: it hears "changed"
+ * each time the project's files (tree.c) have changed and then held still
+ * for the debounce time, during a run too, so that a save can cancel the
+ * run in flight.  inotify (Linux) on every directory walked says when to
+ * look; the walk is the judge, and a slow poll covers what inotify misses. */
+
+#define DMN_SUB_SAFETY_POLL 5.0   /* seconds between walks while inotify watches */
+
+/* The collection's rootdir when the client's directory is inside it (an
+ * edit in the app beside a tests/ directory counts), else that directory. */
+static const char *dmn_sub_root(const dmn_sub *s)
+{
+    const char *rootdir = dmn.cur ? dmn.cur->rootdir : "";
+    size_t n = strlen(rootdir);
+    if (n && !strncmp(s->cwd, rootdir, n) && (s->cwd[n] == '/' || s->cwd[n] == 0))
+        return rootdir;
+    return s->cwd;
+}
+
+/* inotify on the union of the subscribers' directories, re-made when that
+ * set changes (a directory was created or removed). */
+static void dmn_sub_notify_sync(void)
+{
+#ifdef __linux__
+    util_strv dirs = {0};
+    for (int i = 0; i < dmn.nconns; i++)
+        for (size_t k = 0; dmn.conns[i]->sub && k < dmn.conns[i]->sub->seen.dirs.n; k++)
+            util_strv_push(&dirs, dmn.conns[i]->sub->seen.dirs.v[k]);
+    if (dirs.n)
+        qsort(dirs.v, dirs.n, sizeof *dirs.v, util_cmp_str);
+    if (util_strv_equal(&dirs, &dmn.sub_dirs) && (dmn.sub_notify_fd >= 0 || !dirs.n)) {
+        util_strv_free(&dirs);
+        return;
+    }
+    util_close(&dmn.sub_notify_fd);
+    util_strv_free(&dmn.sub_dirs);
+    dmn.sub_dirs = dirs;
+    if (!dirs.n || (dmn.sub_notify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) < 0)
+        return;
+    for (size_t i = 0; i < dirs.n; i++)
+        if (inotify_add_watch(dmn.sub_notify_fd, dirs.v[i],
+                              IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE |
+                                  IN_MOVED_FROM | IN_MOVED_TO) < 0) {
+            /* Past the watch limit: the poll alone does the work. */
+            util_log("--watch: inotify cannot watch %s (%s); polling", dirs.v[i], strerror(errno));
+            util_close(&dmn.sub_notify_fd);
+            return;
+        }
+#endif
+}
+
+static void dmn_sub_send_changed(dmn_conn *c, const tree *now)
+{
+    dmn_sub *s = c->sub;
+    util_strv files = {0};
+    size_t count = tree_diff(&s->seen, now, s->root, &files, 20);
+    pf_arena *a = pf_arena_new(0);
+    pf_value *d = util_msg(a, "changed");
+    util_set(a, d, "files", util_strv_value(a, &files));
+    util_set(a, d, "count", pf_new_int(a, (int64_t)count));
+    dmn_send(c, d);
+    pf_arena_free(a);
+    util_strv_free(&files);
+}
+
+/* Walk the subscriber's tree: a snapshot that differs from what it last
+ * heard of is told once it is the same on two walks a debounce apart. */
+static void dmn_sub_scan(dmn_conn *c, double now)
+{
+    dmn_sub *s = c->sub;
+    const char *root = dmn_sub_root(s);
+    tree t = {0};
+    tree_scan(&t, root, dmn.watch_list);
+    if (strcmp(root, s->root) != 0) {
+        /* The first collection named the rootdir: a new baseline, no edit. */
+        free(s->root);
+        s->root = util_strdup(root);
+        tree_free(&s->seen);
+        s->seen = t;
+        s->pending = false;
+    } else if (tree_equal(&t, &s->seen)) {
+        tree_free(&t);
+        s->pending = false;     /* changed and changed back */
+    } else if (s->pending && tree_equal(&t, &s->settling) && now - s->since >= s->debounce) {
+        dmn_sub_send_changed(c, &t);
+        tree_free(&s->seen);
+        s->seen = t;
+        tree_free(&s->settling);
+        s->pending = false;
+    } else {
+        if (!s->pending || !tree_equal(&t, &s->settling))
+            s->since = now;     /* still changing: settle again */
+        tree_free(&s->settling);
+        s->settling = t;
+        s->pending = true;
+    }
+    s->next_scan = s->pending ? s->since + s->debounce
+                              : now + (dmn.sub_notify_fd >= 0 ? DMN_SUB_SAFETY_POLL : s->poll);
+}
+
+static void dmn_subs_tick(double now)
+{
+    bool scanned = false;
+    for (int i = dmn.nconns - 1; i >= 0; i--) {
+        dmn_conn *c = dmn.conns[i];
+        if (c->sub && now >= c->sub->next_scan) {
+            dmn_sub_scan(c, now);
+            scanned = true;
+            if (c->fd < 0)
+                dmn_conn_drop(c);   /* the client went away */
+        }
+    }
+    if (scanned)
+        dmn_sub_notify_sync();
+}
+
+/* Something changed in a watched directory: look now. */
+static void dmn_subs_notified(double now)
+{
+    char buf[4096];
+    while (read(dmn.sub_notify_fd, buf, sizeof buf) > 0)
+        ;
+    for (int i = 0; i < dmn.nconns; i++)
+        if (dmn.conns[i]->sub && !dmn.conns[i]->sub->pending)
+            dmn.conns[i]->sub->next_scan = now;
+}
+
+static double dmn_subs_next(void)
+{
+    double next = 0;
+    for (int i = 0; i < dmn.nconns; i++)
+        if (dmn.conns[i]->sub && (!next || dmn.conns[i]->sub->next_scan < next))
+            next = dmn.conns[i]->sub->next_scan;
+    return next;
+}
+
+/* {op: "watch", cwd, debounce, poll}: answered "watching" with the root
+ * and its file count; the connection then stays subscribed until the
+ * client hangs up. */
+static void dmn_subscribe(dmn_conn *c, const pf_value *req)
+{
+    const char *cwd = pf_dict_str(req, "cwd");
+    if (!cwd || cwd[0] != '/') {
+        dmn_fail_request(c, 4, "malformed watch request");
+        return;
+    }
+    const pf_value *debounce = pf_dict_get(req, "debounce"), *poll = pf_dict_get(req, "poll");
+    dmn_sub *s = util_alloc(sizeof *s);
+    s->cwd = util_strdup(cwd);
+    s->debounce = debounce && debounce->kind == PF_FLOAT && debounce->u.f >= 0 ? debounce->u.f : 0.05;
+    s->poll = poll && poll->kind == PF_FLOAT && poll->u.f > 0 ? poll->u.f : 0.5;
+    s->root = util_strdup(dmn_sub_root(s));
+    tree_scan(&s->seen, s->root, dmn.watch_list);
+    c->sub = s;
+    dmn.nsubs++;
+    s->next_scan = util_now() + s->poll;
+    util_log("--watch: a client watches %s (%zu files%s)", s->root, s->seen.n,
+             s->seen.truncated ? ", truncated" : "");
+    pf_arena *a = pf_arena_new(0);
+    pf_value *d = util_msg(a, "watching");
+    util_set(a, d, "root", pf_new_cstr(a, s->root));
+    util_set(a, d, "files", pf_new_int(a, (int64_t)s->seen.n));
+    dmn_send(c, d);
+    pf_arena_free(a);
+    dmn_sub_notify_sync();
+}
+
 static const char *dmn_env(const util_strv *env, const char *name)
 {
     size_t n = strlen(name);
@@ -2624,6 +2821,10 @@ static void dmn_request(dmn_conn *c)
     }
     if (!strcmp(op, "stop")) {
         dmn_reply_and_stop(c, "bye", "stop requested");
+        return;
+    }
+    if (!strcmp(op, "watch")) {
+        dmn_subscribe(c, req);
         return;
     }
     if (strcmp(op, "run") != 0 && strcmp(op, "options") != 0) {
@@ -3034,6 +3235,7 @@ static int dmn_loop(void)
             dmn_notify_sync();
         size_t notified = n;
         p[n++] = (struct pollfd){dmn.notify_fd, POLLIN, 0};
+        p[n++] = (struct pollfd){dmn.sub_notify_fd, POLLIN, 0};
         double now = util_now();
         int timeout = 1000;
         if (!r && !dmn.queue && !dmn.booting) {
@@ -3049,6 +3251,9 @@ static int dmn_loop(void)
         } else if (r) {
             timeout = 100;
         }
+        double sub_next = dmn_subs_next();
+        if (dmn.nsubs && (sub_next - now) * 1000 < timeout)
+            timeout = sub_next > now ? (int)((sub_next - now) * 1000) + 1 : 0;
         for (int i = 0; i < dmn.nconns; i++) {
             double left = dmn.conns[i]->accepted + DMN_REQUEST_TIMEOUT - now;
             if (dmn_conn_pending(dmn.conns[i]) && left * 1000 < timeout)
@@ -3088,6 +3293,10 @@ static int dmn_loop(void)
         }
         if (rc > 0 && p[notified].revents && dmn.notify_fd >= 0)
             dmn_notify_read(now);   /* during a run too: a pending event would wake poll at once */
+        if (rc > 0 && p[notified + 1].revents && dmn.sub_notify_fd >= 0)
+            dmn_subs_notified(now);
+        if (dmn.nsubs)
+            dmn_subs_tick(now);
         if (dmn.run && dmn.run->finishing)
             dmn_run_end(dmn.run);   /* past DMN_FINISH_WAIT: reply without the leader */
         if (dmn.run) {
@@ -3110,8 +3319,8 @@ static int dmn_loop(void)
                 dmn_conn_readable(polled[i]);
         }
         dmn_expire_conns(now);
-        if (dmn.run || dmn.queue)
-            dmn.last_activity = now;
+        if (dmn.run || dmn.queue || dmn.nsubs)
+            dmn.last_activity = now;   /* a --watch client is using the daemon */
     }
     free(p);
     free(polled);
@@ -3127,6 +3336,7 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
     dmn.ttl = ttl;
     dmn.pidfile = id_sibling(address, ".pid");
     dmn.notify_fd = -1;
+    dmn.sub_notify_fd = -1;
     for (int i = 0; i < DMN_NODES; i++)
         dmn_node_free(&dmn.nodes[i]);
     signal(SIGPIPE, SIG_IGN);

@@ -347,7 +347,7 @@ class _Leader:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
         _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
-                        "pool": len(self.pool),
+                        "pool": len(self.pool), "watch_list": self.watch_list(),
                         "scoped_errors": self.scoped_errors, "group_starts": self.group_starts,
                         "coverage": coverage})
         if zygote.cwd:
@@ -380,7 +380,9 @@ class _Leader:
         # The world as this run starts: what the finish records its tests
         # against (a conftest edited during the run must still count).
         self.world = _world(config) if _recording(args) else None
-        args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]
+        excluded = [a.split("=", 1)[1] for a in args[:cut] if a.startswith(EXCLUDE_ARG + "=")]
+        args = [a for i, a in enumerate(args)
+                if i >= cut or (a != AFFECTED_ARG and not a.startswith(EXCLUDE_ARG + "="))]
         config._parser.parse_known_args(args, namespace=config.option)
         index = {id(item): i for i, item in enumerate(session.items)}
         items = list(session.items)
@@ -412,12 +414,26 @@ class _Leader:
                     config.hook.pytest_deselected(items=[i for i in items if id(i) not in chosen])
                 items = kept
             # within the shard: shards stay a partition of the same selection
+            if excluded:
+                items = self.exclude(items, excluded[-1])
             if self.affected:
                 items = self.select_affected(items)
         finally:
             pm.unregister(counter)
         items, self.group_starts = _dist_groups(items, getattr(config.option, "dist", "no"))
         return [index[id(item)] for item in items], counter.count
+
+    def exclude(self, items, path):
+        """--watch's second run: the selection but the tests its first
+        (affected) run reported, as listed in that run's --dump file."""
+        with open(path, encoding="utf-8") as f:
+            done = json.load(f)
+        if not isinstance(done, dict):
+            raise ValueError("%s: expected a JSON object of node ids" % path)
+        dropped = [item for item in items if item.nodeid in done]
+        if dropped:
+            self.config.hook.pytest_deselected(items=dropped)
+        return [item for item in items if item.nodeid not in done]
 
     def select_affected(self, items):
         """--affected: only what an edit since the last run could change."""
@@ -432,6 +448,12 @@ class _Leader:
         if dropped:
             self.config.hook.pytest_deselected(items=dropped)
         return [item for item in items if item.nodeid in chosen]
+
+    def watch_list(self):
+        """Where a recording run lists the data files its tests read, for
+        --watch to watch beside the Python files (None: not recording)."""
+        path = _affected_record(self.config) if self.world is not None else None
+        return os.path.join(os.path.dirname(path), WATCH_LIST) if path else None
 
     def collect_error_paths(self):
         rootdir = str(self.config.rootpath)
@@ -532,12 +554,16 @@ class _Leader:
             record = _affected.update(_affected.load(path), self.world, root, ran,
                                       project.values(), project, self.started_ns)
             _affected.save(path, record)
+            _write_lines(os.path.join(folder, WATCH_LIST),
+                         sorted(os.path.join(root, rel) for rel in record["files"] if not rel.endswith(".py")))
         except OSError as exc:
             sys.stderr.write("pytest-fast: cannot write %s (%s); --affected will run every test\n"
                              % (path, exc))
 
 
 AFFECTED_ARG = "--fast-affected"   # the CLI's --affected; the daemon passes it per run
+EXCLUDE_ARG = "--fast-exclude"      # --watch: =PATH, a --dump file of tests not to run again
+WATCH_LIST = "watch.txt"            # beside the record: the data files tests read
 _RUN_FILE_MAX_AGE = 3600.0           # seconds: a killed run's worker files go after this
 
 
@@ -703,6 +729,13 @@ def _record_durations(config, measured, shard, pool, store_in):
         pending = {}
         cache.set(DURATIONS_KEY, record)
     cache.set(PENDING_KEY, pending)
+
+
+def _write_lines(path, lines):
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+    os.replace(tmp, path)
 
 
 def _write_json(path, data):

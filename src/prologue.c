@@ -12,6 +12,7 @@
  *   cores.c     Worker count   performance cores, affinity, cgroup quota
  *   args.c      Arguments      which pytest arguments are per run
  *   identity.c  Identity       environment fingerprint, address, directory
+ *   tree.c      Tree           what --watch watches: the project's files
  *   zygote.c    Zygote         embedded CPython: collects once, then forks;
  *                              its Python is glue.py, inlined as a string
  *   daemon.c    Daemon         accept loop, staleness, dispatcher, summary
@@ -54,6 +55,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__

@@ -51,7 +51,8 @@ SUPPORTED = ((3, 9), (3, 13))
 # support; then the newest 8.x and the newest 9.x.
 PYTESTS = {"7.4.4": (3, 9), "8.4.2": (3, 9), "9.2.0": (3, 10)}
 XDIST = "pytest-xdist==3.8.0"  # pytest>=7.0, Python>=3.9: fits every combination
-SUITE = ["test/test_engine.py", "test/test_plugin.py", "test/test_edit_loop.py", "test/test_affected.py"]
+SUITE = ["test/test_engine.py", "test/test_plugin.py", "test/test_edit_loop.py", "test/test_affected.py",
+         "test/test_watch.py"]
 
 # The smoke subset (-k, so names match as substrings): cold/warm parity,
 # reporting, the venv rule and usage errors through the CLI; through the
@@ -76,6 +77,8 @@ SMOKE = [
     # --affected: sys.monitoring on 3.12+, the C profile function before
     "test_cli_selects_what_each_kind_of_edit_can_change",
     "test_plugin_selects_the_same_and_records_too",
+    # --watch: the subscription, affected first, then the rest
+    "test_a_save_runs_the_affected_tests_first_then_the_rest",
 ]
 
 PROBE = r"""
