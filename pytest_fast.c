@@ -6976,6 +6976,7 @@ struct dmn_conn {
     int shard_k, shard_n;       /* 0/0: the whole selection */
     bool store_durations;
     bool full, stream, color, options_only;
+    bool brief;                     /* --watch: failures and the closing line only */
     bool fresh, discard, booted;    /* --start-method fork / spawn */
     bool waited;                    /* this run waited for a collection: cold */
     dmn_sub *sub;                   /* a --watch subscription, not a run */
@@ -8603,11 +8604,13 @@ static char *dmn_render(dmn_run *r, int rc)
     double runwall = r->ready_at ? r->end - r->ready_at : 0;
     double warmup = r->ready_at ? r->ready_at - r->start : wall;
     size_t nerr = dmn_scoped_errors(r);
-    pf_buf_printf(&b, "\n%s\n  FORKSERVER DAEMON  —  %dw  —  run #%u (%s)\n%s\n", dmn_rule,
-                  r->nworkers, dmn.runs, c->waited ? "cold" : "warm", dmn_rule);
-    pf_buf_printf(&b, "  results : ");
-    dmn_stats_line(&b, r, nerr, wall);
-    pf_buf_printf(&b, "  (n=%zu/%zu)\n", r->done, r->nsel);
+    if (!c->brief) {
+        pf_buf_printf(&b, "\n%s\n  FORKSERVER DAEMON  —  %dw  —  run #%u (%s)\n%s\n", dmn_rule,
+                      r->nworkers, dmn.runs, c->waited ? "cold" : "warm", dmn_rule);
+        pf_buf_printf(&b, "  results : ");
+        dmn_stats_line(&b, r, nerr, wall);
+        pf_buf_printf(&b, "  (n=%zu/%zu)\n", r->done, r->nsel);
+    }
     if (nerr) {
         pf_buf_printf(&b, "  COLLECT ERRORS (%zu) — files not collected, their tests DID NOT RUN:\n", nerr);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++) {
@@ -8619,9 +8622,6 @@ static char *dmn_render(dmn_run *r, int rc)
                 dmn_indent(&b, dmn_str_at(e, 2), "      ");
         }
     }
-    pf_buf_printf(&b, "  warmup  : %6.2fs   (%s)\n", warmup,
-                  c->waited ? "waited for a collection, then fork" : "fork; the collection was warm");
-    pf_buf_printf(&b, "  RUN     : %6.2fs   ← wall\n", runwall);
     double busy = 0, maxw = 0, minw = 0;
     for (int i = 0; i < r->nworkers; i++) {
         dmn_worker *w = &r->workers[i];
@@ -8630,9 +8630,14 @@ static char *dmn_render(dmn_run *r, int rc)
         maxw = ww > maxw ? ww : maxw;
         minw = (i == 0 || ww < minw) ? ww : minw;
     }
-    pf_buf_printf(&b, "  par.    : %.2fx of %d   (run-wall max=%.2f min=%.2f)\n",
-                  runwall > 0 ? busy / runwall : 0, r->nworkers, maxw, minw);
-    pf_buf_printf(&b, "  bus     : %zu round-trips, %.0fKB rx\n", r->round_trips, (double)r->rx / 1024);
+    if (!c->brief) {
+        pf_buf_printf(&b, "  warmup  : %6.2fs   (%s)\n", warmup,
+                      c->waited ? "waited for a collection, then fork" : "fork; the collection was warm");
+        pf_buf_printf(&b, "  RUN     : %6.2fs   ← wall\n", runwall);
+        pf_buf_printf(&b, "  par.    : %.2fx of %d   (run-wall max=%.2f min=%.2f)\n",
+                      runwall > 0 ? busy / runwall : 0, r->nworkers, maxw, minw);
+        pf_buf_printf(&b, "  bus     : %zu round-trips, %.0fKB rx\n", r->round_trips, (double)r->rx / 1024);
+    }
     size_t nfail = 0;
     for (size_t i = 0; i < r->nfailures; i++)
         nfail += dmn_category(r->failures[i].category) >= 4;
@@ -8678,7 +8683,8 @@ static char *dmn_render(dmn_run *r, int rc)
         pf_buf_printf(&b, "  !!!!!!!!!! %s !!!!!!!!!!\n", r->exit_msg);
     if (nerr && !c->split.continue_on_errors)
         pf_buf_printf(&b, "  Interrupted: %zu error%s during collection\n", nerr, nerr == 1 ? "" : "s");
-    pf_buf_printf(&b, "%s\n", dmn_rule);
+    if (!c->brief)
+        pf_buf_printf(&b, "%s\n", dmn_rule);
     const char *color = !c->color ? "" : rc == 0 || rc == 5 ? "\033[32m" : "\033[31m";
     pf_buf_printf(&b, "%s= ", color);
     dmn_stats_line(&b, r, nerr, wall);
@@ -9654,6 +9660,7 @@ static void dmn_request(dmn_conn *c)
     c->fresh = method && (!strcmp(method, "fork") || !strcmp(method, "spawn"));
     c->discard = method && !strcmp(method, "spawn");
     c->full = dmn_bool(req, "full");
+    c->brief = dmn_bool(req, "brief");
     c->store_durations = dmn_bool(req, "store_durations");
     const pf_value *shard = pf_dict_get(req, "shard");
     if (shard) {
@@ -10610,6 +10617,7 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
     util_set(a, req, "workers", pf_new_int(a, o->workers));
     util_set(a, req, "timeout", pf_new_float(a, o->timeout));
     util_set(a, req, "full", pf_new_bool(a, o->full_report));
+    util_set(a, req, "brief", pf_new_bool(a, job->watch != NULL));
     util_set(a, req, "watch", pf_new_bool(a, o->prewarm));
     if (o->shard_n) {
         pf_value *shard = pf_new_container(a, PF_TUPLE);

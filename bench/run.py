@@ -13,6 +13,8 @@ round-robin, every contender on every scenario:
   single_test    one test by node id
   edit_test      edit a test file, then run the suite (edit -> result), watcher off/on
   edit_app       edit an app module (app/services/svc0.py, imported by every svc)
+  watch_save     one `pytest-fast --watch` session: save -> first (affected) result and
+                 -> the rest done, after a test edit and an app edit
   cov_full       whole make_app suite with --cov=app: pytest, pytest -n 2, ours warm
                  (CLI and pytest --fast), and ours warm without coverage (its overhead)
   floor          a one-test project
@@ -644,6 +646,122 @@ class Bench:
         self.check_outcomes(scen)
         self.results.append(scen)
 
+    def watch_save(self, sid, title, proj, c, kinds, reps):
+        """Save -> result under `pytest-fast --watch`: one watch session stays up; each
+        round saves an edit of each kind and times, from just before the write, until the
+        affected run's closing line (the first result the user sees) and until the rest
+        of the selection is done.  Plain pytest's full suite runs in the same rounds, as
+        the reference."""
+        log("\n== %s: %s (warm-up + %d rounds)" % (sid, title, reps))
+        t_start = time.perf_counter()
+        load = self.load_check()
+        marker = os.path.join(WORK, "edit-marker")
+        ref = Contender("pytest", "pytest (full suite, reference)", "pytest", "plain")
+        rows = [self.new_row(ref, {"id": "pytest"})]
+        for kind in kinds:
+            for part, what in (("first", "first result"), ("all", "the rest done")):
+                rows.append(self.new_row(c, {"id": "ours_watch_%s_%s" % (part, kind),
+                                             "label": "ours --watch: save → %s (%s edit)" % (what, kind)}))
+        if c.status != "ok":
+            self.results.append({"id": sid, "title": title, "project": proj.name, "rows": rows})
+            return
+        argv, env, key, _addr = self.spec(c, proj)
+        logp = os.path.join(LOGS, sid, "watch.log")
+        os.makedirs(os.path.dirname(logp), exist_ok=True)
+        proc = subprocess.Popen([*argv, "--watch", "-q"], env=env, cwd=proj.path, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        lines = []                      # (time, line), appended by the reader thread
+        cond = threading.Condition()
+
+        def reader():
+            with open(logp, "wb") as out:
+                for raw in proc.stdout:
+                    out.write(raw)
+                    with cond:
+                        lines.append((time.perf_counter(), raw.decode(errors="replace")))
+                        cond.notify_all()
+            with cond:
+                lines.append((time.perf_counter(), None))
+                cond.notify_all()
+
+        def until(pattern, start):
+            """(time, index) of the first line from lines[start:] matching pattern."""
+            rx = re.compile(pattern)
+            deadline = time.monotonic() + self.args.timeout
+            i = start
+            with cond:
+                while True:
+                    while i < len(lines):
+                        t, text = lines[i]
+                        if text is None:
+                            raise RuntimeError("pytest-fast --watch exited; see %s" % logp)
+                        if rx.search(text):
+                            return t, i + 1
+                        i += 1
+                    if not cond.wait(deadline - time.monotonic()):
+                        raise RuntimeError("no %r in time; see %s" % (pattern, logp))
+
+        threading.Thread(target=reader, daemon=True).start()
+        samples = {r["id"]: [] for r in rows}
+        try:
+            _, pos = until(r"waiting for changes", 0)
+            for rnd in range(1 + reps):
+                ref_argv, ref_env, _, _ = self.spec(ref, proj)
+                res = self.run_cmd(ref_argv, ref_env, proj.path, os.path.join(LOGS, sid, "pytest.log"))
+                if rnd:
+                    samples["pytest"].append(res)
+                for kind in kinds:
+                    self.edit_seq += 1
+                    n = self.edit_seq
+                    try:
+                        os.unlink(marker)
+                    except OSError:
+                        pass
+                    t0 = time.perf_counter()
+                    write_edit(proj, kind, n, marker)
+                    t_first, p1 = until(r"^= .* in [\d.]+s =$", pos)
+                    t_all, pos = until(r"waiting for changes", p1)
+                    text = "".join(line for _, line in lines[p1 - 1:p1])
+                    got = (_read(marker) or "").split()
+                    ok = len(got) == 2 and got[0 if kind == "test" else 1] == str(n)
+                    log("  round %-3d %-5s edit: first result %7.3fs, rest done %7.3fs%s" % (
+                        rnd, kind, t_first - t0, t_all - t0, "" if ok else "  STALE RESULT"))
+                    if rnd:
+                        for part, t in (("first", t_first), ("all", t_all)):
+                            samples["ours_watch_%s_%s" % (part, kind)].append(
+                                {"wall": t - t0, "rc": 0, "text": text, "verified": ok})
+        except RuntimeError as exc:
+            for r in rows[1:]:
+                r["status"], r["reason"] = "error", str(exc)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            proc.wait()
+            self.stop(key)
+        for r in rows:
+            if r["status"] == "ok":
+                self.finish_row(r, samples[r["id"]])
+                r.pop("counts", None)   # one closing line each: not the suite's counts
+                if r["id"] != "pytest":
+                    r["stale_results"] = sum(1 for x in samples[r["id"]] if not x["verified"])
+        first = {r["id"]: r["median"] for r in rows if r["status"] == "ok" and r.get("median")}
+        ratios = {}
+        if "pytest" in first:
+            for kind in kinds:
+                k = "ours_watch_first_%s" % kind
+                if k in first:
+                    ratios["save → first result, %s edit / pytest full suite" % kind] = round(
+                        first[k] / first["pytest"], 3)
+        for name, v in ratios.items():
+            log("  %-52s %.3f" % (name, v))
+        self.results.append({"id": sid, "title": title, "project": proj.name, "repetitions": reps,
+                             "warmups": 1, "foreign_load_cores": load, "rows": rows, "ratios": ratios,
+                             "elapsed_s": round(time.perf_counter() - t_start, 1),
+                             "note": "one --watch session; wall = edit write -> the affected run's "
+                                     "closing line (first) / the watcher waiting again (all)"})
+
     def memory(self, proj, entries, samples_n):
         log("\n== memory: total PSS of each contender's processes during a full run "
             "(%d sampled run(s), warm)" % samples_n)
@@ -894,7 +1012,7 @@ def header(m):
 
 # ------------------------------------------------------------------------------ output
 
-ORDER = ["full_suite", "cov_full", "single_test", "edit_test", "edit_app", "floor", "tp_trivial",
+ORDER = ["full_suite", "cov_full", "single_test", "edit_test", "edit_app", "watch_save", "floor", "tp_trivial",
          "tp_cpu"]
 
 
@@ -1174,6 +1292,9 @@ def main():
             if sid in wanted:
                 B.edit(sid, title, projs["app_edit"], kind,
                        [pytest_, plx, up_cli, up_watch, o_cli, o_watch, o_aff], args.edit_reps)
+        if "watch_save" in wanted:
+            B.watch_save("watch_save", "Save → result under --watch", projs["app_edit"],
+                         C("ours_watch", "ours --watch", "ours", "cli"), ("test", "app"), args.edit_reps)
         B.stop_all()                     # edits invalidated the app_edit daemons anyway
         if "floor" in wanted:
             B.timed("floor", "Overhead floor (1-test project)", projs["one"],

@@ -428,6 +428,7 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
     util_set(a, req, "workers", pf_new_int(a, o->workers));
     util_set(a, req, "timeout", pf_new_float(a, o->timeout));
     util_set(a, req, "full", pf_new_bool(a, o->full_report));
+    util_set(a, req, "brief", pf_new_bool(a, job->watch != NULL));
     util_set(a, req, "watch", pf_new_bool(a, o->prewarm));
     if (o->shard_n) {
         pf_value *shard = pf_new_container(a, PF_TUPLE);
