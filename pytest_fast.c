@@ -6157,12 +6157,12 @@ static const char zyg_affected[] =
     "    sys.monitoring (3.12+): PY_START, disabled for good at the first call of\n"
     "    code outside the project, kept for the project's own functions (far\n"
     "    fewer calls; re-arming every code object per test cost make_app 70 %\n"
-    "    of a warm run).  Before 3.12\n"
-    "    native, when given, is the zygote's C profile function (calls_start,\n"
-    "    calls_here, calls_stop: one set insertion per call); without it, a\n"
-    "    global trace function that asks for no line events, which is far\n"
-    "    slower.  Opened files come from an audit hook: native's, in C\n"
-    "    (opens_start, opens_stop), else one in Python.\"\"\"\n"
+    "    of a warm run); with native, the callback is its mon_start, in C.\n"
+    "    Before 3.12 native, when given, is the zygote's C profile function\n"
+    "    (calls_start, calls_here, calls_stop: one set insertion per call);\n"
+    "    without it, a global trace function that asks for no line events,\n"
+    "    which is far slower.  Opened files come from an audit hook: native's,\n"
+    "    in C (opens_start, opens_stop), else one in Python.\"\"\"\n"
     "\n"
     "    def __init__(self, root: str, excluded: Iterable[str], native: Any = None) -> None:\n"
     "        self.native = native\n"
@@ -6224,6 +6224,12 @@ static const char zyg_affected[] =
     "            self.native.calls_start()\n"
     "            threading.setprofile(self._thread_started)\n"
     "            return\n"
+    "        if mon is not None and self.native is not None:\n"
+    "            if self.tool is None:\n"
+    "                self.tool = self._use_tool(mon, self.native.mon_start)\n"
+    "                self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)\n"
+    "            self.native.calls_start()\n"
+    "            return\n"
     "        if mon is None:\n"
     "            # a tracer already there (coverage, a debugger) keeps working\n"
     "            self.chained = sys.gettrace()\n"
@@ -6231,22 +6237,27 @@ static const char zyg_affected[] =
     "            threading.settrace(self._trace)\n"
     "            return\n"
     "        if self.tool is None:\n"
-    "            for tool in (4, 3):\n"
-    "                if mon.get_tool(tool) is None:\n"
-    "                    mon.use_tool_id(tool, \"pytest-fast\")\n"
-    "                    mon.register_callback(tool, mon.events.PY_START, self._on_start)\n"
-    "                    mon.set_events(tool, mon.events.PY_START)\n"
-    "                    self.tool = tool\n"
-    "                    break\n"
+    "            self.tool = self._use_tool(mon, self._on_start)\n"
     "\n"
+    "    @staticmethod\n"
+    "    def _use_tool(mon: Any, callback: Any) -> int | None:\n"
+    "        \"\"\"A free sys.monitoring tool id, PY_START events to callback.\"\"\"\n"
+    "        for tool in (4, 3):\n"
+    "            if mon.get_tool(tool) is None:\n"
+    "                mon.use_tool_id(tool, \"pytest-fast\")\n"
+    "                mon.register_callback(tool, mon.events.PY_START, callback)\n"
+    "                mon.set_events(tool, mon.events.PY_START)\n"
+    "                return tool\n"
+    "        return None\n"
     "    def stop(self) -> set[str]:\n"
     "        \"\"\"The project files seen since start, relative to the root.\"\"\"\n"
     "        self.active = False\n"
     "        if self.native is not None:\n"
     "            self.seen |= self.native.opens_stop()\n"
     "        mon = getattr(sys, \"monitoring\", None)\n"
-    "        if mon is None and self.native is not None:\n"
-    "            threading.setprofile(None)  # type: ignore[arg-type]\n"
+    "        if self.native is not None:\n"
+    "            if mon is None:\n"
+    "                threading.setprofile(None)  # type: ignore[arg-type]\n"
     "            self.seen |= self.native.calls_stop()\n"
     "            return self.project(self.seen)\n"
     "        if mon is None:\n"
@@ -6259,9 +6270,8 @@ static const char zyg_affected[] =
     "        if self.native is not None:\n"
     "            self.seen |= self.native.opens_stop()\n"
     "            self.native.opens_start()\n"
-    "            if getattr(sys, \"monitoring\", None) is None:\n"
-    "                self.seen |= self.native.calls_stop()\n"
-    "                self.native.calls_start()\n"
+    "            self.seen |= self.native.calls_stop()\n"
+    "            self.native.calls_start()\n"
     "        return self.project(self.seen)\n"
     "\n"
     "    def project(self, filenames: Iterable[str]) -> set[str]:\n"
@@ -6581,6 +6591,57 @@ static PyObject *zyg_py_serve(PyObject *self, PyObject *args)
  * trace function doubled the time of a FastAPI suite.  Owned by workers. */
 static PyObject *zyg_called;   /* set of co_filename objects; NULL when off */
 
+/* 3.12+: sys.monitoring's PY_START callback, in C for the same reason: it
+ * runs at every call of the project's own functions, and a Python callback
+ * cost make_app's warm run 11 %.  Code outside the project gets DISABLE
+ * at its first call and is never seen again.  mon_setup() switches
+ * calls_start/calls_stop from the profile function to this. */
+static PyObject *zyg_mon_verdict;    /* co_filename -> whether it is the project's */
+static PyObject *zyg_mon_classify;   /* the Python judge of a new file name */
+static PyObject *zyg_mon_disable;    /* sys.monitoring.DISABLE */
+
+static PyObject *zyg_py_mon_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs < 1 || !PyCode_Check(args[0]) || !zyg_mon_verdict)
+        Py_RETURN_NONE;
+    PyObject *filename = ((PyCodeObject *)args[0])->co_filename;
+    PyObject *verdict = PyDict_GetItemWithError(zyg_mon_verdict, filename);
+    if (!verdict) {
+        if (PyErr_Occurred())
+            return NULL;
+        PyObject *judged = PyObject_CallOneArg(zyg_mon_classify, filename);
+        if (!judged || PyDict_SetItem(zyg_mon_verdict, filename, judged) < 0) {
+            Py_XDECREF(judged);
+            return NULL;
+        }
+        verdict = judged;
+        Py_DECREF(judged);   /* the dict holds it */
+    }
+    if (verdict != Py_True) {
+        Py_INCREF(zyg_mon_disable);
+        return zyg_mon_disable;
+    }
+    if (zyg_called && PySet_Add(zyg_called, filename) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *zyg_py_mon_setup(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *classify, *disable;
+    if (!PyArg_ParseTuple(args, "OO", &classify, &disable))
+        return NULL;
+    if (!zyg_mon_verdict && !(zyg_mon_verdict = PyDict_New()))
+        return NULL;
+    Py_INCREF(classify);
+    Py_INCREF(disable);
+    Py_XSETREF(zyg_mon_classify, classify);
+    Py_XSETREF(zyg_mon_disable, disable);
+    Py_RETURN_NONE;
+}
+
 static int zyg_profile(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
 {
     (void)obj;
@@ -6601,7 +6662,8 @@ static PyObject *zyg_py_calls_start(PyObject *self, PyObject *args)
     zyg_called = PySet_New(NULL);
     if (!zyg_called)
         return NULL;
-    PyEval_SetProfile(zyg_profile, NULL);
+    if (!zyg_mon_verdict)
+        PyEval_SetProfile(zyg_profile, NULL);
     Py_RETURN_NONE;
 }
 
@@ -6618,7 +6680,8 @@ static PyObject *zyg_py_calls_stop(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    PyEval_SetProfile(NULL, NULL);
+    if (!zyg_mon_verdict)
+        PyEval_SetProfile(NULL, NULL);
     PyObject *seen = zyg_called ? zyg_called : PySet_New(NULL);
     zyg_called = NULL;
     return seen;
@@ -6700,6 +6763,10 @@ static PyMethodDef zyg_methods[] = {
     {"calls_start", zyg_py_calls_start, METH_NOARGS, "calls_start(): record called functions' files"},
     {"calls_here", zyg_py_calls_here, METH_NOARGS, "calls_here(): record in this thread too"},
     {"calls_stop", zyg_py_calls_stop, METH_NOARGS, "calls_stop() -> set of the files called"},
+    {"mon_setup", zyg_py_mon_setup, METH_VARARGS,
+     "mon_setup(is_project, DISABLE): calls_* record through mon_start (sys.monitoring)"},
+    {"mon_start", (PyCFunction)(void (*)(void))zyg_py_mon_start, METH_FASTCALL,
+     "mon_start(code, offset): the PY_START callback"},
     {"opens_start", zyg_py_opens_start, METH_NOARGS, "opens_start(): record files opened to read"},
     {"opens_stop", zyg_py_opens_stop, METH_NOARGS, "opens_stop() -> set of the files opened"},
     {NULL, NULL, 0, NULL},
@@ -7078,7 +7145,10 @@ static void dmn_conn_free(dmn_conn *c)
     free(c->dump);
     free(c->python);
     if (c->sub) {
-        dmn.nsubs--;
+        if (--dmn.nsubs == 0) {   /* the last watcher left: no more inotify for it */
+            util_close(&dmn.sub_notify_fd);
+            util_strv_free(&dmn.sub_dirs);
+        }
         free(c->sub->cwd);
         free(c->sub->root);
         tree_free(&c->sub->seen);
@@ -9374,7 +9444,7 @@ static void dmn_sub_notify_sync(void)
             util_strv_push(&dirs, dmn.conns[i]->sub->seen.dirs.v[k]);
     if (dirs.n)
         qsort(dirs.v, dirs.n, sizeof *dirs.v, util_cmp_str);
-    if (util_strv_equal(&dirs, &dmn.sub_dirs) && (dmn.sub_notify_fd >= 0 || !dirs.n)) {
+    if (util_strv_equal(&dirs, &dmn.sub_dirs)) {   /* also after a failure: no retry per walk */
         util_strv_free(&dirs);
         return;
     }

@@ -259,12 +259,12 @@ class Recorder:
     sys.monitoring (3.12+): PY_START, disabled for good at the first call of
     code outside the project, kept for the project's own functions (far
     fewer calls; re-arming every code object per test cost make_app 70 %
-    of a warm run).  Before 3.12
-    native, when given, is the zygote's C profile function (calls_start,
-    calls_here, calls_stop: one set insertion per call); without it, a
-    global trace function that asks for no line events, which is far
-    slower.  Opened files come from an audit hook: native's, in C
-    (opens_start, opens_stop), else one in Python."""
+    of a warm run); with native, the callback is its mon_start, in C.
+    Before 3.12 native, when given, is the zygote's C profile function
+    (calls_start, calls_here, calls_stop: one set insertion per call);
+    without it, a global trace function that asks for no line events,
+    which is far slower.  Opened files come from an audit hook: native's,
+    in C (opens_start, opens_stop), else one in Python."""
 
     def __init__(self, root: str, excluded: Iterable[str], native: Any = None) -> None:
         self.native = native
@@ -326,6 +326,12 @@ class Recorder:
             self.native.calls_start()
             threading.setprofile(self._thread_started)
             return
+        if mon is not None and self.native is not None:
+            if self.tool is None:
+                self.tool = self._use_tool(mon, self.native.mon_start)
+                self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)
+            self.native.calls_start()
+            return
         if mon is None:
             # a tracer already there (coverage, a debugger) keeps working
             self.chained = sys.gettrace()
@@ -333,22 +339,27 @@ class Recorder:
             threading.settrace(self._trace)
             return
         if self.tool is None:
-            for tool in (4, 3):
-                if mon.get_tool(tool) is None:
-                    mon.use_tool_id(tool, "pytest-fast")
-                    mon.register_callback(tool, mon.events.PY_START, self._on_start)
-                    mon.set_events(tool, mon.events.PY_START)
-                    self.tool = tool
-                    break
+            self.tool = self._use_tool(mon, self._on_start)
 
+    @staticmethod
+    def _use_tool(mon: Any, callback: Any) -> int | None:
+        """A free sys.monitoring tool id, PY_START events to callback."""
+        for tool in (4, 3):
+            if mon.get_tool(tool) is None:
+                mon.use_tool_id(tool, "pytest-fast")
+                mon.register_callback(tool, mon.events.PY_START, callback)
+                mon.set_events(tool, mon.events.PY_START)
+                return tool
+        return None
     def stop(self) -> set[str]:
         """The project files seen since start, relative to the root."""
         self.active = False
         if self.native is not None:
             self.seen |= self.native.opens_stop()
         mon = getattr(sys, "monitoring", None)
-        if mon is None and self.native is not None:
-            threading.setprofile(None)  # type: ignore[arg-type]
+        if self.native is not None:
+            if mon is None:
+                threading.setprofile(None)  # type: ignore[arg-type]
             self.seen |= self.native.calls_stop()
             return self.project(self.seen)
         if mon is None:
@@ -361,9 +372,8 @@ class Recorder:
         if self.native is not None:
             self.seen |= self.native.opens_stop()
             self.native.opens_start()
-            if getattr(sys, "monitoring", None) is None:
-                self.seen |= self.native.calls_stop()
-                self.native.calls_start()
+            self.seen |= self.native.calls_stop()
+            self.native.calls_start()
         return self.project(self.seen)
 
     def project(self, filenames: Iterable[str]) -> set[str]:

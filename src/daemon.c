@@ -280,7 +280,10 @@ static void dmn_conn_free(dmn_conn *c)
     free(c->dump);
     free(c->python);
     if (c->sub) {
-        dmn.nsubs--;
+        if (--dmn.nsubs == 0) {   /* the last watcher left: no more inotify for it */
+            util_close(&dmn.sub_notify_fd);
+            util_strv_free(&dmn.sub_dirs);
+        }
         free(c->sub->cwd);
         free(c->sub->root);
         tree_free(&c->sub->seen);
@@ -2576,7 +2579,7 @@ static void dmn_sub_notify_sync(void)
             util_strv_push(&dirs, dmn.conns[i]->sub->seen.dirs.v[k]);
     if (dirs.n)
         qsort(dirs.v, dirs.n, sizeof *dirs.v, util_cmp_str);
-    if (util_strv_equal(&dirs, &dmn.sub_dirs) && (dmn.sub_notify_fd >= 0 || !dirs.n)) {
+    if (util_strv_equal(&dirs, &dmn.sub_dirs)) {   /* also after a failure: no retry per walk */
         util_strv_free(&dirs);
         return;
     }

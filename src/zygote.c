@@ -330,6 +330,57 @@ static PyObject *zyg_py_serve(PyObject *self, PyObject *args)
  * trace function doubled the time of a FastAPI suite.  Owned by workers. */
 static PyObject *zyg_called;   /* set of co_filename objects; NULL when off */
 
+/* 3.12+: sys.monitoring's PY_START callback, in C for the same reason: it
+ * runs at every call of the project's own functions, and a Python callback
+ * cost make_app's warm run 11 %.  Code outside the project gets DISABLE
+ * at its first call and is never seen again.  mon_setup() switches
+ * calls_start/calls_stop from the profile function to this. */
+static PyObject *zyg_mon_verdict;    /* co_filename -> whether it is the project's */
+static PyObject *zyg_mon_classify;   /* the Python judge of a new file name */
+static PyObject *zyg_mon_disable;    /* sys.monitoring.DISABLE */
+
+static PyObject *zyg_py_mon_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs < 1 || !PyCode_Check(args[0]) || !zyg_mon_verdict)
+        Py_RETURN_NONE;
+    PyObject *filename = ((PyCodeObject *)args[0])->co_filename;
+    PyObject *verdict = PyDict_GetItemWithError(zyg_mon_verdict, filename);
+    if (!verdict) {
+        if (PyErr_Occurred())
+            return NULL;
+        PyObject *judged = PyObject_CallOneArg(zyg_mon_classify, filename);
+        if (!judged || PyDict_SetItem(zyg_mon_verdict, filename, judged) < 0) {
+            Py_XDECREF(judged);
+            return NULL;
+        }
+        verdict = judged;
+        Py_DECREF(judged);   /* the dict holds it */
+    }
+    if (verdict != Py_True) {
+        Py_INCREF(zyg_mon_disable);
+        return zyg_mon_disable;
+    }
+    if (zyg_called && PySet_Add(zyg_called, filename) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *zyg_py_mon_setup(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *classify, *disable;
+    if (!PyArg_ParseTuple(args, "OO", &classify, &disable))
+        return NULL;
+    if (!zyg_mon_verdict && !(zyg_mon_verdict = PyDict_New()))
+        return NULL;
+    Py_INCREF(classify);
+    Py_INCREF(disable);
+    Py_XSETREF(zyg_mon_classify, classify);
+    Py_XSETREF(zyg_mon_disable, disable);
+    Py_RETURN_NONE;
+}
+
 static int zyg_profile(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
 {
     (void)obj;
@@ -350,7 +401,8 @@ static PyObject *zyg_py_calls_start(PyObject *self, PyObject *args)
     zyg_called = PySet_New(NULL);
     if (!zyg_called)
         return NULL;
-    PyEval_SetProfile(zyg_profile, NULL);
+    if (!zyg_mon_verdict)
+        PyEval_SetProfile(zyg_profile, NULL);
     Py_RETURN_NONE;
 }
 
@@ -367,7 +419,8 @@ static PyObject *zyg_py_calls_stop(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    PyEval_SetProfile(NULL, NULL);
+    if (!zyg_mon_verdict)
+        PyEval_SetProfile(NULL, NULL);
     PyObject *seen = zyg_called ? zyg_called : PySet_New(NULL);
     zyg_called = NULL;
     return seen;
@@ -449,6 +502,10 @@ static PyMethodDef zyg_methods[] = {
     {"calls_start", zyg_py_calls_start, METH_NOARGS, "calls_start(): record called functions' files"},
     {"calls_here", zyg_py_calls_here, METH_NOARGS, "calls_here(): record in this thread too"},
     {"calls_stop", zyg_py_calls_stop, METH_NOARGS, "calls_stop() -> set of the files called"},
+    {"mon_setup", zyg_py_mon_setup, METH_VARARGS,
+     "mon_setup(is_project, DISABLE): calls_* record through mon_start (sys.monitoring)"},
+    {"mon_start", (PyCFunction)(void (*)(void))zyg_py_mon_start, METH_FASTCALL,
+     "mon_start(code, offset): the PY_START callback"},
     {"opens_start", zyg_py_opens_start, METH_NOARGS, "opens_start(): record files opened to read"},
     {"opens_stop", zyg_py_opens_stop, METH_NOARGS, "opens_stop() -> set of the files opened"},
     {NULL, NULL, 0, NULL},
