@@ -2614,8 +2614,29 @@ static void dmn_sub_send_changed(dmn_conn *c, const tree *now)
     util_strv_free(&files);
 }
 
+/* Re-build the current tree's stale levels now, in the background: the
+ * watcher's once a change has settled, --watch's as soon as one is seen. */
+static void dmn_prewarm(const char *who)
+{
+    dmn_zygote *z = dmn.cur;
+    char why[PF_ERRLEN];
+    if (dmn.booting || dmn.run || dmn.queue || !z || !dmn_serves(z))
+        return;
+    int level = dmn_chain_stale(z, why, sizeof why);
+    if (level < 0)
+        return;
+    util_log("pre-warming for %s (%s): %s", who, dmn_level_names[level], why);
+    dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
+    dmn_ident_copy(&id, &z->id);
+    dmn_boot_start(&id, level);
+    dmn_ident_free(&id);
+}
+
 /* Walk the subscriber's tree: a snapshot that differs from what it last
- * heard of is told once it is the same on two walks a debounce apart. */
+ * heard of is told once it is the same on two walks a debounce apart.
+ * The re-collect starts at the first sight of it: the debounce and the
+ * client's request overlap the import.  A save still being written is
+ * seen stale again by the run, which re-collects once more. */
 static void dmn_sub_scan(dmn_conn *c, double now)
 {
     dmn_sub *s = c->sub;
@@ -2639,6 +2660,8 @@ static void dmn_sub_scan(dmn_conn *c, double now)
         tree_free(&s->settling);
         s->pending = false;
     } else {
+        if (!s->pending)
+            dmn_prewarm("--watch");
         if (!s->pending || !tree_equal(&t, &s->settling))
             s->since = now;     /* still changing: settle again */
         tree_free(&s->settling);
@@ -3182,11 +3205,7 @@ static void dmn_watch_tick(double now)
         return;
     }
     dmn.stale_since = 0;
-    util_log("pre-warming (%s): %s", dmn_level_names[level], why);
-    dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
-    dmn_ident_copy(&id, &z->id);
-    dmn_boot_start(&id, level);
-    dmn_ident_free(&id);
+    dmn_prewarm("the watcher");
 }
 
 static void dmn_shutdown(void)
