@@ -51,8 +51,6 @@ VALUED = ("--fast-address", "--fast-workers", "--fast-ttl", "--fast-timeout", "-
 NEEDS_TEST_PROCESS = {
     "usepdb": "--pdb",
     "trace": "--trace",
-    "stepwise": "--stepwise",
-    "stepwise_skip": "--stepwise-skip",
     "setupshow": "--setup-show",
     "setuponly": "--setup-only",
     "setupplan": "--setup-plan",
@@ -418,6 +416,8 @@ class Controller:
 
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
+        if config.getoption("stepwise", False):
+            self.daemon.workers = 1   # the daemon runs --sw in order on one worker
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and self.daemon.workers > 1:
             reporter.showfspath = False  # as xdist: parallel results interleave files
@@ -482,15 +482,22 @@ class Controller:
             self._warning(data)
         items: list[pytest.Item] = [_remote_item(session, *loc) for loc in reply["items"]]
         self.pool = int(reply.get("pool", 0))
-        self._collected(session, items, int(reply["deselected"]))
+        stepwise = reply.get("stepwise")
+        self._collected(session, items, int(reply["deselected"]),
+                        int(stepwise["skipped"]) if stepwise else 0)
+        self._stepwise(session, stepwise, items)
         return True
 
-    def _collected(self, session: pytest.Session, items: list[pytest.Item], deselected: int) -> None:
-        """Tell the other plugins what pytest's own collection would have."""
+    def _collected(self, session: pytest.Session, items: list[pytest.Item], deselected: int,
+                   stepwise_skipped: int = 0) -> None:
+        """Tell the other plugins what pytest's own collection would have
+        (but for what --sw skipped: see _stepwise)."""
         hook = self.config.hook
-        dropped = [_remote_item(session, "<deselected>", "", None, "") for _ in range(deselected)]
+        dropped = [_remote_item(session, "<deselected>", "", None, "")
+                   for _ in range(deselected + stepwise_skipped)]
         hook.pytest_collectreport(report=pytest.CollectReport(
             nodeid="", outcome="passed", longrepr=None, result=[*items, *dropped]))
+        dropped = dropped[:deselected]
         if dropped:
             hook.pytest_deselected(items=dropped)
         # The daemon applied --lf/--ff/--nf already; the cache plugins here
@@ -503,7 +510,23 @@ class Controller:
                 session=session, config=self.config, items=list(items))
         session.items = items
         session.testscollected = len(items)
-        hook.pytest_collection_finish(session=session)
+        if self.config.pluginmanager.get_plugin("stepwiseplugin") is None:
+            hook.pytest_collection_finish(session=session)
+
+    def _stepwise(self, session: pytest.Session, seen: dict[str, Any] | None,
+                  items: list[pytest.Item]) -> None:
+        """--sw: the daemon skipped what pytest's StepwisePlugin skipped
+        there; ours sees the same items, skips the same (its deselection is
+        the one the daemon did not count) and keeps cache/stepwise."""
+        plugin = self.config.pluginmanager.get_plugin("stepwiseplugin")
+        if plugin is None:
+            return
+        if seen is not None:
+            mine = {item.nodeid: item for item in items}
+            saw = [mine.get(n) or _remote_item(session, n, n.split("::")[0], None, n)
+                   for n in seen["seen"]]
+            plugin.pytest_collection_modifyitems(config=self.config, items=saw)
+        self.config.hook.pytest_collection_finish(session=session)
 
     def _ended_early(self, reply: dict[str, Any]) -> NoReturn:
         rc = int(reply.get("rc", 3))

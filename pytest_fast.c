@@ -3440,8 +3440,12 @@ static const arg_spec arg_table[] = {
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--pdb", ARG_RUN | ARG_REFUSE},
     {"--trace", ARG_RUN | ARG_REFUSE},
-    {"--sw", ARG_RUN | ARG_REFUSE},
-    {"--stepwise", ARG_RUN | ARG_REFUSE},
+    {"--sw", ARG_RUN},
+    {"--stepwise", ARG_RUN},
+    {"--sw-skip", ARG_RUN},
+    {"--stepwise-skip", ARG_RUN},
+    {"--sw-reset", ARG_RUN},
+    {"--stepwise-reset", ARG_RUN},
     {"--dist", ARG_VALUE | ARG_RUN},
     {"-n", ARG_VALUE | ARG_REFUSE},
     {"--numprocesses", ARG_VALUE | ARG_REFUSE},
@@ -3521,6 +3525,7 @@ typedef struct arg_split {
     util_strv collect;
     util_strv run;
     int maxfail;          /* 0 = no limit */
+    int stepwise;         /* --sw: stop at this many failures (2: --sw-skip), 0 = off */
     bool collect_only;
     bool continue_on_errors;
     bool affected;        /* --fast-affected: selecting nothing is a success */
@@ -3542,6 +3547,10 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->maxfail = 1;
     else if (!strcmp(name, "--maxfail") && value)
         s->maxfail = atoi(value) > 0 ? atoi(value) : 0;
+    else if (!strcmp(name, "--sw-skip") || !strcmp(name, "--stepwise-skip"))
+        s->stepwise = 2;   /* the first failure is let through */
+    else if (!strncmp(name, "--sw", 4) || !strncmp(name, "--stepwise", 10))
+        s->stepwise = s->stepwise ? s->stepwise : 1;
     else if (!strcmp(name, "--collect-only") || !strcmp(name, "--co"))
         s->collect_only = true;
     else if (!strcmp(name, "--fast-affected"))
@@ -4305,6 +4314,7 @@ static const char zyg_glue[] =
     "        self.scoped_errors = None\n"
     "        self.pool = []            # the selection's node ids before --shard\n"
     "        self.group_starts = None  # where --dist groups start, None: no groups\n"
+    "        self.stepwise = None      # this run's StepwisePlugin (--sw)\n"
     "\n"
     "    def lead(self, zygote):\n"
     "        msg = self.msg\n"
@@ -4333,6 +4343,7 @@ static const char zyg_glue[] =
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
     "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
+    "                        \"stepwise\": self.stepwise_seen(),\n"
     "                        \"pool\": len(self.pool),\n"
     "                        \"scoped_errors\": self.scoped_errors, \"group_starts\": self.group_starts,\n"
     "                        \"coverage\": coverage})\n"
@@ -4385,9 +4396,15 @@ static const char zyg_glue[] =
     "        if coll is not None:\n"
     "            pm.unregister(coll)\n"
     "        counter = _DeselectCounter()\n"
+    "        self.stepwise = _stepwise_plugin(config, counter)\n"
     "        pm.register(counter, \"pytest-fast-deselect-counter\")\n"
     "        try:\n"
     "            config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)\n"
+    "            if self.stepwise is not None and not self.msg.get(\"stream\"):\n"
+    "                # The CLI's lean output has no header: the status goes first.\n"
+    "                for line in _stepwise_status(config, self.stepwise):\n"
+    "                    sys.stdout.write(line + \"\\n\")\n"
+    "                sys.stdout.flush()\n"
     "            self.pool = [item.nodeid for item in items]\n"
     "            shard = self.msg.get(\"shard\")\n"
     "            if shard:\n"
@@ -4403,7 +4420,9 @@ static const char zyg_glue[] =
     "        finally:\n"
     "            pm.unregister(counter)\n"
     "        items, self.group_starts = _dist_groups(items, getattr(config.option, \"dist\", \"no\"))\n"
-    "        return [index[id(item)] for item in items], counter.count\n"
+    "        # pytest --fast: the controller's StepwisePlugin deselects its part again\n"
+    "        own = counter.stepwise_count if self.msg.get(\"stream\") else 0\n"
+    "        return [index[id(item)] for item in items], counter.count - own\n"
     "\n"
     "    def select_affected(self, items):\n"
     "        \"\"\"--affected: only what an edit since the last run could change.\"\"\"\n"
@@ -4452,6 +4471,7 @@ static const char zyg_glue[] =
     "                             \"--affected will run every test\\n\" % (exc,))\n"
     "        if not req.get(\"lastfailed\", True):\n"
     "            return   # pytest --fast: the controller's own plugins keep lastfailed\n"
+    "        self.finish_stepwise(req)\n"
     "        lf = config.pluginmanager.get_plugin(\"lfplugin\")\n"
     "        nf = config.pluginmanager.get_plugin(\"nfplugin\")\n"
     "        if lf is not None:\n"
@@ -4470,6 +4490,32 @@ static const char zyg_glue[] =
     "            lf.pytest_sessionfinish(self.session)\n"
     "        if nf is not None and not config.getoption(\"collectonly\"):\n"
     "            nf.pytest_sessionfinish()\n"
+    "\n"
+    "    def stepwise_seen(self):\n"
+    "        \"\"\"For the controller's own StepwisePlugin (pytest --fast): the\n"
+    "        items it saw, as node ids, and how many of them it deselected, so\n"
+    "        that it can say what plain pytest's says.  None without --sw.\"\"\"\n"
+    "        counter = self.stepwise and self.stepwise.pytest_fast_counter\n"
+    "        if counter is None or counter.stepwise_seen is None:\n"
+    "            return None\n"
+    "        return {\"seen\": counter.stepwise_seen, \"skipped\": counter.stepwise_count}\n"
+    "\n"
+    "    def finish_stepwise(self, req):\n"
+    "        \"\"\"cache/stepwise as the session would have left it: the reports\n"
+    "        go through the run's StepwisePlugin (or, without --sw, pytest's\n"
+    "        module hook, which clears the entry on pytest < 8).\"\"\"\n"
+    "        from _pytest.reports import TestReport\n"
+    "        sw = self.stepwise\n"
+    "        if sw is None:\n"
+    "            module = self.config.pluginmanager.get_plugin(\"stepwise\")\n"
+    "            if module is not None and hasattr(module, \"pytest_sessionfinish\"):\n"
+    "                module.pytest_sessionfinish(self.session)\n"
+    "            return\n"
+    "        sw.session = self.session\n"
+    "        for nodeid, when, outcome in req.get(\"reports\", ()):\n"
+    "            sw.pytest_runtest_logreport(\n"
+    "                TestReport(nodeid, (nodeid.split(\"::\")[0], None, nodeid), {}, outcome, None, when))\n"
+    "        sw.pytest_sessionfinish()\n"
     "\n"
     "    def record_dependencies(self, req):\n"
     "        \"\"\"Merge what this run's workers recorded into the --affected record.\"\"\"\n"
@@ -4796,9 +4842,50 @@ static const char zyg_glue[] =
     "class _DeselectCounter:\n"
     "    def __init__(self):\n"
     "        self.count = 0\n"
+    "        self.in_stepwise = False\n"
+    "        self.stepwise_count = 0    # of count, what --sw skipped\n"
+    "        self.stepwise_seen = None  # the node ids --sw chose from\n"
     "\n"
     "    def pytest_deselected(self, items):\n"
     "        self.count += len(items)\n"
+    "        if self.in_stepwise:\n"
+    "            self.stepwise_count += len(items)\n"
+    "\n"
+    "\n"
+    "def _stepwise_plugin(config, counter):\n"
+    "    \"\"\"--sw/--stepwise-skip: pytest's own StepwisePlugin, made per run (it\n"
+    "    reads cache/stepwise as it starts); the counter learns what it skipped.\"\"\"\n"
+    "    pm = config.pluginmanager\n"
+    "    old = pm.get_plugin(\"stepwiseplugin\")\n"
+    "    if old is not None:\n"
+    "        pm.unregister(old)\n"
+    "    module = pm.get_plugin(\"stepwise\")\n"
+    "    if module is None:   # -p no:stepwise\n"
+    "        return None\n"
+    "    module.pytest_configure(config)\n"
+    "    sw = pm.get_plugin(\"stepwiseplugin\")\n"
+    "    if sw is None:\n"
+    "        return None\n"
+    "    pm.unregister(sw)\n"
+    "    modify = sw.pytest_collection_modifyitems\n"
+    "\n"
+    "    def pytest_collection_modifyitems(config, items):\n"
+    "        counter.stepwise_seen = [item.nodeid for item in items]\n"
+    "        counter.in_stepwise = True\n"
+    "        try:\n"
+    "            modify(config=config, items=items)\n"
+    "        finally:\n"
+    "            counter.in_stepwise = False\n"
+    "\n"
+    "    sw.pytest_collection_modifyitems = pytest_collection_modifyitems\n"
+    "    sw.pytest_fast_counter = counter\n"
+    "    pm.register(sw, \"stepwiseplugin\")\n"
+    "    return sw\n"
+    "\n"
+    "\n"
+    "def _stepwise_status(config, sw):\n"
+    "    lines = sw.pytest_report_collectionfinish()\n"
+    "    return [lines] if isinstance(lines, str) else list(lines or ())\n"
     "\n"
     "\n"
     "def _usage_message(exc):\n"
@@ -6706,6 +6793,7 @@ typedef struct dmn_run {
     size_t done;
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
+    bool stepwise_stopped;      /* --sw stopped it: pytest's Interrupted, exit code 2 */
     bool finishing;             /* the leader is updating .pytest_cache */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
@@ -8000,11 +8088,17 @@ static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *
 static void dmn_maybe_stop(dmn_run *r)
 {
     int maxfail = r->client ? r->client->split.maxfail : 0;
+    int stepwise = r->client ? r->client->split.stepwise : 0;
     if (maxfail > 0 && r->failed_reports >= maxfail && !r->stopping) {
         r->stopping = true;
         if (!r->exit_msg)
             r->exit_msg = util_fmt("stopping after %d failure%s", r->failed_reports,
                                    r->failed_reports == 1 ? "" : "s");
+    } else if (stepwise > 0 && r->failed_reports >= stepwise && !r->stopping) {
+        /* pytest's StepwisePlugin sets session.shouldstop: Interrupted */
+        r->stopping = r->stepwise_stopped = true;
+        if (!r->exit_msg)
+            r->exit_msg = util_strdup("Interrupted: Test failed, continuing from this test next run.");
     }
 }
 
@@ -8502,6 +8596,8 @@ static int dmn_exit_code(dmn_run *r)
         return 2;
     if (r->exit_rc >= 0)
         return r->exit_rc;
+    if (r->stepwise_stopped)
+        return 2;
     size_t nerr = dmn_scoped_errors(r);
     dmn_conn *c = r->client;
     if (nerr && !c->split.continue_on_errors)
@@ -8713,6 +8809,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         util_set(a, d, "items", items);
         util_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
         util_set(a, d, "pool", pf_new_int(a, (int64_t)r->pool));
+        const pf_value *sw = pf_dict_get(msg, "stepwise");
+        if (sw && sw->kind == PF_DICT)
+            util_set(a, d, "stepwise", (pf_value *)sw);
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i)) {
@@ -8764,6 +8863,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         return;
     }
     int nw = c->workers < 1 ? 1 : c->workers;
+    if (c->split.stepwise)
+        nw = 1;   /* --sw continues after the first failure in order: one worker runs the order */
     if ((size_t)nw > r->nsel)
         nw = (int)r->nsel;
     size_t lo = 0;

@@ -127,6 +127,7 @@ typedef struct dmn_run {
     size_t done;
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
+    bool stepwise_stopped;      /* --sw stopped it: pytest's Interrupted, exit code 2 */
     bool finishing;             /* the leader is updating .pytest_cache */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
@@ -1421,11 +1422,17 @@ static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *
 static void dmn_maybe_stop(dmn_run *r)
 {
     int maxfail = r->client ? r->client->split.maxfail : 0;
+    int stepwise = r->client ? r->client->split.stepwise : 0;
     if (maxfail > 0 && r->failed_reports >= maxfail && !r->stopping) {
         r->stopping = true;
         if (!r->exit_msg)
             r->exit_msg = util_fmt("stopping after %d failure%s", r->failed_reports,
                                    r->failed_reports == 1 ? "" : "s");
+    } else if (stepwise > 0 && r->failed_reports >= stepwise && !r->stopping) {
+        /* pytest's StepwisePlugin sets session.shouldstop: Interrupted */
+        r->stopping = r->stepwise_stopped = true;
+        if (!r->exit_msg)
+            r->exit_msg = util_strdup("Interrupted: Test failed, continuing from this test next run.");
     }
 }
 
@@ -1923,6 +1930,8 @@ static int dmn_exit_code(dmn_run *r)
         return 2;
     if (r->exit_rc >= 0)
         return r->exit_rc;
+    if (r->stepwise_stopped)
+        return 2;
     size_t nerr = dmn_scoped_errors(r);
     dmn_conn *c = r->client;
     if (nerr && !c->split.continue_on_errors)
@@ -2134,6 +2143,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         util_set(a, d, "items", items);
         util_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
         util_set(a, d, "pool", pf_new_int(a, (int64_t)r->pool));
+        const pf_value *sw = pf_dict_get(msg, "stepwise");
+        if (sw && sw->kind == PF_DICT)
+            util_set(a, d, "stepwise", (pf_value *)sw);
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i)) {
@@ -2185,6 +2197,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         return;
     }
     int nw = c->workers < 1 ? 1 : c->workers;
+    if (c->split.stepwise)
+        nw = 1;   /* --sw continues after the first failure in order: one worker runs the order */
     if ((size_t)nw > r->nsel)
         nw = (int)r->nsel;
     size_t lo = 0;

@@ -319,6 +319,7 @@ class _Leader:
         self.scoped_errors = None
         self.pool = []            # the selection's node ids before --shard
         self.group_starts = None  # where --dist groups start, None: no groups
+        self.stepwise = None      # this run's StepwisePlugin (--sw)
 
     def lead(self, zygote):
         msg = self.msg
@@ -347,6 +348,7 @@ class _Leader:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
         _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
+                        "stepwise": self.stepwise_seen(),
                         "pool": len(self.pool),
                         "scoped_errors": self.scoped_errors, "group_starts": self.group_starts,
                         "coverage": coverage})
@@ -399,9 +401,15 @@ class _Leader:
         if coll is not None:
             pm.unregister(coll)
         counter = _DeselectCounter()
+        self.stepwise = _stepwise_plugin(config, counter)
         pm.register(counter, "pytest-fast-deselect-counter")
         try:
             config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)
+            if self.stepwise is not None and not self.msg.get("stream"):
+                # The CLI's lean output has no header: the status goes first.
+                for line in _stepwise_status(config, self.stepwise):
+                    sys.stdout.write(line + "\n")
+                sys.stdout.flush()
             self.pool = [item.nodeid for item in items]
             shard = self.msg.get("shard")
             if shard:
@@ -417,7 +425,9 @@ class _Leader:
         finally:
             pm.unregister(counter)
         items, self.group_starts = _dist_groups(items, getattr(config.option, "dist", "no"))
-        return [index[id(item)] for item in items], counter.count
+        # pytest --fast: the controller's StepwisePlugin deselects its part again
+        own = counter.stepwise_count if self.msg.get("stream") else 0
+        return [index[id(item)] for item in items], counter.count - own
 
     def select_affected(self, items):
         """--affected: only what an edit since the last run could change."""
@@ -466,6 +476,7 @@ class _Leader:
                              "--affected will run every test\n" % (exc,))
         if not req.get("lastfailed", True):
             return   # pytest --fast: the controller's own plugins keep lastfailed
+        self.finish_stepwise(req)
         lf = config.pluginmanager.get_plugin("lfplugin")
         nf = config.pluginmanager.get_plugin("nfplugin")
         if lf is not None:
@@ -484,6 +495,32 @@ class _Leader:
             lf.pytest_sessionfinish(self.session)
         if nf is not None and not config.getoption("collectonly"):
             nf.pytest_sessionfinish()
+
+    def stepwise_seen(self):
+        """For the controller's own StepwisePlugin (pytest --fast): the
+        items it saw, as node ids, and how many of them it deselected, so
+        that it can say what plain pytest's says.  None without --sw."""
+        counter = self.stepwise and self.stepwise.pytest_fast_counter
+        if counter is None or counter.stepwise_seen is None:
+            return None
+        return {"seen": counter.stepwise_seen, "skipped": counter.stepwise_count}
+
+    def finish_stepwise(self, req):
+        """cache/stepwise as the session would have left it: the reports
+        go through the run's StepwisePlugin (or, without --sw, pytest's
+        module hook, which clears the entry on pytest < 8)."""
+        from _pytest.reports import TestReport
+        sw = self.stepwise
+        if sw is None:
+            module = self.config.pluginmanager.get_plugin("stepwise")
+            if module is not None and hasattr(module, "pytest_sessionfinish"):
+                module.pytest_sessionfinish(self.session)
+            return
+        sw.session = self.session
+        for nodeid, when, outcome in req.get("reports", ()):
+            sw.pytest_runtest_logreport(
+                TestReport(nodeid, (nodeid.split("::")[0], None, nodeid), {}, outcome, None, when))
+        sw.pytest_sessionfinish()
 
     def record_dependencies(self, req):
         """Merge what this run's workers recorded into the --affected record."""
@@ -810,9 +847,50 @@ def _dist_groups(items, dist):
 class _DeselectCounter:
     def __init__(self):
         self.count = 0
+        self.in_stepwise = False
+        self.stepwise_count = 0    # of count, what --sw skipped
+        self.stepwise_seen = None  # the node ids --sw chose from
 
     def pytest_deselected(self, items):
         self.count += len(items)
+        if self.in_stepwise:
+            self.stepwise_count += len(items)
+
+
+def _stepwise_plugin(config, counter):
+    """--sw/--stepwise-skip: pytest's own StepwisePlugin, made per run (it
+    reads cache/stepwise as it starts); the counter learns what it skipped."""
+    pm = config.pluginmanager
+    old = pm.get_plugin("stepwiseplugin")
+    if old is not None:
+        pm.unregister(old)
+    module = pm.get_plugin("stepwise")
+    if module is None:   # -p no:stepwise
+        return None
+    module.pytest_configure(config)
+    sw = pm.get_plugin("stepwiseplugin")
+    if sw is None:
+        return None
+    pm.unregister(sw)
+    modify = sw.pytest_collection_modifyitems
+
+    def pytest_collection_modifyitems(config, items):
+        counter.stepwise_seen = [item.nodeid for item in items]
+        counter.in_stepwise = True
+        try:
+            modify(config=config, items=items)
+        finally:
+            counter.in_stepwise = False
+
+    sw.pytest_collection_modifyitems = pytest_collection_modifyitems
+    sw.pytest_fast_counter = counter
+    pm.register(sw, "stepwiseplugin")
+    return sw
+
+
+def _stepwise_status(config, sw):
+    lines = sw.pytest_report_collectionfinish()
+    return [lines] if isinstance(lines, str) else list(lines or ())
 
 
 def _usage_message(exc):
