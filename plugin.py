@@ -51,9 +51,6 @@ VALUED = ("--fast-address", "--fast-workers", "--fast-ttl", "--fast-timeout", "-
 NEEDS_TEST_PROCESS = {
     "usepdb": "--pdb",
     "trace": "--trace",
-    "setupshow": "--setup-show",
-    "setuponly": "--setup-only",
-    "setupplan": "--setup-plan",
     "log_cli_level": "--log-cli-level",
 }
 EXIT_PREFIX = "_pytest.outcomes.Exit: "
@@ -572,11 +569,15 @@ class Controller:
                 if op == "note":
                     sys.stderr.write(f"pytest-fast: {msg.get('text', '')}\n")
                 elif op == "report" and msg["reports"]:
+                    # --setup-show: what pytest wrote to the terminal before each report
+                    shown = [data.pop("pytest_fast_shown", None) for data in msg["reports"]]
                     reports = [self._report(data) for data in msg["reports"]]
                     nodeid, location = reports[0].nodeid, reports[0].location
                     reported.add(nodeid)
                     hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-                    for rep in reports:
+                    for rep, text in zip(reports, shown):
+                        if text:
+                            self.config.get_terminal_writer().write(str(text))
                         hook.pytest_runtest_logreport(report=rep)
                     hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
                     for data in msg.get("warnings") or ():

@@ -3435,6 +3435,11 @@ static const arg_spec arg_table[] = {
     {"--disable-warnings", ARG_RUN},
     {"--disable-pytest-warnings", ARG_RUN},
     {"--setup-show", ARG_RUN},
+    {"--setupshow", ARG_RUN},
+    {"--setup-only", ARG_RUN},   /* only the run protocol, not collection */
+    {"--setuponly", ARG_RUN},
+    {"--setup-plan", ARG_RUN},
+    {"--setupplan", ARG_RUN},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
@@ -4379,6 +4384,7 @@ static const char zyg_glue[] =
     "        self.world = _world(config) if _recording(args) else None\n"
     "        args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]\n"
     "        config._parser.parse_known_args(args, namespace=config.option)\n"
+    "        _setup_show_options(config.option)\n"
     "        index = {id(item): i for i, item in enumerate(session.items)}\n"
     "        items = list(session.items)\n"
     "        paths = [a for a in (config.option.file_or_dir or []) if a]\n"
@@ -4839,6 +4845,15 @@ static const char zyg_glue[] =
     "    return out, starts\n"
     "\n"
     "\n"
+    "def _setup_show_options(opt):\n"
+    "    \"\"\"What setupplan's and setuponly's pytest_cmdline_main do, which ran\n"
+    "    in the zygote, before this run's options.\"\"\"\n"
+    "    if getattr(opt, \"setupplan\", False):\n"
+    "        opt.setuponly = opt.setupshow = True\n"
+    "    if getattr(opt, \"setuponly\", False):\n"
+    "        opt.setupshow = True\n"
+    "\n"
+    "\n"
     "class _DeselectCounter:\n"
     "    def __init__(self):\n"
     "        self.count = 0\n"
@@ -4978,6 +4993,7 @@ static const char zyg_glue[] =
     "        self.recorder = None\n"
     "        self.deps_out = None\n"
     "        self.fixture_seen = {}\n"
+    "        self.shown = None   # --setup-show: what pytest wrote to its terminal\n"
     "\n"
     "    def start_recording(self, name):\n"
     "        \"\"\"What each test runs and opens, for --affected (see affected.py).\"\"\"\n"
@@ -5020,6 +5036,12 @@ static const char zyg_glue[] =
     "        faulthandler.enable(file=self.fault, all_threads=True)\n"
     "        self.quiet_controller_plugins()\n"
     "        self.reset_capture()\n"
+    "        if getattr(config.option, \"setupshow\", False):\n"
+    "            # The SETUP/TEARDOWN lines go to the terminal writer: keep them,\n"
+    "            # per report, for the controller (or, CLI, per test to stdout).\n"
+    "            from _pytest._io import TerminalWriter\n"
+    "            self.shown = io.StringIO()\n"
+    "            config.pluginmanager.get_plugin(\"terminalreporter\")._tw = TerminalWriter(self.shown)\n"
     "        # tmp_path: like plain pytest, a numbered basetemp made on first use\n"
     "        # (pytest's own locking keeps concurrent workers apart); a given\n"
     "        # --basetemp gets one subdirectory per worker, as under xdist.\n"
@@ -5054,6 +5076,8 @@ static const char zyg_glue[] =
     "                if self.recorder is not None:\n"
     "                    self.recorder.start()\n"
     "                config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)\n"
+    "                if self.shown is not None and not self.full:\n"
+    "                    self.show_on_stdout()\n"
     "                if self.recorder is not None:\n"
     "                    self.record(item)\n"
     "                if self.timeout > 0:\n"
@@ -5071,6 +5095,21 @@ static const char zyg_glue[] =
     "                self.flush_reports(cur)\n"
     "                _send(self.fd, (\"x\", 2 if code is None else int(code), str(getattr(exc, \"msg\", exc))))\n"
     "            raise\n"
+    "\n"
+    "    def take_shown(self):\n"
+    "        text = self.shown.getvalue()\n"
+    "        self.shown.seek(0)\n"
+    "        self.shown.truncate()\n"
+    "        return text\n"
+    "\n"
+    "    def show_on_stdout(self):\n"
+    "        \"\"\"The CLI: one test's --setup-show lines, in one write.\"\"\"\n"
+    "        lines = [line.rstrip() for line in self.take_shown().split(\"\\n\") if line.strip()]\n"
+    "        if lines:\n"
+    "            sys.stdout.flush()\n"
+    "            data = (\"\\n\".join(lines) + \"\\n\").encode()\n"
+    "            while data:\n"
+    "                data = data[os.write(1, data):]\n"
     "\n"
     "    def finish(self, rc):\n"
     "        \"\"\"After pytest's session teardown ran in this worker.\"\"\"\n"
@@ -5141,6 +5180,8 @@ static const char zyg_glue[] =
     "        category = config.hook.pytest_report_teststatus(report=report, config=config)[0]\n"
     "        if self.full:\n"
     "            data = config.hook.pytest_report_to_serializable(config=config, report=report)\n"
+    "            if self.shown is not None:\n"
+    "                data[\"pytest_fast_shown\"] = self.take_shown()\n"
     "            self.reports.append((report.when, report.outcome, category, report.duration,\n"
     "                                 _longrepr_text(report) if report.failed else None,\n"
     "                                 report.sections if report.failed else None,\n"

@@ -62,6 +62,11 @@ static const arg_spec arg_table[] = {
     {"--disable-warnings", ARG_RUN},
     {"--disable-pytest-warnings", ARG_RUN},
     {"--setup-show", ARG_RUN},
+    {"--setupshow", ARG_RUN},
+    {"--setup-only", ARG_RUN},   /* only the run protocol, not collection */
+    {"--setuponly", ARG_RUN},
+    {"--setup-plan", ARG_RUN},
+    {"--setupplan", ARG_RUN},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},

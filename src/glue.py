@@ -384,6 +384,7 @@ class _Leader:
         self.world = _world(config) if _recording(args) else None
         args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]
         config._parser.parse_known_args(args, namespace=config.option)
+        _setup_show_options(config.option)
         index = {id(item): i for i, item in enumerate(session.items)}
         items = list(session.items)
         paths = [a for a in (config.option.file_or_dir or []) if a]
@@ -844,6 +845,15 @@ def _dist_groups(items, dist):
     return out, starts
 
 
+def _setup_show_options(opt):
+    """What setupplan's and setuponly's pytest_cmdline_main do, which ran
+    in the zygote, before this run's options."""
+    if getattr(opt, "setupplan", False):
+        opt.setuponly = opt.setupshow = True
+    if getattr(opt, "setuponly", False):
+        opt.setupshow = True
+
+
 class _DeselectCounter:
     def __init__(self):
         self.count = 0
@@ -983,6 +993,7 @@ class _Worker:
         self.recorder = None
         self.deps_out = None
         self.fixture_seen = {}
+        self.shown = None   # --setup-show: what pytest wrote to its terminal
 
     def start_recording(self, name):
         """What each test runs and opens, for --affected (see affected.py)."""
@@ -1025,6 +1036,12 @@ class _Worker:
         faulthandler.enable(file=self.fault, all_threads=True)
         self.quiet_controller_plugins()
         self.reset_capture()
+        if getattr(config.option, "setupshow", False):
+            # The SETUP/TEARDOWN lines go to the terminal writer: keep them,
+            # per report, for the controller (or, CLI, per test to stdout).
+            from _pytest._io import TerminalWriter
+            self.shown = io.StringIO()
+            config.pluginmanager.get_plugin("terminalreporter")._tw = TerminalWriter(self.shown)
         # tmp_path: like plain pytest, a numbered basetemp made on first use
         # (pytest's own locking keeps concurrent workers apart); a given
         # --basetemp gets one subdirectory per worker, as under xdist.
@@ -1059,6 +1076,8 @@ class _Worker:
                 if self.recorder is not None:
                     self.recorder.start()
                 config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                if self.shown is not None and not self.full:
+                    self.show_on_stdout()
                 if self.recorder is not None:
                     self.record(item)
                 if self.timeout > 0:
@@ -1076,6 +1095,21 @@ class _Worker:
                 self.flush_reports(cur)
                 _send(self.fd, ("x", 2 if code is None else int(code), str(getattr(exc, "msg", exc))))
             raise
+
+    def take_shown(self):
+        text = self.shown.getvalue()
+        self.shown.seek(0)
+        self.shown.truncate()
+        return text
+
+    def show_on_stdout(self):
+        """The CLI: one test's --setup-show lines, in one write."""
+        lines = [line.rstrip() for line in self.take_shown().split("\n") if line.strip()]
+        if lines:
+            sys.stdout.flush()
+            data = ("\n".join(lines) + "\n").encode()
+            while data:
+                data = data[os.write(1, data):]
 
     def finish(self, rc):
         """After pytest's session teardown ran in this worker."""
@@ -1146,6 +1180,8 @@ class _Worker:
         category = config.hook.pytest_report_teststatus(report=report, config=config)[0]
         if self.full:
             data = config.hook.pytest_report_to_serializable(config=config, report=report)
+            if self.shown is not None:
+                data["pytest_fast_shown"] = self.take_shown()
             self.reports.append((report.when, report.outcome, category, report.duration,
                                  _longrepr_text(report) if report.failed else None,
                                  report.sections if report.failed else None,

@@ -143,3 +143,109 @@ def test_stepwise_reset(project):
     for how in ("cli", "plugin"):
         _same_step(project, how, ("--sw-reset",))
 
+
+SETUP_PROJECT = {
+    "tests/test_b.py": """
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def mod():
+            yield 1
+
+        @pytest.fixture
+        def fx(mod, tmp_path):
+            return 2
+
+        @pytest.fixture(params=["a", "b"], ids=["first", "second"])
+        def which(request):
+            return request.param
+
+        def test_1(fx):
+            pass
+
+        def test_2():
+            assert 0
+
+        @pytest.mark.parametrize("i", [1, 2])
+        def test_3(fx, i, which):
+            pass
+
+        class TestC:
+            @pytest.fixture(scope="class")
+            def cls_fx(self):
+                yield
+
+            def test_4(self, cls_fx, capsys):
+                print("out")
+        """,
+    "tests/test_c.py": """
+        import pytest
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("setup")
+
+        def test_5(broken):
+            pass
+
+        @pytest.mark.skip(reason="no")
+        def test_6(tmp_path):
+            pass
+        """,
+}
+SHOWN = re.compile(r"^\s*(SETUP|TEARDOWN)\s|^\s+\S+::\S+")
+STATUS_WORD = re.compile(r" ?(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b.*$")
+
+
+def _from_collected(out):
+    lines = norm(out)
+    start = next((i for i, line in enumerate(lines) if "collected" in line), 0)   # -q: none
+    return [re.sub(r" at 0x[0-9a-f]+>", " at 0x?>", line) for line in lines[start:]]
+
+
+@pytest.mark.parametrize("args", [("--setup-show",), ("--setup-show", "-v"), ("--setup-only",),
+                                  ("--setup-plan",), ("--setup-plan", "-q", "-k", "test_3 or test_5")],
+                         ids=" ".join)
+def test_setup_show_lines_as_plain_pytest(project, args):
+    """Through the plugin with one worker, pytest's whole output is the same
+    (SETUP/TEARDOWN lines, status letters, summaries); the CLI prints the
+    same SETUP/TEARDOWN and test lines, without the status letters."""
+    _write(project, SETUP_PROJECT)
+    oracle = project.pytest(*args)
+    assert [line for line in norm(oracle.out) if SHOWN.match(line)], oracle
+    ours = plugin_run(project, *args, env={"PYTEST_FAST_WORKERS": "1"})
+    assert (ours.rc, ours.dump) == (oracle.rc, oracle.dump), (ours, oracle)
+    assert _from_collected(ours.out) == _from_collected(oracle.out), (ours, oracle)
+    if "-v" in args or "-q" in args:
+        return
+    cli = project.fast("--workers", "1", *args)
+    assert (cli.rc, cli.dump) == (oracle.rc, oracle.dump), (cli, oracle)
+    # -v appends status words (not letters) to these lines: the CLI prints them without
+    verbose = project.pytest("-v", *args)
+    plain = [STATUS_WORD.sub("", line) for line in norm(verbose.out) if SHOWN.match(line)]
+    assert [line for line in norm(cli.out) if SHOWN.match(line)] == plain, (cli, verbose)
+
+
+def test_setup_show_with_workers_keeps_each_tests_lines_together(project):
+    _write(project, SETUP_PROJECT)
+    oracle = project.pytest("--setup-show")
+    ours = plugin_run(project, "--setup-show", env={"PYTEST_FAST_WORKERS": "2"})
+    assert (ours.rc, ours.dump) == (oracle.rc, oracle.dump), (ours, oracle)
+
+    def per_test(out):
+        # each test's function-scoped SETUP lines before its own line and
+        # TEARDOWN lines after it (test_5's setup fails: it has no line of
+        # its own, and its SETUP is left out)
+        groups, pending, current = {}, [], None
+        for line in norm(out):
+            if re.match(r"^        SETUP +F (?!broken)", line):
+                pending.append(line)
+            elif re.match(r"^        TEARDOWN +F (?!broken)", line):
+                groups[current].append(line)
+            elif re.match(r"^        \S+::\S+", line):
+                current = line.split()[0]
+                groups[current], pending = pending, []
+        return groups
+
+    assert per_test(ours.out) == per_test(oracle.out), (ours, oracle)
+
