@@ -536,6 +536,12 @@ class Controller:
 
     def _report(self, data: dict[str, Any]) -> Any:
         rep = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        context = data.get("_subtest.context")
+        if isinstance(context, dict) and hasattr(rep, "context"):
+            # pytest 9's SubtestContext repr()s its kwargs again as it is
+            # read back ("i='1'"): they were made text (i=1) in the worker.
+            with contextlib.suppress(AttributeError, TypeError):
+                object.__setattr__(rep.context, "kwargs", dict(context.get("kwargs") or {}))
         wrap = _CollectErrorRepr
         if wrap is not None and isinstance(rep, pytest.CollectReport) and isinstance(rep.longrepr, str):
             rep.longrepr = wrap(rep.longrepr)  # what it was before serialization

@@ -6812,6 +6812,8 @@ typedef struct dmn_duration {
     size_t pos;
 } dmn_duration;
 
+#define DMN_OTHER_CATS 8
+
 typedef struct dmn_run {
     dmn_conn *client;
     dmn_zygote *z;              /* the collected zygote serving this run */
@@ -6840,6 +6842,10 @@ typedef struct dmn_run {
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
     size_t counts[8];
+    /* categories pytest does not know ("subtests passed", a plugin's "rerun"):
+     * its closing line names them after the known ones, as first seen */
+    char *other_cat[DMN_OTHER_CATS];
+    size_t other_n[DMN_OTHER_CATS];
     size_t warnings;
     size_t round_trips, rx;
     pf_arena *keep;             /* selection, lastfailed triples, crash texts */
@@ -7931,6 +7937,8 @@ static void dmn_run_free(dmn_run *r)
         return;
     util_close(&r->leader_fd);
     pf_reader_free(&r->leader_rd);
+    for (int i = 0; i < DMN_OTHER_CATS; i++)
+        free(r->other_cat[i]);
     for (int i = 0; i < r->nworkers; i++) {
         util_close(&r->workers[i].fd);
         util_close(&r->workers[i].fault);
@@ -8046,8 +8054,17 @@ static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const cha
         r->counts[cat]++;
         if (cat > r->severity[pos])
             r->severity[pos] = (signed char)cat;
-    } else if (r->severity[pos] < 0 && outcome && !strcmp(outcome, "passed")) {
-        r->severity[pos] = 0;
+    } else {
+        if (r->severity[pos] < 0 && outcome && !strcmp(outcome, "passed"))
+            r->severity[pos] = 0;
+        for (int i = 0; category && *category && i < DMN_OTHER_CATS; i++) {
+            if (!r->other_cat[i])
+                r->other_cat[i] = util_strdup(category);
+            if (!strcmp(r->other_cat[i], category)) {
+                r->other_n[i]++;
+                break;
+            }
+        }
     }
     if (outcome && !strcmp(outcome, "failed")) {
         if (r->nfailures == r->capfailures) {
@@ -8447,6 +8464,10 @@ static void dmn_stats_line(pf_buf *b, dmn_run *r, size_t collect_errors, double 
     size_t errors = r->counts[5] + collect_errors;
     if (errors) {
         pf_buf_printf(b, "%s%zu error%s", any ? ", " : "", errors, errors == 1 ? "" : "s");
+        any = true;
+    }
+    for (int i = 0; i < DMN_OTHER_CATS && r->other_cat[i]; i++) {
+        pf_buf_printf(b, "%s%zu %s", any ? ", " : "", r->other_n[i], r->other_cat[i]);
         any = true;
     }
     if (!any)

@@ -249,3 +249,44 @@ def test_setup_show_with_workers_keeps_each_tests_lines_together(project):
 
     assert per_test(ours.out) == per_test(oracle.out), (ours, oracle)
 
+SUBTESTS_PROJECT = {
+    "tests/test_s.py": """
+        import pytest
+
+        def test_sub(subtests):
+            for i in range(3):
+                with subtests.test(msg="check", i=i):
+                    assert i % 2 == 0
+
+        def test_kwargs(subtests):
+            with subtests.test(x="a", y=1.5, z=None, t=(1, "b")):
+                pass
+            with subtests.test():
+                assert 0
+
+        def test_skips(subtests):
+            with subtests.test(msg="skipped", n=1):
+                pytest.skip("not now")
+            with subtests.test(msg="passes"):
+                pass
+
+        def test_plain():
+            pass
+        """,
+}
+
+
+@pytest.mark.parametrize("args", [(), ("-v",), ("-rA",)], ids=lambda a: " ".join(a) or "default")
+def test_subtests_as_plain_pytest(project, args):
+    if int(pytest.__version__.split(".")[0]) < 9:
+        pytest.skip("the subtests fixture is pytest's own from pytest 9")
+    _write(project, SUBTESTS_PROJECT)
+    oracle = project.pytest(*args)
+    assert "SUBFAILED[check] (i=1) tests/test_s.py::test_sub" in oracle.out, oracle
+    ours = plugin_run(project, *args, env={"PYTEST_FAST_WORKERS": "1"})
+    assert (ours.rc, ours.dump) == (oracle.rc, oracle.dump), (ours, oracle)
+    assert _from_collected(ours.out) == _from_collected(oracle.out), (ours, oracle)
+    cli = project.fast("--workers", "2", *args)
+    assert (cli.rc, cli.dump) == (oracle.rc, oracle.dump), (cli, oracle)
+    assert _counts(cli.out) == _counts(oracle.out), (cli, oracle)
+
