@@ -266,6 +266,11 @@ class Daemon:
         args = forwarded_args(config.invocation_params.args)
         if op == "options":  # --help is printed here, with the options the zygote knows
             args = [a for a in args if a not in ("-h", "--help")]
+        seed = getattr(config.option, "randomly_seed", None)
+        if op == "run" and isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+            # pytest-randomly chose (and printed) this run's seed here: the daemon uses it
+            cut = args.index("--") if "--" in args else len(args)
+            args = [*args[:cut], f"--randomly-seed={seed}", *args[cut:]]
         tw = config.get_terminal_writer() if op == "run" else None
         req = {
             "op": op, "proto": PROTO, "args": args,

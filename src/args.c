@@ -79,6 +79,10 @@ static const arg_spec arg_table[] = {
     {"--sw-reset", ARG_RUN},
     {"--stepwise-reset", ARG_RUN},
     {"--dist", ARG_VALUE | ARG_RUN},
+    /* pytest-randomly: the seed and the shuffle are per run (the leader) */
+    {"--randomly-seed", ARG_VALUE | ARG_RUN},
+    {"--randomly-dont-reset-seed", ARG_RUN},
+    {"--randomly-dont-reorganize", ARG_RUN},
     {"-n", ARG_VALUE | ARG_REFUSE},
     {"--numprocesses", ARG_VALUE | ARG_REFUSE},
     {"-p", ARG_VALUE},

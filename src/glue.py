@@ -95,6 +95,17 @@ class _Zygote:
         self.env_set = {}
         self.env_unset = []
         self.cwd = None
+        self.collected_order = None
+        self.restore_seed = None
+
+    def pytest_collection_modifyitems(self, items):
+        # The order before any plugin's modifyitems: each run's start from
+        # it, as a plain run's do (pytest-randomly shuffles it per seed).
+        self.collected_order = list(items)
+        yield
+
+    def pytest_cmdline_main(self, config):
+        self.restore_seed = _keep_randomly_seed(config)   # before pytest_configure
 
     def pytest_configure(self, config):
         self.config = config
@@ -115,6 +126,8 @@ class _Zygote:
 
     def pytest_collection(self, session):
         """Replay what the preloads warned, inside pytest's warning capture."""
+        if self.restore_seed is not None:
+            self.restore_seed()
         import warnings
         seen = set()
         for w in _PRELOAD_WARNINGS:
@@ -168,6 +181,30 @@ class _Zygote:
                 self.role = "leader"
                 _Leader(session, msg, fds).lead(self)
                 return True
+
+
+def _keep_randomly_seed(config):
+    """pytest-randomly's pytest_configure stores its seed in the cache (for
+    --randomly-seed=last); a collection is no run: put back what the last
+    run stored.  Returns the function that does."""
+    if not config.pluginmanager.has_plugin("randomly"):
+        return lambda: None
+    try:
+        from _pytest.cacheprovider import Cache
+        path = Cache.cache_dir_from_config(config, _ispytest=True) / "v" / "randomly_seed"
+        before = path.read_bytes() if path.exists() else None
+    except Exception:
+        return lambda: None
+
+    def restore():
+        try:
+            if before is None:
+                path.unlink()
+            else:
+                path.write_bytes(before)
+        except OSError:
+            pass
+    return restore
 
 
 def _conftest_header(config):
@@ -338,7 +375,7 @@ class _Leader:
         sys.argv[1:] = msg["argv"]
         os.chdir(msg["cwd"])
         try:
-            selected, deselected = self.select(msg["args"])
+            selected, deselected = self.select(msg["args"], zygote.collected_order)
         except Exception as exc:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
@@ -374,7 +411,7 @@ class _Leader:
                     self.finish_coverage(req["coverage"])
                 os._exit(0)
 
-    def select(self, args):
+    def select(self, args, collected_order=None):
         config, session = self.config, self.session
         args = list(args)
         cut = args.index("--") if "--" in args else len(args)
@@ -383,10 +420,22 @@ class _Leader:
         # against (a conftest edited during the run must still count).
         self.world = _world(config) if _recording(args) else None
         args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]
+        randomly = config.pluginmanager.get_plugin("randomly")
+        if randomly is not None and hasattr(config.option, "randomly_seed"):
+            config.option.randomly_seed = "default"   # the zygote's seed is not this run's
         config._parser.parse_known_args(args, namespace=config.option)
         _setup_show_options(config.option)
+        seed_line = _randomly_seed(config, randomly)
+        if seed_line and not self.msg.get("stream"):
+            sys.stdout.write(seed_line + "\n")   # the controller prints its own header
+            sys.stdout.flush()
         index = {id(item): i for i, item in enumerate(session.items)}
         items = list(session.items)
+        if collected_order is not None:
+            present = set(index)
+            base = [item for item in collected_order if id(item) in present]
+            if len(base) == len(items):
+                items = base
         paths = [a for a in (config.option.file_or_dir or []) if a]
         self.scoped_errors = None
         if paths:
@@ -845,6 +894,20 @@ def _dist_groups(items, dist):
     return out, starts
 
 
+def _randomly_seed(config, module):
+    """pytest-randomly chooses its seed (a new one, --randomly-seed N or
+    `last`) in its pytest_configure, which ran in the zygote: choose again,
+    for this run.  Returns its header line, or None without the plugin."""
+    if module is None or not hasattr(module, "default_seed") or not hasattr(module, "pytest_configure"):
+        return None
+    import random
+    module.default_seed = random.Random().getrandbits(32)
+    module.pytest_configure(config)
+    header = getattr(module, "pytest_report_header", None)
+    line = header(config) if header is not None else None
+    return line if isinstance(line, str) else None
+
+
 def _setup_show_options(opt):
     """What setupplan's and setuponly's pytest_cmdline_main do, which ran
     in the zygote, before this run's options."""
@@ -1250,6 +1313,9 @@ def main(fd, args):
     plugin = _Zygote(fd)
     _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)
     _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)
+    _Zygote.pytest_cmdline_main = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_cmdline_main)
+    _Zygote.pytest_collection_modifyitems = pytest.hookimpl(hookwrapper=True)(
+        _Zygote.pytest_collection_modifyitems)
     _Worker.pytest_fixture_setup = pytest.hookimpl(hookwrapper=True)(_Worker.pytest_fixture_setup)
     rc = pytest.main(list(args), plugins=[plugin])
     if plugin.role == "worker":

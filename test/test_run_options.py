@@ -2,12 +2,16 @@
 (`pytest-fast`) and the plugin (`pytest --fast`), comparing the lines pytest
 prints, the outcomes and the caches a later plain run reads."""
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
+from conftest import BUILD, HERE
+from test_plugin import PYTHONPATH, final_line, norm, status_lines
 from test_plugin import fast as plugin_run
-from test_plugin import final_line, norm, status_lines
 
 STEPWISE_PROJECT = {
     "tests/test_a.py": """
@@ -249,6 +253,7 @@ def test_setup_show_with_workers_keeps_each_tests_lines_together(project):
 
     assert per_test(ours.out) == per_test(oracle.out), (ours, oracle)
 
+
 SUBTESTS_PROJECT = {
     "tests/test_s.py": """
         import pytest
@@ -290,3 +295,100 @@ def test_subtests_as_plain_pytest(project, args):
     assert (cli.rc, cli.dump) == (oracle.rc, oracle.dump), (cli, oracle)
     assert _counts(cli.out) == _counts(oracle.out), (cli, oracle)
 
+
+@pytest.fixture(scope="session")
+def randomly_path():
+    """A directory with pytest-randomly (test/requirements-randomly.txt),
+    made once per interpreter; only these tests put it on PYTHONPATH."""
+    target = BUILD / f"randomly-py{sys.version_info[0]}{sys.version_info[1]}"
+    if not (target / "pytest_randomly").is_dir():
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        p = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                            "--no-deps", "--target", str(tmp), "-r", str(HERE / "requirements-randomly.txt")],
+                           capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            pytest.skip("pytest-randomly could not be installed (is PyPI reachable?): "
+                        + (p.stderr.strip().splitlines() or ["?"])[-1])
+        try:
+            os.rename(tmp, target)
+        except OSError:   # another process made it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+RANDOMLY_PROJECT = {
+    "tests/rec.py": """
+        import os
+        import random
+
+        def rec():
+            with open(os.environ["ORDER_FILE"], "a") as f:
+                f.write("%s %r\\n" % (os.environ["PYTEST_CURRENT_TEST"].split(" ")[0], random.random()))
+        """,
+}
+for _m in ("one", "two", "three"):
+    RANDOMLY_PROJECT[f"tests/test_{_m}.py"] = f"""
+        from rec import rec
+
+        def test_{_m}_a():
+            rec()
+
+        class TestK:
+            def test_{_m}_b(self):
+                rec()
+
+            def test_{_m}_c(self):
+                rec()
+
+        def test_{_m}_d():
+            rec()
+
+        class TestL:
+            def test_{_m}_e(self):
+                rec()
+        """
+
+SEED = re.compile(r"Using --randomly-seed=(\d+)")
+
+
+def _order(project, run, args):
+    order = project.path.parent / "order.txt"   # outside the project: no edit to watch
+    if order.exists():
+        order.unlink()
+    r = run(*args)
+    assert r.rc == 0, r
+    return r, order.read_text().splitlines()
+
+
+def test_randomly_seed_order_and_values_per_run(project, randomly_path):
+    """Three runs without a seed through each front end: each prints a new
+    seed, runs in plain pytest's order for it and gets its random values."""
+    _write(project, RANDOMLY_PROJECT)
+    env = {"PYTHONPATH": os.pathsep.join([randomly_path, str(HERE)]),
+           "ORDER_FILE": str(project.path.parent / "order.txt")}
+    fronts = {
+        "cli": lambda *a: project.fast("--workers", "1", *a, env=env),
+        "plugin": lambda *a: plugin_run(project, *a, env={
+            **env, "PYTHONPATH": os.pathsep.join([randomly_path, PYTHONPATH]), "PYTEST_FAST_WORKERS": "1"}),
+    }
+    for how, run in fronts.items():
+        seeds = []
+        for i in range(3):
+            r, order = _order(project, run, ())
+            seeds.append(int(SEED.search(r.out).group(1)))
+            _, plain = _order(project, lambda *a: project.pytest(*a, env=env),
+                              ("-p", "no:cacheprovider", f"--randomly-seed={seeds[-1]}"))
+            assert order == plain, (how, seeds, r)
+            assert i == 0 or "re-collecting" not in r.err, r   # a new seed is no new collection
+        assert len(set(seeds)) == 3, seeds
+        # an explicit seed, and `last` (the cache pytest-randomly shares with plain runs)
+        r, order = _order(project, run, ("--randomly-seed=last",))
+        assert SEED.search(r.out).group(1) == str(seeds[-1]), r
+        assert order == plain, (how, r)
+        # off: the collection's order
+        r, order = _order(project, run, ("-p", "no:randomly"))
+        _, plain = _order(project, lambda *a: project.pytest(*a, env=env), ("-p", "no:randomly"))
+        names = [line.split()[0] for line in order]   # random itself is not seeded then
+        assert names == [line.split()[0] for line in plain] and "randomly-seed" not in r.out, (how, r)
