@@ -484,19 +484,16 @@ class Controller:
             self._warning(data)
         items: list[pytest.Item] = [_remote_item(session, *loc) for loc in reply["items"]]
         self.pool = int(reply.get("pool", 0))
-        stepwise = reply.get("stepwise")
-        self._collected(session, items, int(reply["deselected"]),
-                        int(stepwise["skipped"]) if stepwise else 0)
-        self._stepwise(session, stepwise, items)
+        self._collected(session, items, int(reply["deselected"]), reply.get("stepwise"))
         return True
 
     def _collected(self, session: pytest.Session, items: list[pytest.Item], deselected: int,
-                   stepwise_skipped: int = 0) -> None:
+                   stepwise: dict[str, Any] | None = None) -> None:
         """Tell the other plugins what pytest's own collection would have
         (but for what --sw skipped: see _stepwise)."""
         hook = self.config.hook
         dropped = [_remote_item(session, "<deselected>", "", None, "")
-                   for _ in range(deselected + stepwise_skipped)]
+                   for _ in range(deselected + (int(stepwise["skipped"]) if stepwise else 0))]
         hook.pytest_collectreport(report=pytest.CollectReport(
             nodeid="", outcome="passed", longrepr=None, result=[*items, *dropped]))
         dropped = dropped[:deselected]
@@ -510,10 +507,10 @@ class Controller:
             others = [p for p in pm.get_plugins() if p not in keep]
             pm.subset_hook_caller("pytest_collection_modifyitems", remove_plugins=others)(
                 session=session, config=self.config, items=list(items))
+        self._stepwise(session, stepwise, items)
         session.items = items
         session.testscollected = len(items)
-        if self.config.pluginmanager.get_plugin("stepwiseplugin") is None:
-            hook.pytest_collection_finish(session=session)
+        hook.pytest_collection_finish(session=session)
 
     def _stepwise(self, session: pytest.Session, seen: dict[str, Any] | None,
                   items: list[pytest.Item]) -> None:
@@ -521,14 +518,12 @@ class Controller:
         there; ours sees the same items, skips the same (its deselection is
         the one the daemon did not count) and keeps cache/stepwise."""
         plugin = self.config.pluginmanager.get_plugin("stepwiseplugin")
-        if plugin is None:
+        if plugin is None or seen is None:
             return
-        if seen is not None:
-            mine = {item.nodeid: item for item in items}
-            saw = [mine.get(n) or _remote_item(session, n, n.split("::")[0], None, n)
-                   for n in seen["seen"]]
-            plugin.pytest_collection_modifyitems(config=self.config, items=saw)
-        self.config.hook.pytest_collection_finish(session=session)
+        mine = {item.nodeid: item for item in items}
+        saw = [mine.get(n) or _remote_item(session, n, n.split("::")[0], None, n)
+               for n in seen["seen"]]
+        plugin.pytest_collection_modifyitems(config=self.config, items=saw)
 
     def _ended_early(self, reply: dict[str, Any]) -> NoReturn:
         rc = int(reply.get("rc", 3))
