@@ -51,11 +51,6 @@ VALUED = ("--fast-address", "--fast-workers", "--fast-ttl", "--fast-timeout", "-
 NEEDS_TEST_PROCESS = {
     "usepdb": "--pdb",
     "trace": "--trace",
-    "stepwise": "--stepwise",
-    "stepwise_skip": "--stepwise-skip",
-    "setupshow": "--setup-show",
-    "setuponly": "--setup-only",
-    "setupplan": "--setup-plan",
     "log_cli_level": "--log-cli-level",
 }
 EXIT_PREFIX = "_pytest.outcomes.Exit: "
@@ -271,6 +266,11 @@ class Daemon:
         args = forwarded_args(config.invocation_params.args)
         if op == "options":  # --help is printed here, with the options the zygote knows
             args = [a for a in args if a not in ("-h", "--help")]
+        seed = getattr(config.option, "randomly_seed", None)
+        if op == "run" and isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+            # pytest-randomly chose (and printed) this run's seed here: the daemon uses it
+            cut = args.index("--") if "--" in args else len(args)
+            args = [*args[:cut], f"--randomly-seed={seed}", *args[cut:]]
         tw = config.get_terminal_writer() if op == "run" else None
         req = {
             "op": op, "proto": PROTO, "args": args,
@@ -418,6 +418,8 @@ class Controller:
 
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
+        if config.getoption("stepwise", False):
+            self.daemon.workers = 1   # the daemon runs --sw in order on one worker
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and self.daemon.workers > 1:
             reporter.showfspath = False  # as xdist: parallel results interleave files
@@ -482,15 +484,19 @@ class Controller:
             self._warning(data)
         items: list[pytest.Item] = [_remote_item(session, *loc) for loc in reply["items"]]
         self.pool = int(reply.get("pool", 0))
-        self._collected(session, items, int(reply["deselected"]))
+        self._collected(session, items, int(reply["deselected"]), reply.get("stepwise"))
         return True
 
-    def _collected(self, session: pytest.Session, items: list[pytest.Item], deselected: int) -> None:
-        """Tell the other plugins what pytest's own collection would have."""
+    def _collected(self, session: pytest.Session, items: list[pytest.Item], deselected: int,
+                   stepwise: dict[str, Any] | None = None) -> None:
+        """Tell the other plugins what pytest's own collection would have
+        (but for what --sw skipped: see _stepwise)."""
         hook = self.config.hook
-        dropped = [_remote_item(session, "<deselected>", "", None, "") for _ in range(deselected)]
+        dropped = [_remote_item(session, "<deselected>", "", None, "")
+                   for _ in range(deselected + (int(stepwise["skipped"]) if stepwise else 0))]
         hook.pytest_collectreport(report=pytest.CollectReport(
             nodeid="", outcome="passed", longrepr=None, result=[*items, *dropped]))
+        dropped = dropped[:deselected]
         if dropped:
             hook.pytest_deselected(items=dropped)
         # The daemon applied --lf/--ff/--nf already; the cache plugins here
@@ -501,9 +507,23 @@ class Controller:
             others = [p for p in pm.get_plugins() if p not in keep]
             pm.subset_hook_caller("pytest_collection_modifyitems", remove_plugins=others)(
                 session=session, config=self.config, items=list(items))
+        self._stepwise(session, stepwise, items)
         session.items = items
         session.testscollected = len(items)
         hook.pytest_collection_finish(session=session)
+
+    def _stepwise(self, session: pytest.Session, seen: dict[str, Any] | None,
+                  items: list[pytest.Item]) -> None:
+        """--sw: the daemon skipped what pytest's StepwisePlugin skipped
+        there; ours sees the same items, skips the same (its deselection is
+        the one the daemon did not count) and keeps cache/stepwise."""
+        plugin = self.config.pluginmanager.get_plugin("stepwiseplugin")
+        if plugin is None or seen is None:
+            return
+        mine = {item.nodeid: item for item in items}
+        saw = [mine.get(n) or _remote_item(session, n, n.split("::")[0], None, n)
+               for n in seen["seen"]]
+        plugin.pytest_collection_modifyitems(config=self.config, items=saw)
 
     def _ended_early(self, reply: dict[str, Any]) -> NoReturn:
         rc = int(reply.get("rc", 3))
@@ -516,6 +536,12 @@ class Controller:
 
     def _report(self, data: dict[str, Any]) -> Any:
         rep = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        context = data.get("_subtest.context")
+        if isinstance(context, dict) and hasattr(rep, "context"):
+            # pytest 9's SubtestContext repr()s its kwargs again as it is
+            # read back ("i='1'"): they were made text (i=1) in the worker.
+            with contextlib.suppress(AttributeError, TypeError):
+                object.__setattr__(rep.context, "kwargs", dict(context.get("kwargs") or {}))
         wrap = _CollectErrorRepr
         if wrap is not None and isinstance(rep, pytest.CollectReport) and isinstance(rep.longrepr, str):
             rep.longrepr = wrap(rep.longrepr)  # what it was before serialization
@@ -549,11 +575,15 @@ class Controller:
                 if op == "note":
                     sys.stderr.write(f"pytest-fast: {msg.get('text', '')}\n")
                 elif op == "report" and msg["reports"]:
+                    # --setup-show: what pytest wrote to the terminal before each report
+                    shown = [data.pop("pytest_fast_shown", None) for data in msg["reports"]]
                     reports = [self._report(data) for data in msg["reports"]]
                     nodeid, location = reports[0].nodeid, reports[0].location
                     reported.add(nodeid)
                     hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-                    for rep in reports:
+                    for rep, text in zip(reports, shown):
+                        if text:
+                            self.config.get_terminal_writer().write(str(text))
                         hook.pytest_runtest_logreport(report=rep)
                     hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
                     for data in msg.get("warnings") or ():

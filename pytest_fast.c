@@ -3437,15 +3437,28 @@ static const arg_spec arg_table[] = {
     {"--disable-warnings", ARG_RUN},
     {"--disable-pytest-warnings", ARG_RUN},
     {"--setup-show", ARG_RUN},
+    {"--setupshow", ARG_RUN},
+    {"--setup-only", ARG_RUN},   /* only the run protocol, not collection */
+    {"--setuponly", ARG_RUN},
+    {"--setup-plan", ARG_RUN},
+    {"--setupplan", ARG_RUN},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--pdb", ARG_RUN | ARG_REFUSE},
     {"--trace", ARG_RUN | ARG_REFUSE},
-    {"--sw", ARG_RUN | ARG_REFUSE},
-    {"--stepwise", ARG_RUN | ARG_REFUSE},
+    {"--sw", ARG_RUN},
+    {"--stepwise", ARG_RUN},
+    {"--sw-skip", ARG_RUN},
+    {"--stepwise-skip", ARG_RUN},
+    {"--sw-reset", ARG_RUN},
+    {"--stepwise-reset", ARG_RUN},
     {"--dist", ARG_VALUE | ARG_RUN},
+    /* pytest-randomly: the seed and the shuffle are per run (the leader) */
+    {"--randomly-seed", ARG_VALUE | ARG_RUN},
+    {"--randomly-dont-reset-seed", ARG_RUN},
+    {"--randomly-dont-reorganize", ARG_RUN},
     {"-n", ARG_VALUE | ARG_REFUSE},
     {"--numprocesses", ARG_VALUE | ARG_REFUSE},
     {"-p", ARG_VALUE},
@@ -3524,6 +3537,7 @@ typedef struct arg_split {
     util_strv collect;
     util_strv run;
     int maxfail;          /* 0 = no limit */
+    int stepwise;         /* --sw: stop at this many failures (2: --sw-skip), 0 = off */
     bool collect_only;
     bool continue_on_errors;
     bool affected;        /* --fast-affected: selecting nothing is a success */
@@ -3545,6 +3559,10 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->maxfail = 1;
     else if (!strcmp(name, "--maxfail") && value)
         s->maxfail = atoi(value) > 0 ? atoi(value) : 0;
+    else if (!strcmp(name, "--sw-skip") || !strcmp(name, "--stepwise-skip"))
+        s->stepwise = 2;   /* the first failure is let through */
+    else if (!strncmp(name, "--sw", 4) || !strncmp(name, "--stepwise", 10))
+        s->stepwise = s->stepwise ? s->stepwise : 1;
     else if (!strcmp(name, "--collect-only") || !strcmp(name, "--co"))
         s->collect_only = true;
     else if (!strcmp(name, "--fast-affected"))
@@ -4267,6 +4285,17 @@ static const char zyg_glue[] =
     "        self.env_set = {}\n"
     "        self.env_unset = []\n"
     "        self.cwd = None\n"
+    "        self.collected_order = None\n"
+    "        self.restore_seed = None\n"
+    "\n"
+    "    def pytest_collection_modifyitems(self, items):\n"
+    "        # The order before any plugin's modifyitems: each run's start from\n"
+    "        # it, as a plain run's do (pytest-randomly shuffles it per seed).\n"
+    "        self.collected_order = list(items)\n"
+    "        yield\n"
+    "\n"
+    "    def pytest_cmdline_main(self, config):\n"
+    "        self.restore_seed = _keep_randomly_seed(config)   # before pytest_configure\n"
     "\n"
     "    def pytest_configure(self, config):\n"
     "        self.config = config\n"
@@ -4287,6 +4316,8 @@ static const char zyg_glue[] =
     "\n"
     "    def pytest_collection(self, session):\n"
     "        \"\"\"Replay what the preloads warned, inside pytest's warning capture.\"\"\"\n"
+    "        if self.restore_seed is not None:\n"
+    "            self.restore_seed()\n"
     "        import warnings\n"
     "        seen = set()\n"
     "        for w in _PRELOAD_WARNINGS:\n"
@@ -4340,6 +4371,30 @@ static const char zyg_glue[] =
     "                self.role = \"leader\"\n"
     "                _Leader(session, msg, fds).lead(self)\n"
     "                return True\n"
+    "\n"
+    "\n"
+    "def _keep_randomly_seed(config):\n"
+    "    \"\"\"pytest-randomly's pytest_configure stores its seed in the cache (for\n"
+    "    --randomly-seed=last); a collection is no run: put back what the last\n"
+    "    run stored.  Returns the function that does.\"\"\"\n"
+    "    if not config.pluginmanager.has_plugin(\"randomly\"):\n"
+    "        return lambda: None\n"
+    "    try:\n"
+    "        from _pytest.cacheprovider import Cache\n"
+    "        path = Cache.cache_dir_from_config(config, _ispytest=True) / \"v\" / \"randomly_seed\"\n"
+    "        before = path.read_bytes() if path.exists() else None\n"
+    "    except Exception:\n"
+    "        return lambda: None\n"
+    "\n"
+    "    def restore():\n"
+    "        try:\n"
+    "            if before is None:\n"
+    "                path.unlink()\n"
+    "            else:\n"
+    "                path.write_bytes(before)\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "    return restore\n"
     "\n"
     "\n"
     "def _conftest_header(config):\n"
@@ -4491,6 +4546,7 @@ static const char zyg_glue[] =
     "        self.scoped_errors = None\n"
     "        self.pool = []            # the selection's node ids before --shard\n"
     "        self.group_starts = None  # where --dist groups start, None: no groups\n"
+    "        self.stepwise = None      # this run's StepwisePlugin (--sw)\n"
     "\n"
     "    def lead(self, zygote):\n"
     "        msg = self.msg\n"
@@ -4509,7 +4565,7 @@ static const char zyg_glue[] =
     "        sys.argv[1:] = msg[\"argv\"]\n"
     "        os.chdir(msg[\"cwd\"])\n"
     "        try:\n"
-    "            selected, deselected = self.select(msg[\"args\"])\n"
+    "            selected, deselected = self.select(msg[\"args\"], zygote.collected_order)\n"
     "        except Exception as exc:\n"
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
@@ -4519,6 +4575,7 @@ static const char zyg_glue[] =
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
     "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
+    "                        \"stepwise\": self.stepwise_seen(),\n"
     "                        \"pool\": len(self.pool), \"watch_list\": self.watch_list(),\n"
     "                        \"scoped_errors\": self.scoped_errors, \"group_starts\": self.group_starts,\n"
     "                        \"coverage\": coverage})\n"
@@ -4544,7 +4601,7 @@ static const char zyg_glue[] =
     "                    self.finish_coverage(req[\"coverage\"])\n"
     "                os._exit(0)\n"
     "\n"
-    "    def select(self, args):\n"
+    "    def select(self, args, collected_order=None):\n"
     "        config, session = self.config, self.session\n"
     "        args = list(args)\n"
     "        cut = args.index(\"--\") if \"--\" in args else len(args)\n"
@@ -4555,9 +4612,22 @@ static const char zyg_glue[] =
     "        excluded = [a.split(\"=\", 1)[1] for a in args[:cut] if a.startswith(EXCLUDE_ARG + \"=\")]\n"
     "        args = [a for i, a in enumerate(args)\n"
     "                if i >= cut or (a != AFFECTED_ARG and not a.startswith(EXCLUDE_ARG + \"=\"))]\n"
+    "        randomly = config.pluginmanager.get_plugin(\"randomly\")\n"
+    "        if randomly is not None and hasattr(config.option, \"randomly_seed\"):\n"
+    "            config.option.randomly_seed = \"default\"   # the zygote's seed is not this run's\n"
     "        config._parser.parse_known_args(args, namespace=config.option)\n"
+    "        _setup_show_options(config.option)\n"
+    "        seed_line = _randomly_seed(config, randomly)\n"
+    "        if seed_line and not self.msg.get(\"stream\"):\n"
+    "            sys.stdout.write(seed_line + \"\\n\")   # the controller prints its own header\n"
+    "            sys.stdout.flush()\n"
     "        index = {id(item): i for i, item in enumerate(session.items)}\n"
     "        items = list(session.items)\n"
+    "        if collected_order is not None:\n"
+    "            present = set(index)\n"
+    "            base = [item for item in collected_order if id(item) in present]\n"
+    "            if len(base) == len(items):\n"
+    "                items = base\n"
     "        paths = [a for a in (config.option.file_or_dir or []) if a]\n"
     "        self.scoped_errors = None\n"
     "        if paths:\n"
@@ -4573,9 +4643,15 @@ static const char zyg_glue[] =
     "        if coll is not None:\n"
     "            pm.unregister(coll)\n"
     "        counter = _DeselectCounter()\n"
+    "        self.stepwise = _stepwise_plugin(config, counter)\n"
     "        pm.register(counter, \"pytest-fast-deselect-counter\")\n"
     "        try:\n"
     "            config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)\n"
+    "            if self.stepwise is not None and not self.msg.get(\"stream\"):\n"
+    "                # The CLI's lean output has no header: the status goes first.\n"
+    "                for line in _stepwise_status(config, self.stepwise):\n"
+    "                    sys.stdout.write(line + \"\\n\")\n"
+    "                sys.stdout.flush()\n"
     "            self.pool = [item.nodeid for item in items]\n"
     "            shard = self.msg.get(\"shard\")\n"
     "            if shard:\n"
@@ -4593,7 +4669,9 @@ static const char zyg_glue[] =
     "        finally:\n"
     "            pm.unregister(counter)\n"
     "        items, self.group_starts = _dist_groups(items, getattr(config.option, \"dist\", \"no\"))\n"
-    "        return [index[id(item)] for item in items], counter.count\n"
+    "        # pytest --fast: the controller's StepwisePlugin deselects its part again\n"
+    "        own = counter.stepwise_count if self.msg.get(\"stream\") else 0\n"
+    "        return [index[id(item)] for item in items], counter.count - own\n"
     "\n"
     "    def exclude(self, items, path):\n"
     "        \"\"\"--watch's second run: the selection but the tests its first\n"
@@ -4660,6 +4738,7 @@ static const char zyg_glue[] =
     "                             \"--affected will run every test\\n\" % (exc,))\n"
     "        if not req.get(\"lastfailed\", True):\n"
     "            return   # pytest --fast: the controller's own plugins keep lastfailed\n"
+    "        self.finish_stepwise(req)\n"
     "        lf = config.pluginmanager.get_plugin(\"lfplugin\")\n"
     "        nf = config.pluginmanager.get_plugin(\"nfplugin\")\n"
     "        if lf is not None:\n"
@@ -4678,6 +4757,32 @@ static const char zyg_glue[] =
     "            lf.pytest_sessionfinish(self.session)\n"
     "        if nf is not None and not config.getoption(\"collectonly\"):\n"
     "            nf.pytest_sessionfinish()\n"
+    "\n"
+    "    def stepwise_seen(self):\n"
+    "        \"\"\"For the controller's own StepwisePlugin (pytest --fast): the\n"
+    "        items it saw, as node ids, and how many of them it deselected, so\n"
+    "        that it can say what plain pytest's says.  None without --sw.\"\"\"\n"
+    "        counter = self.stepwise and self.stepwise.pytest_fast_counter\n"
+    "        if counter is None or counter.stepwise_seen is None:\n"
+    "            return None\n"
+    "        return {\"seen\": counter.stepwise_seen, \"skipped\": counter.stepwise_count}\n"
+    "\n"
+    "    def finish_stepwise(self, req):\n"
+    "        \"\"\"cache/stepwise as the session would have left it: the reports\n"
+    "        go through the run's StepwisePlugin (or, without --sw, pytest's\n"
+    "        module hook, which clears the entry on pytest < 8).\"\"\"\n"
+    "        from _pytest.reports import TestReport\n"
+    "        sw = self.stepwise\n"
+    "        if sw is None:\n"
+    "            module = self.config.pluginmanager.get_plugin(\"stepwise\")\n"
+    "            if module is not None and hasattr(module, \"pytest_sessionfinish\"):\n"
+    "                module.pytest_sessionfinish(self.session)\n"
+    "            return\n"
+    "        sw.session = self.session\n"
+    "        for nodeid, when, outcome in req.get(\"reports\", ()):\n"
+    "            sw.pytest_runtest_logreport(\n"
+    "                TestReport(nodeid, (nodeid.split(\"::\")[0], None, nodeid), {}, outcome, None, when))\n"
+    "        sw.pytest_sessionfinish()\n"
     "\n"
     "    def record_dependencies(self, req):\n"
     "        \"\"\"Merge what this run's workers recorded into the --affected record.\"\"\"\n"
@@ -5012,12 +5117,76 @@ static const char zyg_glue[] =
     "    return out, starts\n"
     "\n"
     "\n"
+    "def _randomly_seed(config, module):\n"
+    "    \"\"\"pytest-randomly chooses its seed (a new one, --randomly-seed N or\n"
+    "    `last`) in its pytest_configure, which ran in the zygote: choose again,\n"
+    "    for this run.  Returns its header line, or None without the plugin.\"\"\"\n"
+    "    if module is None or not hasattr(module, \"default_seed\") or not hasattr(module, \"pytest_configure\"):\n"
+    "        return None\n"
+    "    import random\n"
+    "    module.default_seed = random.Random().getrandbits(32)\n"
+    "    module.pytest_configure(config)\n"
+    "    header = getattr(module, \"pytest_report_header\", None)\n"
+    "    line = header(config) if header is not None else None\n"
+    "    return line if isinstance(line, str) else None\n"
+    "\n"
+    "\n"
+    "def _setup_show_options(opt):\n"
+    "    \"\"\"What setupplan's and setuponly's pytest_cmdline_main do, which ran\n"
+    "    in the zygote, before this run's options.\"\"\"\n"
+    "    if getattr(opt, \"setupplan\", False):\n"
+    "        opt.setuponly = opt.setupshow = True\n"
+    "    if getattr(opt, \"setuponly\", False):\n"
+    "        opt.setupshow = True\n"
+    "\n"
+    "\n"
     "class _DeselectCounter:\n"
     "    def __init__(self):\n"
     "        self.count = 0\n"
+    "        self.in_stepwise = False\n"
+    "        self.stepwise_count = 0    # of count, what --sw skipped\n"
+    "        self.stepwise_seen = None  # the node ids --sw chose from\n"
     "\n"
     "    def pytest_deselected(self, items):\n"
     "        self.count += len(items)\n"
+    "        if self.in_stepwise:\n"
+    "            self.stepwise_count += len(items)\n"
+    "\n"
+    "\n"
+    "def _stepwise_plugin(config, counter):\n"
+    "    \"\"\"--sw/--stepwise-skip: pytest's own StepwisePlugin, made per run (it\n"
+    "    reads cache/stepwise as it starts); the counter learns what it skipped.\"\"\"\n"
+    "    pm = config.pluginmanager\n"
+    "    old = pm.get_plugin(\"stepwiseplugin\")\n"
+    "    if old is not None:\n"
+    "        pm.unregister(old)\n"
+    "    module = pm.get_plugin(\"stepwise\")\n"
+    "    if module is None:   # -p no:stepwise\n"
+    "        return None\n"
+    "    module.pytest_configure(config)\n"
+    "    sw = pm.get_plugin(\"stepwiseplugin\")\n"
+    "    if sw is None:\n"
+    "        return None\n"
+    "    pm.unregister(sw)\n"
+    "    modify = sw.pytest_collection_modifyitems\n"
+    "\n"
+    "    def pytest_collection_modifyitems(config, items):\n"
+    "        counter.stepwise_seen = [item.nodeid for item in items]\n"
+    "        counter.in_stepwise = True\n"
+    "        try:\n"
+    "            modify(config=config, items=items)\n"
+    "        finally:\n"
+    "            counter.in_stepwise = False\n"
+    "\n"
+    "    sw.pytest_collection_modifyitems = pytest_collection_modifyitems\n"
+    "    sw.pytest_fast_counter = counter\n"
+    "    pm.register(sw, \"stepwiseplugin\")\n"
+    "    return sw\n"
+    "\n"
+    "\n"
+    "def _stepwise_status(config, sw):\n"
+    "    lines = sw.pytest_report_collectionfinish()\n"
+    "    return [lines] if isinstance(lines, str) else list(lines or ())\n"
     "\n"
     "\n"
     "def _usage_message(exc):\n"
@@ -5110,6 +5279,7 @@ static const char zyg_glue[] =
     "        self.recorder = None\n"
     "        self.deps_out = None\n"
     "        self.fixture_seen = {}\n"
+    "        self.shown = None   # --setup-show: what pytest wrote to its terminal\n"
     "\n"
     "    def start_recording(self, name):\n"
     "        \"\"\"What each test runs and opens, for --affected (see affected.py).\"\"\"\n"
@@ -5152,6 +5322,12 @@ static const char zyg_glue[] =
     "        faulthandler.enable(file=self.fault, all_threads=True)\n"
     "        self.quiet_controller_plugins()\n"
     "        self.reset_capture()\n"
+    "        if getattr(config.option, \"setupshow\", False):\n"
+    "            # The SETUP/TEARDOWN lines go to the terminal writer: keep them,\n"
+    "            # per report, for the controller (or, CLI, per test to stdout).\n"
+    "            from _pytest._io import TerminalWriter\n"
+    "            self.shown = io.StringIO()\n"
+    "            config.pluginmanager.get_plugin(\"terminalreporter\")._tw = TerminalWriter(self.shown)\n"
     "        # tmp_path: like plain pytest, a numbered basetemp made on first use\n"
     "        # (pytest's own locking keeps concurrent workers apart); a given\n"
     "        # --basetemp gets one subdirectory per worker, as under xdist.\n"
@@ -5186,6 +5362,8 @@ static const char zyg_glue[] =
     "                if self.recorder is not None:\n"
     "                    self.recorder.start()\n"
     "                config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)\n"
+    "                if self.shown is not None and not self.full:\n"
+    "                    self.show_on_stdout()\n"
     "                if self.recorder is not None:\n"
     "                    self.record(item)\n"
     "                if self.timeout > 0:\n"
@@ -5203,6 +5381,21 @@ static const char zyg_glue[] =
     "                self.flush_reports(cur)\n"
     "                _send(self.fd, (\"x\", 2 if code is None else int(code), str(getattr(exc, \"msg\", exc))))\n"
     "            raise\n"
+    "\n"
+    "    def take_shown(self):\n"
+    "        text = self.shown.getvalue()\n"
+    "        self.shown.seek(0)\n"
+    "        self.shown.truncate()\n"
+    "        return text\n"
+    "\n"
+    "    def show_on_stdout(self):\n"
+    "        \"\"\"The CLI: one test's --setup-show lines, in one write.\"\"\"\n"
+    "        lines = [line.rstrip() for line in self.take_shown().split(\"\\n\") if line.strip()]\n"
+    "        if lines:\n"
+    "            sys.stdout.flush()\n"
+    "            data = (\"\\n\".join(lines) + \"\\n\").encode()\n"
+    "            while data:\n"
+    "                data = data[os.write(1, data):]\n"
     "\n"
     "    def finish(self, rc):\n"
     "        \"\"\"After pytest's session teardown ran in this worker.\"\"\"\n"
@@ -5273,6 +5466,8 @@ static const char zyg_glue[] =
     "        category = config.hook.pytest_report_teststatus(report=report, config=config)[0]\n"
     "        if self.full:\n"
     "            data = config.hook.pytest_report_to_serializable(config=config, report=report)\n"
+    "            if self.shown is not None:\n"
+    "                data[\"pytest_fast_shown\"] = self.take_shown()\n"
     "            self.reports.append((report.when, report.outcome, category, report.duration,\n"
     "                                 _longrepr_text(report) if report.failed else None,\n"
     "                                 report.sections if report.failed else None,\n"
@@ -5341,6 +5536,9 @@ static const char zyg_glue[] =
     "    plugin = _Zygote(fd)\n"
     "    _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)\n"
     "    _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)\n"
+    "    _Zygote.pytest_cmdline_main = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_cmdline_main)\n"
+    "    _Zygote.pytest_collection_modifyitems = pytest.hookimpl(hookwrapper=True)(\n"
+    "        _Zygote.pytest_collection_modifyitems)\n"
     "    _Worker.pytest_fixture_setup = pytest.hookimpl(hookwrapper=True)(_Worker.pytest_fixture_setup)\n"
     "    rc = pytest.main(list(args), plugins=[plugin])\n"
     "    if plugin.role == \"worker\":\n"
@@ -6980,6 +7178,8 @@ typedef struct dmn_duration {
     size_t pos;
 } dmn_duration;
 
+#define DMN_OTHER_CATS 8
+
 typedef struct dmn_run {
     dmn_conn *client;
     dmn_zygote *z;              /* the collected zygote serving this run */
@@ -7002,11 +7202,16 @@ typedef struct dmn_run {
     size_t done;
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
+    bool stepwise_stopped;      /* --sw stopped it: pytest's Interrupted, exit code 2 */
     bool finishing;             /* the leader is updating .pytest_cache */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
     size_t counts[8];
+    /* categories pytest does not know ("subtests passed", a plugin's "rerun"):
+     * its closing line names them after the known ones, as first seen */
+    char *other_cat[DMN_OTHER_CATS];
+    size_t other_n[DMN_OTHER_CATS];
     size_t warnings;
     size_t round_trips, rx;
     pf_arena *keep;             /* selection, lastfailed triples, crash texts */
@@ -8115,6 +8320,8 @@ static void dmn_run_free(dmn_run *r)
         return;
     util_close(&r->leader_fd);
     pf_reader_free(&r->leader_rd);
+    for (int i = 0; i < DMN_OTHER_CATS; i++)
+        free(r->other_cat[i]);
     for (int i = 0; i < r->nworkers; i++) {
         util_close(&r->workers[i].fd);
         util_close(&r->workers[i].fault);
@@ -8230,8 +8437,17 @@ static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const cha
         r->counts[cat]++;
         if (cat > r->severity[pos])
             r->severity[pos] = (signed char)cat;
-    } else if (r->severity[pos] < 0 && outcome && !strcmp(outcome, "passed")) {
-        r->severity[pos] = 0;
+    } else {
+        if (r->severity[pos] < 0 && outcome && !strcmp(outcome, "passed"))
+            r->severity[pos] = 0;
+        for (int i = 0; category && *category && i < DMN_OTHER_CATS; i++) {
+            if (!r->other_cat[i])
+                r->other_cat[i] = util_strdup(category);
+            if (!strcmp(r->other_cat[i], category)) {
+                r->other_n[i]++;
+                break;
+            }
+        }
     }
     if (outcome && !strcmp(outcome, "failed")) {
         if (r->nfailures == r->capfailures) {
@@ -8313,11 +8529,17 @@ static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *
 static void dmn_maybe_stop(dmn_run *r)
 {
     int maxfail = r->client ? r->client->split.maxfail : 0;
+    int stepwise = r->client ? r->client->split.stepwise : 0;
     if (maxfail > 0 && r->failed_reports >= maxfail && !r->stopping) {
         r->stopping = true;
         if (!r->exit_msg)
             r->exit_msg = util_fmt("stopping after %d failure%s", r->failed_reports,
                                    r->failed_reports == 1 ? "" : "s");
+    } else if (stepwise > 0 && r->failed_reports >= stepwise && !r->stopping) {
+        /* pytest's StepwisePlugin sets session.shouldstop: Interrupted */
+        r->stopping = r->stepwise_stopped = true;
+        if (!r->exit_msg)
+            r->exit_msg = util_strdup("Interrupted: Test failed, continuing from this test next run.");
     }
 }
 
@@ -8627,6 +8849,10 @@ static void dmn_stats_line(pf_buf *b, dmn_run *r, size_t collect_errors, double 
         pf_buf_printf(b, "%s%zu error%s", any ? ", " : "", errors, errors == 1 ? "" : "s");
         any = true;
     }
+    for (int i = 0; i < DMN_OTHER_CATS && r->other_cat[i]; i++) {
+        pf_buf_printf(b, "%s%zu %s", any ? ", " : "", r->other_n[i], r->other_cat[i]);
+        any = true;
+    }
     if (!any)
         pf_buf_printf(b, "no tests ran");
     pf_buf_printf(b, " in %.2fs", wall);
@@ -8820,6 +9046,8 @@ static int dmn_exit_code(dmn_run *r)
         return 2;
     if (r->exit_rc >= 0)
         return r->exit_rc;
+    if (r->stepwise_stopped)
+        return 2;
     size_t nerr = dmn_scoped_errors(r);
     dmn_conn *c = r->client;
     if (nerr && !c->split.continue_on_errors)
@@ -9036,6 +9264,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         util_set(a, d, "items", items);
         util_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
         util_set(a, d, "pool", pf_new_int(a, (int64_t)r->pool));
+        const pf_value *sw = pf_dict_get(msg, "stepwise");
+        if (sw && sw->kind == PF_DICT)
+            util_set(a, d, "stepwise", (pf_value *)sw);
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i)) {
@@ -9087,6 +9318,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         return;
     }
     int nw = c->workers < 1 ? 1 : c->workers;
+    if (c->split.stepwise)
+        nw = 1;   /* --sw continues after the first failure in order: one worker runs the order */
     if ((size_t)nw > r->nsel)
         nw = (int)r->nsel;
     size_t lo = 0;

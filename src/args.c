@@ -62,15 +62,28 @@ static const arg_spec arg_table[] = {
     {"--disable-warnings", ARG_RUN},
     {"--disable-pytest-warnings", ARG_RUN},
     {"--setup-show", ARG_RUN},
+    {"--setupshow", ARG_RUN},
+    {"--setup-only", ARG_RUN},   /* only the run protocol, not collection */
+    {"--setuponly", ARG_RUN},
+    {"--setup-plan", ARG_RUN},
+    {"--setupplan", ARG_RUN},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--pdb", ARG_RUN | ARG_REFUSE},
     {"--trace", ARG_RUN | ARG_REFUSE},
-    {"--sw", ARG_RUN | ARG_REFUSE},
-    {"--stepwise", ARG_RUN | ARG_REFUSE},
+    {"--sw", ARG_RUN},
+    {"--stepwise", ARG_RUN},
+    {"--sw-skip", ARG_RUN},
+    {"--stepwise-skip", ARG_RUN},
+    {"--sw-reset", ARG_RUN},
+    {"--stepwise-reset", ARG_RUN},
     {"--dist", ARG_VALUE | ARG_RUN},
+    /* pytest-randomly: the seed and the shuffle are per run (the leader) */
+    {"--randomly-seed", ARG_VALUE | ARG_RUN},
+    {"--randomly-dont-reset-seed", ARG_RUN},
+    {"--randomly-dont-reorganize", ARG_RUN},
     {"-n", ARG_VALUE | ARG_REFUSE},
     {"--numprocesses", ARG_VALUE | ARG_REFUSE},
     {"-p", ARG_VALUE},
@@ -149,6 +162,7 @@ typedef struct arg_split {
     util_strv collect;
     util_strv run;
     int maxfail;          /* 0 = no limit */
+    int stepwise;         /* --sw: stop at this many failures (2: --sw-skip), 0 = off */
     bool collect_only;
     bool continue_on_errors;
     bool affected;        /* --fast-affected: selecting nothing is a success */
@@ -170,6 +184,10 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->maxfail = 1;
     else if (!strcmp(name, "--maxfail") && value)
         s->maxfail = atoi(value) > 0 ? atoi(value) : 0;
+    else if (!strcmp(name, "--sw-skip") || !strcmp(name, "--stepwise-skip"))
+        s->stepwise = 2;   /* the first failure is let through */
+    else if (!strncmp(name, "--sw", 4) || !strncmp(name, "--stepwise", 10))
+        s->stepwise = s->stepwise ? s->stepwise : 1;
     else if (!strcmp(name, "--collect-only") || !strcmp(name, "--co"))
         s->collect_only = true;
     else if (!strcmp(name, "--fast-affected"))

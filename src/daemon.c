@@ -115,6 +115,8 @@ typedef struct dmn_duration {
     size_t pos;
 } dmn_duration;
 
+#define DMN_OTHER_CATS 8
+
 typedef struct dmn_run {
     dmn_conn *client;
     dmn_zygote *z;              /* the collected zygote serving this run */
@@ -137,11 +139,16 @@ typedef struct dmn_run {
     size_t done;
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
+    bool stepwise_stopped;      /* --sw stopped it: pytest's Interrupted, exit code 2 */
     bool finishing;             /* the leader is updating .pytest_cache */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
     size_t counts[8];
+    /* categories pytest does not know ("subtests passed", a plugin's "rerun"):
+     * its closing line names them after the known ones, as first seen */
+    char *other_cat[DMN_OTHER_CATS];
+    size_t other_n[DMN_OTHER_CATS];
     size_t warnings;
     size_t round_trips, rx;
     pf_arena *keep;             /* selection, lastfailed triples, crash texts */
@@ -1250,6 +1257,8 @@ static void dmn_run_free(dmn_run *r)
         return;
     util_close(&r->leader_fd);
     pf_reader_free(&r->leader_rd);
+    for (int i = 0; i < DMN_OTHER_CATS; i++)
+        free(r->other_cat[i]);
     for (int i = 0; i < r->nworkers; i++) {
         util_close(&r->workers[i].fd);
         util_close(&r->workers[i].fault);
@@ -1365,8 +1374,17 @@ static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const cha
         r->counts[cat]++;
         if (cat > r->severity[pos])
             r->severity[pos] = (signed char)cat;
-    } else if (r->severity[pos] < 0 && outcome && !strcmp(outcome, "passed")) {
-        r->severity[pos] = 0;
+    } else {
+        if (r->severity[pos] < 0 && outcome && !strcmp(outcome, "passed"))
+            r->severity[pos] = 0;
+        for (int i = 0; category && *category && i < DMN_OTHER_CATS; i++) {
+            if (!r->other_cat[i])
+                r->other_cat[i] = util_strdup(category);
+            if (!strcmp(r->other_cat[i], category)) {
+                r->other_n[i]++;
+                break;
+            }
+        }
     }
     if (outcome && !strcmp(outcome, "failed")) {
         if (r->nfailures == r->capfailures) {
@@ -1448,11 +1466,17 @@ static void dmn_crash_report(dmn_run *r, dmn_worker *w, size_t pos, const char *
 static void dmn_maybe_stop(dmn_run *r)
 {
     int maxfail = r->client ? r->client->split.maxfail : 0;
+    int stepwise = r->client ? r->client->split.stepwise : 0;
     if (maxfail > 0 && r->failed_reports >= maxfail && !r->stopping) {
         r->stopping = true;
         if (!r->exit_msg)
             r->exit_msg = util_fmt("stopping after %d failure%s", r->failed_reports,
                                    r->failed_reports == 1 ? "" : "s");
+    } else if (stepwise > 0 && r->failed_reports >= stepwise && !r->stopping) {
+        /* pytest's StepwisePlugin sets session.shouldstop: Interrupted */
+        r->stopping = r->stepwise_stopped = true;
+        if (!r->exit_msg)
+            r->exit_msg = util_strdup("Interrupted: Test failed, continuing from this test next run.");
     }
 }
 
@@ -1762,6 +1786,10 @@ static void dmn_stats_line(pf_buf *b, dmn_run *r, size_t collect_errors, double 
         pf_buf_printf(b, "%s%zu error%s", any ? ", " : "", errors, errors == 1 ? "" : "s");
         any = true;
     }
+    for (int i = 0; i < DMN_OTHER_CATS && r->other_cat[i]; i++) {
+        pf_buf_printf(b, "%s%zu %s", any ? ", " : "", r->other_n[i], r->other_cat[i]);
+        any = true;
+    }
     if (!any)
         pf_buf_printf(b, "no tests ran");
     pf_buf_printf(b, " in %.2fs", wall);
@@ -1955,6 +1983,8 @@ static int dmn_exit_code(dmn_run *r)
         return 2;
     if (r->exit_rc >= 0)
         return r->exit_rc;
+    if (r->stepwise_stopped)
+        return 2;
     size_t nerr = dmn_scoped_errors(r);
     dmn_conn *c = r->client;
     if (nerr && !c->split.continue_on_errors)
@@ -2171,6 +2201,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         util_set(a, d, "items", items);
         util_set(a, d, "deselected", pf_new_int(a, (int64_t)r->deselected));
         util_set(a, d, "pool", pf_new_int(a, (int64_t)r->pool));
+        const pf_value *sw = pf_dict_get(msg, "stepwise");
+        if (sw && sw->kind == PF_DICT)
+            util_set(a, d, "stepwise", (pf_value *)sw);
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i)) {
@@ -2222,6 +2255,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         return;
     }
     int nw = c->workers < 1 ? 1 : c->workers;
+    if (c->split.stepwise)
+        nw = 1;   /* --sw continues after the first failure in order: one worker runs the order */
     if ((size_t)nw > r->nsel)
         nw = (int)r->nsel;
     size_t lo = 0;

@@ -95,6 +95,17 @@ class _Zygote:
         self.env_set = {}
         self.env_unset = []
         self.cwd = None
+        self.collected_order = None
+        self.restore_seed = None
+
+    def pytest_collection_modifyitems(self, items):
+        # The order before any plugin's modifyitems: each run's start from
+        # it, as a plain run's do (pytest-randomly shuffles it per seed).
+        self.collected_order = list(items)
+        yield
+
+    def pytest_cmdline_main(self, config):
+        self.restore_seed = _keep_randomly_seed(config)   # before pytest_configure
 
     def pytest_configure(self, config):
         self.config = config
@@ -115,6 +126,8 @@ class _Zygote:
 
     def pytest_collection(self, session):
         """Replay what the preloads warned, inside pytest's warning capture."""
+        if self.restore_seed is not None:
+            self.restore_seed()
         import warnings
         seen = set()
         for w in _PRELOAD_WARNINGS:
@@ -168,6 +181,30 @@ class _Zygote:
                 self.role = "leader"
                 _Leader(session, msg, fds).lead(self)
                 return True
+
+
+def _keep_randomly_seed(config):
+    """pytest-randomly's pytest_configure stores its seed in the cache (for
+    --randomly-seed=last); a collection is no run: put back what the last
+    run stored.  Returns the function that does."""
+    if not config.pluginmanager.has_plugin("randomly"):
+        return lambda: None
+    try:
+        from _pytest.cacheprovider import Cache
+        path = Cache.cache_dir_from_config(config, _ispytest=True) / "v" / "randomly_seed"
+        before = path.read_bytes() if path.exists() else None
+    except Exception:
+        return lambda: None
+
+    def restore():
+        try:
+            if before is None:
+                path.unlink()
+            else:
+                path.write_bytes(before)
+        except OSError:
+            pass
+    return restore
 
 
 def _conftest_header(config):
@@ -319,6 +356,7 @@ class _Leader:
         self.scoped_errors = None
         self.pool = []            # the selection's node ids before --shard
         self.group_starts = None  # where --dist groups start, None: no groups
+        self.stepwise = None      # this run's StepwisePlugin (--sw)
 
     def lead(self, zygote):
         msg = self.msg
@@ -337,7 +375,7 @@ class _Leader:
         sys.argv[1:] = msg["argv"]
         os.chdir(msg["cwd"])
         try:
-            selected, deselected = self.select(msg["args"])
+            selected, deselected = self.select(msg["args"], zygote.collected_order)
         except Exception as exc:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
@@ -347,6 +385,7 @@ class _Leader:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
         _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
+                        "stepwise": self.stepwise_seen(),
                         "pool": len(self.pool), "watch_list": self.watch_list(),
                         "scoped_errors": self.scoped_errors, "group_starts": self.group_starts,
                         "coverage": coverage})
@@ -372,7 +411,7 @@ class _Leader:
                     self.finish_coverage(req["coverage"])
                 os._exit(0)
 
-    def select(self, args):
+    def select(self, args, collected_order=None):
         config, session = self.config, self.session
         args = list(args)
         cut = args.index("--") if "--" in args else len(args)
@@ -383,9 +422,22 @@ class _Leader:
         excluded = [a.split("=", 1)[1] for a in args[:cut] if a.startswith(EXCLUDE_ARG + "=")]
         args = [a for i, a in enumerate(args)
                 if i >= cut or (a != AFFECTED_ARG and not a.startswith(EXCLUDE_ARG + "="))]
+        randomly = config.pluginmanager.get_plugin("randomly")
+        if randomly is not None and hasattr(config.option, "randomly_seed"):
+            config.option.randomly_seed = "default"   # the zygote's seed is not this run's
         config._parser.parse_known_args(args, namespace=config.option)
+        _setup_show_options(config.option)
+        seed_line = _randomly_seed(config, randomly)
+        if seed_line and not self.msg.get("stream"):
+            sys.stdout.write(seed_line + "\n")   # the controller prints its own header
+            sys.stdout.flush()
         index = {id(item): i for i, item in enumerate(session.items)}
         items = list(session.items)
+        if collected_order is not None:
+            present = set(index)
+            base = [item for item in collected_order if id(item) in present]
+            if len(base) == len(items):
+                items = base
         paths = [a for a in (config.option.file_or_dir or []) if a]
         self.scoped_errors = None
         if paths:
@@ -401,9 +453,15 @@ class _Leader:
         if coll is not None:
             pm.unregister(coll)
         counter = _DeselectCounter()
+        self.stepwise = _stepwise_plugin(config, counter)
         pm.register(counter, "pytest-fast-deselect-counter")
         try:
             config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)
+            if self.stepwise is not None and not self.msg.get("stream"):
+                # The CLI's lean output has no header: the status goes first.
+                for line in _stepwise_status(config, self.stepwise):
+                    sys.stdout.write(line + "\n")
+                sys.stdout.flush()
             self.pool = [item.nodeid for item in items]
             shard = self.msg.get("shard")
             if shard:
@@ -421,7 +479,9 @@ class _Leader:
         finally:
             pm.unregister(counter)
         items, self.group_starts = _dist_groups(items, getattr(config.option, "dist", "no"))
-        return [index[id(item)] for item in items], counter.count
+        # pytest --fast: the controller's StepwisePlugin deselects its part again
+        own = counter.stepwise_count if self.msg.get("stream") else 0
+        return [index[id(item)] for item in items], counter.count - own
 
     def exclude(self, items, path):
         """--watch's second run: the selection but the tests its first
@@ -488,6 +548,7 @@ class _Leader:
                              "--affected will run every test\n" % (exc,))
         if not req.get("lastfailed", True):
             return   # pytest --fast: the controller's own plugins keep lastfailed
+        self.finish_stepwise(req)
         lf = config.pluginmanager.get_plugin("lfplugin")
         nf = config.pluginmanager.get_plugin("nfplugin")
         if lf is not None:
@@ -506,6 +567,32 @@ class _Leader:
             lf.pytest_sessionfinish(self.session)
         if nf is not None and not config.getoption("collectonly"):
             nf.pytest_sessionfinish()
+
+    def stepwise_seen(self):
+        """For the controller's own StepwisePlugin (pytest --fast): the
+        items it saw, as node ids, and how many of them it deselected, so
+        that it can say what plain pytest's says.  None without --sw."""
+        counter = self.stepwise and self.stepwise.pytest_fast_counter
+        if counter is None or counter.stepwise_seen is None:
+            return None
+        return {"seen": counter.stepwise_seen, "skipped": counter.stepwise_count}
+
+    def finish_stepwise(self, req):
+        """cache/stepwise as the session would have left it: the reports
+        go through the run's StepwisePlugin (or, without --sw, pytest's
+        module hook, which clears the entry on pytest < 8)."""
+        from _pytest.reports import TestReport
+        sw = self.stepwise
+        if sw is None:
+            module = self.config.pluginmanager.get_plugin("stepwise")
+            if module is not None and hasattr(module, "pytest_sessionfinish"):
+                module.pytest_sessionfinish(self.session)
+            return
+        sw.session = self.session
+        for nodeid, when, outcome in req.get("reports", ()):
+            sw.pytest_runtest_logreport(
+                TestReport(nodeid, (nodeid.split("::")[0], None, nodeid), {}, outcome, None, when))
+        sw.pytest_sessionfinish()
 
     def record_dependencies(self, req):
         """Merge what this run's workers recorded into the --affected record."""
@@ -840,12 +927,76 @@ def _dist_groups(items, dist):
     return out, starts
 
 
+def _randomly_seed(config, module):
+    """pytest-randomly chooses its seed (a new one, --randomly-seed N or
+    `last`) in its pytest_configure, which ran in the zygote: choose again,
+    for this run.  Returns its header line, or None without the plugin."""
+    if module is None or not hasattr(module, "default_seed") or not hasattr(module, "pytest_configure"):
+        return None
+    import random
+    module.default_seed = random.Random().getrandbits(32)
+    module.pytest_configure(config)
+    header = getattr(module, "pytest_report_header", None)
+    line = header(config) if header is not None else None
+    return line if isinstance(line, str) else None
+
+
+def _setup_show_options(opt):
+    """What setupplan's and setuponly's pytest_cmdline_main do, which ran
+    in the zygote, before this run's options."""
+    if getattr(opt, "setupplan", False):
+        opt.setuponly = opt.setupshow = True
+    if getattr(opt, "setuponly", False):
+        opt.setupshow = True
+
+
 class _DeselectCounter:
     def __init__(self):
         self.count = 0
+        self.in_stepwise = False
+        self.stepwise_count = 0    # of count, what --sw skipped
+        self.stepwise_seen = None  # the node ids --sw chose from
 
     def pytest_deselected(self, items):
         self.count += len(items)
+        if self.in_stepwise:
+            self.stepwise_count += len(items)
+
+
+def _stepwise_plugin(config, counter):
+    """--sw/--stepwise-skip: pytest's own StepwisePlugin, made per run (it
+    reads cache/stepwise as it starts); the counter learns what it skipped."""
+    pm = config.pluginmanager
+    old = pm.get_plugin("stepwiseplugin")
+    if old is not None:
+        pm.unregister(old)
+    module = pm.get_plugin("stepwise")
+    if module is None:   # -p no:stepwise
+        return None
+    module.pytest_configure(config)
+    sw = pm.get_plugin("stepwiseplugin")
+    if sw is None:
+        return None
+    pm.unregister(sw)
+    modify = sw.pytest_collection_modifyitems
+
+    def pytest_collection_modifyitems(config, items):
+        counter.stepwise_seen = [item.nodeid for item in items]
+        counter.in_stepwise = True
+        try:
+            modify(config=config, items=items)
+        finally:
+            counter.in_stepwise = False
+
+    sw.pytest_collection_modifyitems = pytest_collection_modifyitems
+    sw.pytest_fast_counter = counter
+    pm.register(sw, "stepwiseplugin")
+    return sw
+
+
+def _stepwise_status(config, sw):
+    lines = sw.pytest_report_collectionfinish()
+    return [lines] if isinstance(lines, str) else list(lines or ())
 
 
 def _usage_message(exc):
@@ -938,6 +1089,7 @@ class _Worker:
         self.recorder = None
         self.deps_out = None
         self.fixture_seen = {}
+        self.shown = None   # --setup-show: what pytest wrote to its terminal
 
     def start_recording(self, name):
         """What each test runs and opens, for --affected (see affected.py)."""
@@ -980,6 +1132,12 @@ class _Worker:
         faulthandler.enable(file=self.fault, all_threads=True)
         self.quiet_controller_plugins()
         self.reset_capture()
+        if getattr(config.option, "setupshow", False):
+            # The SETUP/TEARDOWN lines go to the terminal writer: keep them,
+            # per report, for the controller (or, CLI, per test to stdout).
+            from _pytest._io import TerminalWriter
+            self.shown = io.StringIO()
+            config.pluginmanager.get_plugin("terminalreporter")._tw = TerminalWriter(self.shown)
         # tmp_path: like plain pytest, a numbered basetemp made on first use
         # (pytest's own locking keeps concurrent workers apart); a given
         # --basetemp gets one subdirectory per worker, as under xdist.
@@ -1014,6 +1172,8 @@ class _Worker:
                 if self.recorder is not None:
                     self.recorder.start()
                 config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                if self.shown is not None and not self.full:
+                    self.show_on_stdout()
                 if self.recorder is not None:
                     self.record(item)
                 if self.timeout > 0:
@@ -1031,6 +1191,21 @@ class _Worker:
                 self.flush_reports(cur)
                 _send(self.fd, ("x", 2 if code is None else int(code), str(getattr(exc, "msg", exc))))
             raise
+
+    def take_shown(self):
+        text = self.shown.getvalue()
+        self.shown.seek(0)
+        self.shown.truncate()
+        return text
+
+    def show_on_stdout(self):
+        """The CLI: one test's --setup-show lines, in one write."""
+        lines = [line.rstrip() for line in self.take_shown().split("\n") if line.strip()]
+        if lines:
+            sys.stdout.flush()
+            data = ("\n".join(lines) + "\n").encode()
+            while data:
+                data = data[os.write(1, data):]
 
     def finish(self, rc):
         """After pytest's session teardown ran in this worker."""
@@ -1101,6 +1276,8 @@ class _Worker:
         category = config.hook.pytest_report_teststatus(report=report, config=config)[0]
         if self.full:
             data = config.hook.pytest_report_to_serializable(config=config, report=report)
+            if self.shown is not None:
+                data["pytest_fast_shown"] = self.take_shown()
             self.reports.append((report.when, report.outcome, category, report.duration,
                                  _longrepr_text(report) if report.failed else None,
                                  report.sections if report.failed else None,
@@ -1169,6 +1346,9 @@ def main(fd, args):
     plugin = _Zygote(fd)
     _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)
     _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)
+    _Zygote.pytest_cmdline_main = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_cmdline_main)
+    _Zygote.pytest_collection_modifyitems = pytest.hookimpl(hookwrapper=True)(
+        _Zygote.pytest_collection_modifyitems)
     _Worker.pytest_fixture_setup = pytest.hookimpl(hookwrapper=True)(_Worker.pytest_fixture_setup)
     rc = pytest.main(list(args), plugins=[plugin])
     if plugin.role == "worker":

@@ -52,7 +52,7 @@ SUPPORTED = ((3, 9), (3, 13))
 PYTESTS = {"7.4.4": (3, 9), "8.4.2": (3, 9), "9.2.0": (3, 10)}
 XDIST = "pytest-xdist==3.8.0"  # pytest>=7.0, Python>=3.9: fits every combination
 SUITE = ["test/test_engine.py", "test/test_plugin.py", "test/test_edit_loop.py", "test/test_affected.py",
-         "test/test_watch.py"]
+         "test/test_watch.py", "test/test_run_options.py"]
 
 # The smoke subset (-k, so names match as substrings): cold/warm parity,
 # reporting, the venv rule and usage errors through the CLI; through the
@@ -62,6 +62,7 @@ SUITE = ["test/test_engine.py", "test/test_plugin.py", "test/test_edit_loop.py",
 # preloading through pytest's own assertion-rewriting import hook; and
 # what the tests' process inherits from the collection and the client.
 SMOKE = [
+    "test_stepwise_shares_pytests_cache",   # --sw: pytest's cache across front ends
     "test_parity_cold_then_warm",
     "test_summary_shows_failures_and_counts",
     "test_venv_interpreter",
