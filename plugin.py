@@ -26,6 +26,7 @@ import io
 import os
 import pickle
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -49,8 +50,6 @@ PLUGIN_NAMES = {__name__, __name__.rpartition(".")[2]}
 VALUED = ("--fast-address", "--fast-workers", "--fast-ttl", "--fast-timeout", "--fast-shard")
 # Options whose effect lives in the test process, where the controller is not.
 NEEDS_TEST_PROCESS = {
-    "usepdb": "--pdb",
-    "trace": "--trace",
     "stepwise": "--stepwise",
     "stepwise_skip": "--stepwise-skip",
     "setupshow": "--setup-show",
@@ -288,7 +287,7 @@ class Daemon:
         sys.stderr.flush()
         frame = [struct.pack(">I", len(body)) + body]
         if op == "run":
-            socket.send_fds(sock, frame, [0, 1, 2])
+            socket.send_fds(sock, frame, [_stdin(config), 1, 2])
         else:
             sock.sendall(frame[0])
         try:
@@ -315,6 +314,13 @@ class Daemon:
                                  "(see its log; `pytest-fast --status`)")
             yield msg
 
+    def interrupt(self, signum: int = 0, frame: Any = None) -> None:
+        """Ctrl-C while a worker's debugger has the terminal: its, as in a
+        plain run (the daemon sends it SIGINT)."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(b"i")
+
     def cancel(self) -> None:
         if self.sock is not None:
             try:
@@ -329,6 +335,16 @@ class Daemon:
             self.reader.close()
             self.sock.close()
             self.sock = self.reader = None
+
+
+def _stdin(config: pytest.Config) -> int:
+    """The controller's real stdin, for a worker's debugger: pytest's global
+    capture keeps fd 0 on /dev/null between tests (it suspends only stdout
+    and stderr) and the original at targetfd_save."""
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    cap = getattr(getattr(capman, "_global_capturing", None), "in_", None)
+    saved = getattr(cap, "targetfd_save", None)
+    return saved if isinstance(saved, int) and getattr(cap, "targetfd", None) == 0 else 0
 
 
 def _binary() -> str:
@@ -540,13 +556,25 @@ class Controller:
         collect_errors = session.testsfailed
         done: dict[str, Any] = {}
         reported: set[str] = set()
+        held: list[dict[str, Any]] = []   # reports that came while a debugger was open
+        sigint: Any = None
         try:
-            for msg in self.daemon.frames():
+            for msg in self._frames(held):
                 op = msg.get("op")
                 if op == "done":
                     done = msg
                     break
-                if op == "note":
+                if op == "debugger":
+                    # A worker's debugger has the terminal: Ctrl-C is its,
+                    # and the other workers' reports wait for it to close.
+                    if msg.get("open") and sigint is None:
+                        sigint = signal.signal(signal.SIGINT, self.daemon.interrupt)
+                    elif not msg.get("open") and sigint is not None:
+                        signal.signal(signal.SIGINT, sigint)
+                        sigint = None
+                elif sigint is not None and op == "report":
+                    held.append(msg)
+                elif op == "note":
                     sys.stderr.write(f"pytest-fast: {msg.get('text', '')}\n")
                 elif op == "report" and msg["reports"]:
                     reports = [self._report(data) for data in msg["reports"]]
@@ -566,8 +594,20 @@ class Controller:
         except BaseException:
             self.daemon.cancel()
             raise
+        finally:
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
         self.daemon.close()
         return self._finish(session, done, reported, collect_errors)
+
+    def _frames(self, held: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The daemon's frames, and those held back while a debugger was
+        open as soon as it closes."""
+        for msg in self.daemon.frames():
+            yield msg
+            if msg.get("op") == "debugger" and not msg.get("open"):
+                while held:
+                    yield held.pop(0)
 
     def _finish(self, session: pytest.Session, done: dict[str, Any], reported: set[str],
                 collect_errors: int) -> bool:

@@ -3438,8 +3438,9 @@ static const arg_spec arg_table[] = {
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
-    {"--pdb", ARG_RUN | ARG_REFUSE},
-    {"--trace", ARG_RUN | ARG_REFUSE},
+    {"--pdb", ARG_RUN},
+    {"--trace", ARG_RUN},
+    {"--pdbcls", ARG_VALUE | ARG_RUN},
     {"--sw", ARG_RUN | ARG_REFUSE},
     {"--stepwise", ARG_RUN | ARG_REFUSE},
     {"--dist", ARG_VALUE | ARG_RUN},
@@ -3525,6 +3526,7 @@ typedef struct arg_split {
     bool continue_on_errors;
     bool affected;        /* --fast-affected: selecting nothing is a success */
     bool full_trace_none; /* --tb=no */
+    bool debug;           /* --pdb / --trace: one worker, as a debugger may open at any test */
     int durations;        /* --durations N, -1 when not given */
     char refused[64];
 } arg_split;
@@ -3548,6 +3550,8 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->affected = true;
     else if (!strcmp(name, "--continue-on-collection-errors"))
         s->continue_on_errors = true;
+    else if (!strcmp(name, "--pdb") || !strcmp(name, "--trace"))
+        s->debug = true;
     else if (!strcmp(name, "--tb") && value && !strcmp(value, "no"))
         s->full_trace_none = true;
     else if (!strcmp(name, "--durations") && value)
@@ -4368,6 +4372,7 @@ static const char zyg_glue[] =
     "        self.world = _world(config) if _recording(args) else None\n"
     "        args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]\n"
     "        config._parser.parse_known_args(args, namespace=config.option)\n"
+    "        _debugging_plugins(config)\n"
     "        index = {id(item): i for i, item in enumerate(session.items)}\n"
     "        items = list(session.items)\n"
     "        paths = [a for a in (config.option.file_or_dir or []) if a]\n"
@@ -4860,10 +4865,31 @@ static const char zyg_glue[] =
     "    return True\n"
     "\n"
     "\n"
+    "# The client's stdin, kept aside for a debugger (see _Worker.take_terminal),\n"
+    "# and whether its stdout is a terminal; -1: none.\n"
+    "_client_stdin = -1\n"
+    "_client_tty = False\n"
+    "\n"
+    "\n"
+    "def _debugging_plugins(config):\n"
+    "    \"\"\"--pdb and --trace are per run: register what pytest's configure\n"
+    "    would have, had the collection been given them.\"\"\"\n"
+    "    from _pytest import debugging\n"
+    "    pm = config.pluginmanager\n"
+    "    if config.getvalue(\"usepdb\") and not pm.has_plugin(\"pdbinvoke\"):\n"
+    "        pm.register(debugging.PdbInvoke(), \"pdbinvoke\")\n"
+    "    if config.getvalue(\"trace\") and not pm.has_plugin(\"pdbtrace\"):\n"
+    "        pm.register(debugging.PdbTrace(), \"pdbtrace\")\n"
+    "\n"
+    "\n"
     "def _adopt_stdio(fds):\n"
     "    \"\"\"The client's stdout and stderr become ours (so `-s` output reaches its\n"
-    "    terminal); stdin is /dev/null, as tests must not wait for input.\"\"\"\n"
+    "    terminal); stdin is /dev/null, as tests must not wait for input, except\n"
+    "    while a debugger has the terminal.\"\"\"\n"
+    "    global _client_stdin, _client_tty\n"
     "    if len(fds) >= 3:\n"
+    "        _client_stdin = os.dup(fds[0])\n"
+    "        _client_tty = os.isatty(fds[1])\n"
     "        null = os.open(os.devnull, os.O_RDONLY)\n"
     "        os.dup2(null, 0)\n"
     "        os.close(null)\n"
@@ -4891,6 +4917,8 @@ static const char zyg_glue[] =
     "        self.recorder = None\n"
     "        self.deps_out = None\n"
     "        self.fixture_seen = {}\n"
+    "        self.debugging = False\n"
+    "        self.sigint = None\n"
     "\n"
     "    def start_recording(self, name):\n"
     "        \"\"\"What each test runs and opens, for --affected (see affected.py).\"\"\"\n"
@@ -4943,6 +4971,7 @@ static const char zyg_glue[] =
     "                factory._given_basetemp = factory._given_basetemp / (\"popen-\" + name)\n"
     "            factory._basetemp = None\n"
     "        self.start_recording(name)\n"
+    "        self.debugger_setup()\n"
     "        config.pluginmanager.register(self, \"pytest-fast-worker\")\n"
     "        self.warnings = []   # registering replayed the collection's warnings\n"
     "        cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None\n"
@@ -4967,6 +4996,7 @@ static const char zyg_glue[] =
     "                if self.recorder is not None:\n"
     "                    self.recorder.start()\n"
     "                config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)\n"
+    "                self.release_terminal()   # a debugger stepped out of the test\n"
     "                if self.recorder is not None:\n"
     "                    self.record(item)\n"
     "                if self.timeout > 0:\n"
@@ -4984,6 +5014,85 @@ static const char zyg_glue[] =
     "                self.flush_reports(cur)\n"
     "                _send(self.fd, (\"x\", 2 if code is None else int(code), str(getattr(exc, \"msg\", exc))))\n"
     "            raise\n"
+    "\n"
+    "    def debugger_setup(self):\n"
+    "        \"\"\"breakpoint(), pdb.set_trace(), --pdb and --trace all open pytest's\n"
+    "        debugger through pytestPDB._init_pdb (--pdb first prints the\n"
+    "        failure, see pytest_exception_interact): before it writes anything,\n"
+    "        the worker takes the client's terminal, waiting while another\n"
+    "        worker's debugger has it.\"\"\"\n"
+    "        from _pytest import debugging\n"
+    "        init = debugging.pytestPDB.__dict__.get(\"_init_pdb\")\n"
+    "        if _client_stdin < 0 or not isinstance(init, classmethod):\n"
+    "            return\n"
+    "        worker, original = self, init.__func__\n"
+    "\n"
+    "        def _init_pdb(cls, method, *args, **kwargs):\n"
+    "            worker.take_terminal()\n"
+    "            return original(cls, method, *args, **kwargs)\n"
+    "\n"
+    "        debugging.pytestPDB._init_pdb = classmethod(_init_pdb)\n"
+    "\n"
+    "    def take_terminal(self):\n"
+    "        if self.debugging or _client_stdin < 0:\n"
+    "            return\n"
+    "        import faulthandler\n"
+    "        import signal\n"
+    "        sys.stdout.flush()\n"
+    "        sys.stderr.flush()\n"
+    "        self.ask((\"p\", True))   # the daemon's answer: the terminal is ours\n"
+    "        self.debugging = True\n"
+    "        if _client_tty:   # pdb prints to it between prompts\n"
+    "            try:\n"
+    "                sys.__stdout__.reconfigure(line_buffering=True)\n"
+    "            except Exception:\n"
+    "                pass\n"
+    "        if self.timeout > 0:\n"
+    "            faulthandler.cancel_dump_traceback_later()   # the user is debugging\n"
+    "        # The client forwards the terminal's Ctrl-C as SIGINT: pdb's own.\n"
+    "        self.sigint = signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "        tr = self.config.pluginmanager.get_plugin(\"terminalreporter\")\n"
+    "        if isinstance(tr, _QuietTerminal):\n"
+    "            # --pdb shows the failure on the terminal reporter's writer;\n"
+    "            # fd 1 is the client's again by the time it writes.\n"
+    "            from _pytest.config import create_terminal_writer\n"
+    "            tw = create_terminal_writer(self.config, open(1, \"w\", closefd=False))\n"
+    "            if self.config.option.color == \"auto\" and _client_tty and not os.environ.get(\"NO_COLOR\"):\n"
+    "                tw.hasmarkup = True   # fd 1 was not the terminal when it was made\n"
+    "            tr._tw = tw\n"
+    "\n"
+    "    def release_terminal(self):\n"
+    "        if not self.debugging:\n"
+    "            return\n"
+    "        import signal\n"
+    "        self.debugging = False\n"
+    "        for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:\n"
+    "            try:\n"
+    "                stream.flush()   # what pdb wrote, before the other workers' output\n"
+    "            except Exception:\n"
+    "                pass\n"
+    "        null = os.open(os.devnull, os.O_RDONLY)\n"
+    "        os.dup2(null, 0)\n"
+    "        os.close(null)\n"
+    "        signal.signal(signal.SIGINT, self.sigint)\n"
+    "        tr = self.config.pluginmanager.get_plugin(\"terminalreporter\")\n"
+    "        if isinstance(tr, _QuietTerminal):\n"
+    "            tr._tw = tr.quiet_tw\n"
+    "        _send(self.fd, (\"p\", False))\n"
+    "\n"
+    "    def pytest_exception_interact(self, node, call, report):\n"
+    "        if self.config.getvalue(\"usepdb\"):\n"
+    "            self.take_terminal()\n"
+    "\n"
+    "    def pytest_enter_pdb(self, config, pdb):\n"
+    "        # Now that pytest suspended capturing (which put /dev/null back).\n"
+    "        if self.debugging:\n"
+    "            os.dup2(_client_stdin, 0)\n"
+    "\n"
+    "    def pytest_leave_pdb(self, config, pdb):\n"
+    "        from _pytest import debugging\n"
+    "        if debugging.pytestPDB._recursive_debug == 0:   # not an inner `debug` session\n"
+    "            self.release_terminal()\n"
     "\n"
     "    def finish(self, rc):\n"
     "        \"\"\"After pytest's session teardown ran in this worker.\"\"\"\n"
@@ -5080,7 +5189,7 @@ static const char zyg_glue[] =
     "        from _pytest._io import TerminalWriter\n"
     "        self.config = config\n"
     "        self.stats = {}\n"
-    "        self._tw = TerminalWriter(open(os.devnull, \"w\"))\n"
+    "        self._tw = self.quiet_tw = TerminalWriter(open(os.devnull, \"w\"))\n"
     "\n"
     "    def __getattr__(self, name):\n"
     "        if name.startswith(\"pytest_\"):\n"
@@ -5123,6 +5232,7 @@ static const char zyg_glue[] =
     "    _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)\n"
     "    _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)\n"
     "    _Worker.pytest_fixture_setup = pytest.hookimpl(hookwrapper=True)(_Worker.pytest_fixture_setup)\n"
+    "    _Worker.pytest_exception_interact = pytest.hookimpl(tryfirst=True)(_Worker.pytest_exception_interact)\n"
     "    rc = pytest.main(list(args), plugins=[plugin])\n"
     "    if plugin.role == \"worker\":\n"
     "        plugin.worker.finish(rc)\n"
@@ -6668,6 +6778,8 @@ typedef struct dmn_worker {
     long claimed[2];            /* [0] running, [1] held as nextitem */
     int nclaimed;
     bool finished, exited, stopped;
+    bool wants_tty;             /* its debugger waits for the terminal */
+    bool held;                  /* its ask for an item waits for a debugger to close */
     int status;
     double started, first_ask, item_start, busy;
 } dmn_worker;
@@ -6706,6 +6818,7 @@ typedef struct dmn_run {
     size_t done;
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
+    int tty_owner;              /* the worker whose debugger has the terminal, -1 */
     bool finishing;             /* the leader is updating .pytest_cache */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
@@ -8008,6 +8121,74 @@ static void dmn_maybe_stop(dmn_run *r)
     }
 }
 
+/* A debugger (breakpoint(), --pdb, --trace) has the client's terminal: the
+ * other workers get no new item until it closes, so their output stays off
+ * the terminal (their running test goes on), and a second debugger waits. */
+static bool dmn_tty_busy(const dmn_run *r, const dmn_worker *w)
+{
+    return r->tty_owner >= 0 && &r->workers[r->tty_owner] != w;
+}
+
+static void dmn_tell_debugger(dmn_run *r, bool open)
+{
+    if (!r->client)
+        return;
+    pf_arena *a = pf_arena_new(0);
+    pf_value *d = util_msg(a, "debugger");
+    util_set(a, d, "open", pf_new_bool(a, open));
+    dmn_send(r->client, d);
+    pf_arena_free(a);
+}
+
+static void dmn_worker_reply(dmn_worker *w, const pf_value *reply)
+{
+    if (reply && w->fd >= 0 && pf_send_value(w->fd, reply) < 0)
+        util_log("worker gw%d: cannot send: %s", w->wid, strerror(errno));
+}
+
+static bool dmn_worker_claim(dmn_run *r, dmn_worker *w, pf_arena *a, pf_value **reply);
+
+static void dmn_tty_grant(dmn_run *r, int wi)
+{
+    dmn_worker *w = &r->workers[wi];
+    pf_arena *a = pf_arena_new(0);
+    r->tty_owner = wi;
+    w->wants_tty = false;
+    dmn_tell_debugger(r, true);
+    dmn_worker_reply(w, pf_new_bool(a, true));
+    pf_arena_free(a);
+}
+
+/* Its debugger closed (or its test ended, or it died): the next waiting
+ * debugger gets the terminal, or the held workers their next item. */
+static void dmn_tty_release(dmn_run *r, dmn_worker *w)
+{
+    if (r->tty_owner < 0 || &r->workers[r->tty_owner] != w)
+        return;
+    r->tty_owner = -1;
+    w->item_start = util_now();   /* time in the debugger is not the test's */
+    dmn_tell_debugger(r, false);
+    for (int i = 0; i < r->nworkers; i++)
+        if (r->workers[i].wants_tty && !r->workers[i].exited) {
+            dmn_tty_grant(r, i);
+            return;
+        }
+    for (int i = 0; i < r->nworkers; i++) {
+        dmn_worker *v = &r->workers[i];
+        if (!v->held)
+            continue;
+        v->held = false;
+        v->item_start = util_now();
+        if (v->exited)
+            continue;
+        pf_arena *a = pf_arena_new(0);
+        pf_value *reply = NULL;
+        dmn_worker_claim(r, v, a, &reply);
+        dmn_worker_reply(v, reply);
+        pf_arena_free(a);
+    }
+}
+
 /* A worker finished an item: ("d", index, reports, warnings, want). */
 static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_value *frame,
                             bool *keep_arena, pf_value **reply)
@@ -8072,7 +8253,10 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
         pf_arena_free(m);
     }
     dmn_maybe_stop(r);
-    if (want)
+    dmn_tty_release(r, w);   /* a debugger left open (stepped out of the test) ends with it */
+    if (want && dmn_tty_busy(r, w))
+        w->held = true;
+    else if (want)
         dmn_worker_claim(r, w, a, reply);
     else if (r->stopping)
         *reply = NULL;
@@ -8101,7 +8285,10 @@ static void dmn_worker_frame(dmn_run *r, dmn_worker *w)
             if (r->ready_at == 0)
                 r->ready_at = w->first_ask;
         }
-        dmn_worker_claim(r, w, a, &reply);
+        if (dmn_tty_busy(r, w))
+            w->held = true;
+        else
+            dmn_worker_claim(r, w, a, &reply);
     } else if (!strcmp(op, "d") && v->u.seq.len == 5) {
         dmn_worker_done(r, w, a, v, &keep, &reply);
         r->round_trips++;
@@ -8111,11 +8298,21 @@ static void dmn_worker_frame(dmn_run *r, dmn_worker *w)
         const char *m = dmn_str_at(v, 2);
         free(r->exit_msg);
         r->exit_msg = util_fmt("_pytest.outcomes.Exit: %s", m ? m : "");
+        dmn_tty_release(r, w);
+    } else if (!strcmp(op, "p") && v->u.seq.len == 2 && v->u.seq.items[1]->kind == PF_BOOL) {
+        /* ("p", True): its debugger asks for the terminal (the reply grants
+         * it); ("p", False): the debugger closed. */
+        if (!v->u.seq.items[1]->u.b)
+            dmn_tty_release(r, w);
+        else if (dmn_tty_busy(r, w))
+            w->wants_tty = true;
+        else
+            dmn_tty_grant(r, (int)(w - r->workers));
     } else if (!strcmp(op, "f")) {
         w->finished = true;
+        dmn_tty_release(r, w);
     }
-    if (reply && w->fd >= 0 && pf_send_value(w->fd, reply) < 0)
-        util_log("worker gw%d: cannot send: %s", w->wid, strerror(errno));
+    dmn_worker_reply(w, reply);
     if (keep) {
         /* failures and durations point into this frame: keep it for the run */
         if (r->nframes == r->capframes) {
@@ -8234,8 +8431,11 @@ static void dmn_worker_gone(dmn_run *r, int wi, int status)
         dmn_fault_read(w);
     w->exited = true;
     w->status = status;
+    w->wants_tty = false;
     util_close(&w->fd);
     util_close(&w->fault);
+    dmn_tty_release(r, w);
+    w = &r->workers[wi];
     if (w->finished && WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return;
     if (r->cancelled)
@@ -8763,7 +8963,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         dmn_run_end(r);
         return;
     }
-    int nw = c->workers < 1 ? 1 : c->workers;
+    int nw = c->workers < 1 || c->split.debug ? 1 : c->workers;
     if ((size_t)nw > r->nsel)
         nw = (int)r->nsel;
     size_t lo = 0;
@@ -9021,6 +9221,7 @@ static void dmn_run_next(void)
         r->z = z;
         r->start = util_now();
         r->exit_rc = -1;
+        r->tty_owner = -1;
         r->leader_fd = -1;
         r->keep = pf_arena_new(0);
         r->lf = pf_new_container(r->keep, PF_LIST);
@@ -9390,6 +9591,14 @@ static void dmn_conn_readable(dmn_conn *c)
         /* During its run a client may only cancel (or hang up). */
         char buf[256];
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+        dmn_run *r = dmn.run;
+        if (n > 0 && buf[n - 1] == 'i' && r && r->client == c && r->tty_owner >= 0) {
+            /* Ctrl-C while a debugger has the terminal: the debugger's, as
+             * in a plain run (the terminal sends SIGINT to the client). */
+            util_log("Ctrl-C for the debugger of gw%d", r->workers[r->tty_owner].wid);
+            kill(r->workers[r->tty_owner].pid, SIGINT);
+            return;
+        }
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || n > 0) {
             if (dmn.run && dmn.run->client == c) {
                 util_log("client cancelled run #%u", dmn.runs);
@@ -9422,7 +9631,9 @@ static void dmn_check_timeouts(dmn_run *r, double now)
         return;
     for (int i = 0; i < r->nworkers; i++) {
         dmn_worker *w = &r->workers[i];
-        if (!w->exited && w->nclaimed && w->pid > 0 && now - w->item_start > limit + DMN_TIMEOUT_GRACE) {
+        bool waits = w->held || w->wants_tty || r->tty_owner == i;   /* on a debugger */
+        if (!w->exited && !waits && w->nclaimed && w->pid > 0 &&
+            now - w->item_start > limit + DMN_TIMEOUT_GRACE) {
             util_log("gw%d exceeded --timeout by %.0fs; killing it", w->wid, DMN_TIMEOUT_GRACE);
             if (!w->faulttext.len)
                 pf_buf_printf(&w->faulttext, "Timeout (%gs): no Python traceback (the test did not "
@@ -10185,9 +10396,18 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     pf_reader_init(&r);
     util_nonblock(fd);
     int rc = 3;
-    bool progress_shown = false, cancel_sent = false;
+    bool progress_shown = false, cancel_sent = false, debugger = false;
     double cancel_at = 0;
     for (;;) {
+        if (cli_interrupts && debugger && !cancel_sent) {
+            /* The terminal sent us its Ctrl-C: it is the open debugger's. */
+            cli_interrupts = 0;
+            if (write(fd, "i", 1) < 0) {
+                rc = 2;
+                break;
+            }
+            continue;
+        }
         if (cli_interrupts && !cancel_sent) {
             /* Any byte means "cancel"; the daemon kills the run's workers. */
             if (write(fd, "c", 1) < 0) {
@@ -10231,8 +10451,16 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
         pf_reader_reset(&r);
         const char *op = pf_dict_str(msg, "op");
         if (op && !strcmp(op, "progress")) {
-            cli_progress(msg, tty);
-            progress_shown = tty;
+            if (!debugger) {
+                cli_progress(msg, tty);
+                progress_shown = tty;
+            }
+        } else if (op && !strcmp(op, "debugger")) {
+            /* A worker's debugger has the terminal until it closes. */
+            const pf_value *open = pf_dict_get(msg, "open");
+            debugger = open && open->kind == PF_BOOL && open->u.b;
+            /* Its output starts on a new line; erasing ours now could erase its prompt. */
+            progress_shown = false;
         } else if (op && !strcmp(op, "note")) {
             fprintf(stderr, "pytest-fast: %s\n", pf_dict_str(msg, "text") ? pf_dict_str(msg, "text") : "");
         } else if (op && !strcmp(op, "restart")) {

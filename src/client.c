@@ -432,9 +432,18 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
     pf_reader_init(&r);
     util_nonblock(fd);
     int rc = 3;
-    bool progress_shown = false, cancel_sent = false;
+    bool progress_shown = false, cancel_sent = false, debugger = false;
     double cancel_at = 0;
     for (;;) {
+        if (cli_interrupts && debugger && !cancel_sent) {
+            /* The terminal sent us its Ctrl-C: it is the open debugger's. */
+            cli_interrupts = 0;
+            if (write(fd, "i", 1) < 0) {
+                rc = 2;
+                break;
+            }
+            continue;
+        }
         if (cli_interrupts && !cancel_sent) {
             /* Any byte means "cancel"; the daemon kills the run's workers. */
             if (write(fd, "c", 1) < 0) {
@@ -478,8 +487,16 @@ static int cli_run_once(const cli_opts *o, const char *address, const char *fp, 
         pf_reader_reset(&r);
         const char *op = pf_dict_str(msg, "op");
         if (op && !strcmp(op, "progress")) {
-            cli_progress(msg, tty);
-            progress_shown = tty;
+            if (!debugger) {
+                cli_progress(msg, tty);
+                progress_shown = tty;
+            }
+        } else if (op && !strcmp(op, "debugger")) {
+            /* A worker's debugger has the terminal until it closes. */
+            const pf_value *open = pf_dict_get(msg, "open");
+            debugger = open && open->kind == PF_BOOL && open->u.b;
+            /* Its output starts on a new line; erasing ours now could erase its prompt. */
+            progress_shown = false;
         } else if (op && !strcmp(op, "note")) {
             fprintf(stderr, "pytest-fast: %s\n", pf_dict_str(msg, "text") ? pf_dict_str(msg, "text") : "");
         } else if (op && !strcmp(op, "restart")) {

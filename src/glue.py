@@ -382,6 +382,7 @@ class _Leader:
         self.world = _world(config) if _recording(args) else None
         args = [a for i, a in enumerate(args) if i >= cut or a != AFFECTED_ARG]
         config._parser.parse_known_args(args, namespace=config.option)
+        _debugging_plugins(config)
         index = {id(item): i for i, item in enumerate(session.items)}
         items = list(session.items)
         paths = [a for a in (config.option.file_or_dir or []) if a]
@@ -874,10 +875,31 @@ def _parts_match(nodeid, parts):
     return True
 
 
+# The client's stdin, kept aside for a debugger (see _Worker.take_terminal),
+# and whether its stdout is a terminal; -1: none.
+_client_stdin = -1
+_client_tty = False
+
+
+def _debugging_plugins(config):
+    """--pdb and --trace are per run: register what pytest's configure
+    would have, had the collection been given them."""
+    from _pytest import debugging
+    pm = config.pluginmanager
+    if config.getvalue("usepdb") and not pm.has_plugin("pdbinvoke"):
+        pm.register(debugging.PdbInvoke(), "pdbinvoke")
+    if config.getvalue("trace") and not pm.has_plugin("pdbtrace"):
+        pm.register(debugging.PdbTrace(), "pdbtrace")
+
+
 def _adopt_stdio(fds):
     """The client's stdout and stderr become ours (so `-s` output reaches its
-    terminal); stdin is /dev/null, as tests must not wait for input."""
+    terminal); stdin is /dev/null, as tests must not wait for input, except
+    while a debugger has the terminal."""
+    global _client_stdin, _client_tty
     if len(fds) >= 3:
+        _client_stdin = os.dup(fds[0])
+        _client_tty = os.isatty(fds[1])
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -905,6 +927,8 @@ class _Worker:
         self.recorder = None
         self.deps_out = None
         self.fixture_seen = {}
+        self.debugging = False
+        self.sigint = None
 
     def start_recording(self, name):
         """What each test runs and opens, for --affected (see affected.py)."""
@@ -957,6 +981,7 @@ class _Worker:
                 factory._given_basetemp = factory._given_basetemp / ("popen-" + name)
             factory._basetemp = None
         self.start_recording(name)
+        self.debugger_setup()
         config.pluginmanager.register(self, "pytest-fast-worker")
         self.warnings = []   # registering replayed the collection's warnings
         cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None
@@ -981,6 +1006,7 @@ class _Worker:
                 if self.recorder is not None:
                     self.recorder.start()
                 config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                self.release_terminal()   # a debugger stepped out of the test
                 if self.recorder is not None:
                     self.record(item)
                 if self.timeout > 0:
@@ -998,6 +1024,85 @@ class _Worker:
                 self.flush_reports(cur)
                 _send(self.fd, ("x", 2 if code is None else int(code), str(getattr(exc, "msg", exc))))
             raise
+
+    def debugger_setup(self):
+        """breakpoint(), pdb.set_trace(), --pdb and --trace all open pytest's
+        debugger through pytestPDB._init_pdb (--pdb first prints the
+        failure, see pytest_exception_interact): before it writes anything,
+        the worker takes the client's terminal, waiting while another
+        worker's debugger has it."""
+        from _pytest import debugging
+        init = debugging.pytestPDB.__dict__.get("_init_pdb")
+        if _client_stdin < 0 or not isinstance(init, classmethod):
+            return
+        worker, original = self, init.__func__
+
+        def _init_pdb(cls, method, *args, **kwargs):
+            worker.take_terminal()
+            return original(cls, method, *args, **kwargs)
+
+        debugging.pytestPDB._init_pdb = classmethod(_init_pdb)
+
+    def take_terminal(self):
+        if self.debugging or _client_stdin < 0:
+            return
+        import faulthandler
+        import signal
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.ask(("p", True))   # the daemon's answer: the terminal is ours
+        self.debugging = True
+        if _client_tty:   # pdb prints to it between prompts
+            try:
+                sys.__stdout__.reconfigure(line_buffering=True)
+            except Exception:
+                pass
+        if self.timeout > 0:
+            faulthandler.cancel_dump_traceback_later()   # the user is debugging
+        # The client forwards the terminal's Ctrl-C as SIGINT: pdb's own.
+        self.sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if isinstance(tr, _QuietTerminal):
+            # --pdb shows the failure on the terminal reporter's writer;
+            # fd 1 is the client's again by the time it writes.
+            from _pytest.config import create_terminal_writer
+            tw = create_terminal_writer(self.config, open(1, "w", closefd=False))
+            if self.config.option.color == "auto" and _client_tty and not os.environ.get("NO_COLOR"):
+                tw.hasmarkup = True   # fd 1 was not the terminal when it was made
+            tr._tw = tw
+
+    def release_terminal(self):
+        if not self.debugging:
+            return
+        import signal
+        self.debugging = False
+        for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:
+            try:
+                stream.flush()   # what pdb wrote, before the other workers' output
+            except Exception:
+                pass
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        signal.signal(signal.SIGINT, self.sigint)
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if isinstance(tr, _QuietTerminal):
+            tr._tw = tr.quiet_tw
+        _send(self.fd, ("p", False))
+
+    def pytest_exception_interact(self, node, call, report):
+        if self.config.getvalue("usepdb"):
+            self.take_terminal()
+
+    def pytest_enter_pdb(self, config, pdb):
+        # Now that pytest suspended capturing (which put /dev/null back).
+        if self.debugging:
+            os.dup2(_client_stdin, 0)
+
+    def pytest_leave_pdb(self, config, pdb):
+        from _pytest import debugging
+        if debugging.pytestPDB._recursive_debug == 0:   # not an inner `debug` session
+            self.release_terminal()
 
     def finish(self, rc):
         """After pytest's session teardown ran in this worker."""
@@ -1094,7 +1199,7 @@ class _QuietTerminal:
         from _pytest._io import TerminalWriter
         self.config = config
         self.stats = {}
-        self._tw = TerminalWriter(open(os.devnull, "w"))
+        self._tw = self.quiet_tw = TerminalWriter(open(os.devnull, "w"))
 
     def __getattr__(self, name):
         if name.startswith("pytest_"):
@@ -1137,6 +1242,7 @@ def main(fd, args):
     _Zygote.pytest_runtestloop = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_runtestloop)
     _Zygote.pytest_collection = pytest.hookimpl(tryfirst=True)(_Zygote.pytest_collection)
     _Worker.pytest_fixture_setup = pytest.hookimpl(hookwrapper=True)(_Worker.pytest_fixture_setup)
+    _Worker.pytest_exception_interact = pytest.hookimpl(tryfirst=True)(_Worker.pytest_exception_interact)
     rc = pytest.main(list(args), plugins=[plugin])
     if plugin.role == "worker":
         plugin.worker.finish(rc)

@@ -614,8 +614,6 @@ def test_inert_in_the_zygote_even_with_fast(project):
 
 @pytest.mark.parametrize("args,needle", [
     (["-n", "2"], "--fast-workers"),
-    (["--pdb"], "--pdb"),
-    (["--trace"], "--trace"),
     (["--sw"], "--stepwise"),
     (["--setup-show"], "--setup-show"),
     (["--log-cli-level=INFO"], "--log-cli-level"),
