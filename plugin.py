@@ -23,6 +23,7 @@ import builtins
 import contextlib
 import glob
 import io
+import logging
 import os
 import pickle
 import shutil
@@ -55,7 +56,6 @@ NEEDS_TEST_PROCESS = {
     "setupshow": "--setup-show",
     "setuponly": "--setup-only",
     "setupplan": "--setup-plan",
-    "log_cli_level": "--log-cli-level",
 }
 EXIT_PREFIX = "_pytest.outcomes.Exit: "
 
@@ -124,13 +124,6 @@ def _refuse_unsupported(config: pytest.Config, ns: argparse.Namespace) -> None:
         if getattr(ns, dest, None):
             raise pytest.UsageError(f"{name} needs the test process and cannot be used with "
                                     f"--fast; run plain pytest for it")
-    try:
-        live_log = config.getini("log_cli")
-    except ValueError:
-        live_log = False
-    if live_log:
-        raise pytest.UsageError("live logging (log_cli) needs the test process and cannot be "
-                                "used with --fast; run plain pytest for it")
 
 
 def _timeout(given: str | None) -> float:
@@ -577,11 +570,14 @@ class Controller:
                 elif op == "note":
                     sys.stderr.write(f"pytest-fast: {msg.get('text', '')}\n")
                 elif op == "report" and msg["reports"]:
+                    logs = [data.pop("pf_live_log", None) for data in msg["reports"]]
                     reports = [self._report(data) for data in msg["reports"]]
                     nodeid, location = reports[0].nodeid, reports[0].location
                     reported.add(nodeid)
                     hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-                    for rep in reports:
+                    for rep, log in zip(reports, logs):
+                        if log:
+                            self._live_log(rep.when, log)
                         hook.pytest_runtest_logreport(report=rep)
                     hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
                     for data in msg.get("warnings") or ():
@@ -608,6 +604,18 @@ class Controller:
             if msg.get("op") == "debugger" and not msg.get("open"):
                 while held:
                     yield held.pop(0)
+
+    def _live_log(self, when: str, records: list[dict[str, Any]]) -> None:
+        """A phase's live-log records (--log-cli-level, log_cli), through
+        this process's live-log handler, where a plain run emits them: after
+        the test's start, before the phase's report."""
+        plugin = self.config.pluginmanager.get_plugin("logging-plugin")
+        handler = getattr(plugin, "log_cli_handler", None)
+        if handler is None or not hasattr(handler, "set_when"):
+            return
+        handler.set_when(when)
+        for fields in records:
+            handler.handle(logging.makeLogRecord(fields))
 
     def _finish(self, session: pytest.Session, done: dict[str, Any], reported: set[str],
                 collect_errors: int) -> bool:

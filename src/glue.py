@@ -929,6 +929,7 @@ class _Worker:
         self.fixture_seen = {}
         self.debugging = False
         self.sigint = None
+        self.live_log = None
 
     def start_recording(self, name):
         """What each test runs and opens, for --affected (see affected.py)."""
@@ -982,6 +983,7 @@ class _Worker:
             factory._basetemp = None
         self.start_recording(name)
         self.debugger_setup()
+        self.live_logging()
         config.pluginmanager.register(self, "pytest-fast-worker")
         self.warnings = []   # registering replayed the collection's warnings
         cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None
@@ -1042,6 +1044,43 @@ class _Worker:
             return original(cls, method, *args, **kwargs)
 
         debugging.pytestPDB._init_pdb = classmethod(_init_pdb)
+
+    def live_logging(self):
+        """--log-cli-level / log_cli: the zygote's logging plugin was made
+        without them (or with the zygote's terminal reporter).  Under
+        `pytest --fast` each phase's records travel with its report and the
+        controller's own live-log handler shows them; in the CLI they go to
+        the client's terminal as they happen."""
+        import logging
+
+        from _pytest import logging as pytest_logging
+        config = self.config
+        lp = config.pluginmanager.get_plugin("logging-plugin")
+        try:
+            enabled = config.getoption("log_cli_level", None) is not None or config.getini("log_cli")
+        except ValueError:
+            enabled = False
+        if lp is None or not enabled:
+            return
+        if self.run.get("stream"):
+            handler = self.live_log = _log_records()
+        else:
+            capman = config.pluginmanager.get_plugin("capturemanager")
+            handler = pytest_logging._LiveLoggingStreamHandler(_TerminalLines(config), capman)
+            handler.setFormatter(lp._create_formatter(
+                pytest_logging.get_option_ini(config, "log_cli_format", "log_format"),
+                pytest_logging.get_option_ini(config, "log_cli_date_format", "log_date_format"),
+                pytest_logging.get_option_ini(config, "log_auto_indent")))
+        level = pytest_logging.get_log_level_for_setting(config, "log_cli_level", "log_level")
+        root = logging.getLogger()
+        if level is not None:
+            handler.setLevel(level)
+            root.setLevel(min(root.level, level))
+        # The test loop's catching_logs attached the zygote's handler to the
+        # root logger before the fork: this one replaces it there too.
+        root.removeHandler(lp.log_cli_handler)
+        root.addHandler(handler)
+        lp.log_cli_handler = handler
 
     def take_terminal(self):
         if self.debugging or _client_stdin < 0:
@@ -1173,6 +1212,8 @@ class _Worker:
         category = config.hook.pytest_report_teststatus(report=report, config=config)[0]
         if self.full:
             data = config.hook.pytest_report_to_serializable(config=config, report=report)
+            if self.live_log is not None and self.live_log.records.get(report.when):
+                data["pf_live_log"] = self.live_log.records.pop(report.when)
             self.reports.append((report.when, report.outcome, category, report.duration,
                                  _longrepr_text(report) if report.failed else None,
                                  report.sections if report.failed else None,
@@ -1190,6 +1231,54 @@ class _Worker:
 
     def pytest_warning_recorded(self, warning_message, when, nodeid, location):
         self.warnings.append(_warning_data(warning_message, when, nodeid, location))
+
+
+def _log_records():
+    """Stands in for pytest's live-log handler in a worker under `pytest
+    --fast`: keeps each phase's records, as plain data, for its report."""
+    import logging
+
+    class LogRecords(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.when = None
+            self.records = {}
+
+        def reset(self):
+            self.records = {}
+
+        def set_when(self, when):
+            self.when = when
+
+        def emit(self, record):
+            fields = {k: v for k, v in vars(record).items() if type(v) in _PLAIN}
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            if record.exc_info and not record.exc_text:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            self.records.setdefault(self.when, []).append(fields)
+
+    return LogRecords()
+
+
+class _TerminalLines:
+    """What pytest's live-log handler uses of a TerminalReporter, on the
+    client's terminal (the CLI renders no pytest output of its own)."""
+
+    def __init__(self, config):
+        from _pytest.config import create_terminal_writer
+        self._tw = create_terminal_writer(config, open(1, "w", closefd=False))
+
+    def write(self, text, **markup):
+        self._tw.write(text, **markup)
+        self._tw.flush()
+
+    def section(self, title, sep="=", **markup):
+        self._tw.sep(sep, title, **markup)
+        self._tw.flush()
+
+    def flush(self):
+        self._tw.flush()
 
 
 class _QuietTerminal:

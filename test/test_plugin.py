@@ -616,7 +616,6 @@ def test_inert_in_the_zygote_even_with_fast(project):
     (["-n", "2"], "--fast-workers"),
     (["--sw"], "--stepwise"),
     (["--setup-show"], "--setup-show"),
-    (["--log-cli-level=INFO"], "--log-cli-level"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_refused_options(project, args, needle):
     if args[0] == "-n":
