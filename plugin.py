@@ -420,6 +420,7 @@ class Controller:
         self.header = header
         self.shard = shard
         self.pool = 0   # the selection before --fast-shard / --fast-affected took their part
+        self.summary_calls: list[Any] = []   # the conftests' pytest_terminal_summary output
 
     def pytest_report_header(self) -> list[str]:
         """What the conftests (imported by the daemon, not here) add."""
@@ -523,8 +524,18 @@ class Controller:
             sys.stderr.write(text + "\n")
         pytest.exit(f"pytest-fast: the daemon ended the run ({rc})", returncode=rc)
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> Any:
+        """What the test process said: its conftests may answer this hook
+        (a conftest's letter and word for an outcome), and this process
+        imports none."""
+        return getattr(report, "pf_teststatus", None)
+
     def _report(self, data: dict[str, Any]) -> Any:
+        status = data.pop("pf_teststatus", None)
         rep = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        if status is not None:
+            rep.pf_teststatus = tuple(status)
         wrap = _CollectErrorRepr
         if wrap is not None and isinstance(rep, pytest.CollectReport) and isinstance(rep.longrepr, str):
             rep.longrepr = wrap(rep.longrepr)  # what it was before serialization
@@ -605,6 +616,17 @@ class Controller:
                 while held:
                     yield held.pop(0)
 
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Replay what the conftests' pytest_terminal_summary printed in the
+        daemon (see glue.py's _RecordingReporter)."""
+        for name, args, kwargs in self.summary_calls:
+            target = terminalreporter
+            if name.startswith("_tw."):
+                target, name = terminalreporter._tw, name[len("_tw."):]
+            method = getattr(target, str(name), None)
+            if callable(method):
+                method(*args, **kwargs)
+
     def _live_log(self, when: str, records: list[dict[str, Any]]) -> None:
         """A phase's live-log records (--log-cli-level, log_cli), through
         this process's live-log handler, where a plain run emits them: after
@@ -621,6 +643,7 @@ class Controller:
                 collect_errors: int) -> bool:
         rc = int(done.get("rc", 0))
         exit_msg = done.get("exit_msg")
+        self.summary_calls = list(done.get("terminal_summary") or ())
         if done.get("error"):
             sys.stderr.write(f"pytest-fast: {done['error']}\n")
         if collect_errors and not self.config.option.continue_on_collection_errors:

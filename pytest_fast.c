@@ -4357,6 +4357,8 @@ static const char zyg_glue[] =
     "                zygote.role = \"worker\"\n"
     "                return zygote.worker.work()\n"
     "            if req.get(\"op\") == \"finish\":\n"
+    "                if msg.get(\"stream\"):\n"
+    "                    self.conftest_terminal_summary(req)\n"
     "                self.finish(req)\n"
     "                if req.get(\"coverage\") is not None:\n"
     "                    self.finish_coverage(req[\"coverage\"])\n"
@@ -4441,6 +4443,34 @@ static const char zyg_glue[] =
     "        except Exception as exc:\n"
     "            text, fail = \"pytest-fast: coverage: %s: %s\\n\" % (type(exc).__name__, exc), True\n"
     "        _send(self.fd, {\"op\": \"coverage\", \"text\": text, \"fail\": fail})\n"
+    "\n"
+    "    def conftest_terminal_summary(self, req):\n"
+    "        \"\"\"The conftests' pytest_terminal_summary, for the `pytest --fast`\n"
+    "        controller, which imports no conftest: run here against a terminal\n"
+    "        reporter that records what it is asked to print (replayed there),\n"
+    "        with stats made of the run's reports as the daemon kept them.\"\"\"\n"
+    "        config = self.config\n"
+    "        pm = config.pluginmanager\n"
+    "        conftests = [p for p in pm.get_plugins()\n"
+    "                     if os.path.basename(getattr(p, \"__file__\", None) or \"\") == \"conftest.py\"\n"
+    "                     and hasattr(p, \"pytest_terminal_summary\")]\n"
+    "        if not conftests:\n"
+    "            return\n"
+    "        from _pytest.reports import TestReport\n"
+    "        stats = {}\n"
+    "        for nodeid, when, outcome in req.get(\"reports\", ()):\n"
+    "            rep = TestReport(nodeid, (nodeid.split(\"::\")[0], None, nodeid), {}, outcome, None, when)\n"
+    "            category = config.hook.pytest_report_teststatus(report=rep, config=config)[0]\n"
+    "            stats.setdefault(category, []).append(rep)\n"
+    "        recorder = _RecordingReporter(config, stats)\n"
+    "        others = [p for p in pm.get_plugins() if p not in conftests]\n"
+    "        try:\n"
+    "            pm.subset_hook_caller(\"pytest_terminal_summary\", remove_plugins=others)(\n"
+    "                terminalreporter=recorder, exitstatus=int(req.get(\"rc\", 0)), config=config)\n"
+    "        except Exception as exc:\n"
+    "            recorder.calls.append((\"write_line\", [\"pytest-fast: a conftest's pytest_terminal_summary \"\n"
+    "                                                  \"failed: %r\" % (exc,)], {}))\n"
+    "        _send(self.fd, {\"op\": \"terminal_summary\", \"calls\": recorder.calls})\n"
     "\n"
     "    def finish(self, req):\n"
     "        \"\"\"Update .pytest_cache the way the session would have, and record\n"
@@ -5199,9 +5229,13 @@ static const char zyg_glue[] =
     "\n"
     "    def pytest_runtest_logreport(self, report):\n"
     "        config = self.config\n"
-    "        category = config.hook.pytest_report_teststatus(report=report, config=config)[0]\n"
+    "        status = config.hook.pytest_report_teststatus(report=report, config=config)\n"
+    "        category = status[0]\n"
     "        if self.full:\n"
     "            data = config.hook.pytest_report_to_serializable(config=config, report=report)\n"
+    "            # What this test process's plugins and conftests say, for the\n"
+    "            # `pytest --fast` controller, which imports no conftest.\n"
+    "            data[\"pf_teststatus\"] = _plain(tuple(status))\n"
     "            if self.live_log is not None and self.live_log.records.get(report.when):\n"
     "                data[\"pf_live_log\"] = self.live_log.records.pop(report.when)\n"
     "            self.reports.append((report.when, report.outcome, category, report.duration,\n"
@@ -5269,6 +5303,32 @@ static const char zyg_glue[] =
     "\n"
     "    def flush(self):\n"
     "        self._tw.flush()\n"
+    "\n"
+    "\n"
+    "class _RecordingReporter:\n"
+    "    \"\"\"A terminal reporter that records its output calls (write_sep,\n"
+    "    write_line, section, _tw.write ...) as plain data, for the plugin's\n"
+    "    controller to replay on its own.\"\"\"\n"
+    "\n"
+    "    def __init__(self, config, stats, prefix=\"\", calls=None):\n"
+    "        self.config = config\n"
+    "        self.stats = stats\n"
+    "        self.verbosity = config.get_verbosity() if hasattr(config, \"get_verbosity\") else config.option.verbose\n"
+    "        self.calls = [] if calls is None else calls\n"
+    "        self._prefix = prefix\n"
+    "        self.fullwidth = 80\n"
+    "\n"
+    "    @property\n"
+    "    def _tw(self):\n"
+    "        return _RecordingReporter(self.config, self.stats, \"_tw.\", self.calls)\n"
+    "\n"
+    "    def __getattr__(self, name):\n"
+    "        if name.startswith(\"__\"):\n"
+    "            raise AttributeError(name)\n"
+    "\n"
+    "        def call(*args, **kwargs):\n"
+    "            self.calls.append((self._prefix + name, _plain(list(args)), _plain(kwargs)))\n"
+    "        return call\n"
     "\n"
     "\n"
     "class _QuietTerminal:\n"
@@ -6930,6 +6990,8 @@ typedef struct dmn_run {
     bool cov_wait;              /* the CLI's run waits for the leader's combine */
     bool cov_fail;              /* --cov-fail-under failed the run */
     char *cov_text;             /* the coverage report for the CLI's summary */
+    const pf_value *terminal_summary;  /* the conftests' pytest_terminal_summary calls, for
+                                          the plugin's controller to replay (in keep) */
 } dmn_run;
 
 struct dmn_conn {
@@ -8842,6 +8904,7 @@ static bool dmn_finish_leader(dmn_run *r, int rc)
     bool lastfailed = !r->client || !r->client->stream;
     util_set(a, msg, "lastfailed", pf_new_bool(a, lastfailed));
     util_set(a, msg, "reports", r->lf);   /* --affected records failures under the plugin too */
+    util_set(a, msg, "rc", pf_new_int(a, rc));
     if (lastfailed) {
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
@@ -8915,6 +8978,8 @@ static void dmn_run_end(dmn_run *r)
             util_set(a, d, "rc", pf_new_int(a, rc));
             util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
             util_set(a, d, "error", pf_new_cstr(a, err));
+            if (r->terminal_summary)
+                util_set(a, d, "terminal_summary", (pf_value *)r->terminal_summary);
             dmn_send(c, d);
             pf_arena_free(a);
         } else {
@@ -9085,6 +9150,10 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
         r->cov_wait = false;
         r->finish_since = util_now();   /* then the cache update, bounded as usual */
         dmn_run_end(r);
+        return;
+    }
+    if (!strcmp(op, "terminal_summary")) {
+        r->terminal_summary = pf_dict_get(msg, "calls");   /* decoded into r->keep */
         return;
     }
     if (!strcmp(op, "usage")) {

@@ -152,6 +152,8 @@ typedef struct dmn_run {
     bool cov_wait;              /* the CLI's run waits for the leader's combine */
     bool cov_fail;              /* --cov-fail-under failed the run */
     char *cov_text;             /* the coverage report for the CLI's summary */
+    const pf_value *terminal_summary;  /* the conftests' pytest_terminal_summary calls, for
+                                          the plugin's controller to replay (in keep) */
 } dmn_run;
 
 struct dmn_conn {
@@ -2064,6 +2066,7 @@ static bool dmn_finish_leader(dmn_run *r, int rc)
     bool lastfailed = !r->client || !r->client->stream;
     util_set(a, msg, "lastfailed", pf_new_bool(a, lastfailed));
     util_set(a, msg, "reports", r->lf);   /* --affected records failures under the plugin too */
+    util_set(a, msg, "rc", pf_new_int(a, rc));
     if (lastfailed) {
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
@@ -2137,6 +2140,8 @@ static void dmn_run_end(dmn_run *r)
             util_set(a, d, "rc", pf_new_int(a, rc));
             util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
             util_set(a, d, "error", pf_new_cstr(a, err));
+            if (r->terminal_summary)
+                util_set(a, d, "terminal_summary", (pf_value *)r->terminal_summary);
             dmn_send(c, d);
             pf_arena_free(a);
         } else {
@@ -2307,6 +2312,10 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
         r->cov_wait = false;
         r->finish_since = util_now();   /* then the cache update, bounded as usual */
         dmn_run_end(r);
+        return;
+    }
+    if (!strcmp(op, "terminal_summary")) {
+        r->terminal_summary = pf_dict_get(msg, "calls");   /* decoded into r->keep */
         return;
     }
     if (!strcmp(op, "usage")) {

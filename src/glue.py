@@ -367,6 +367,8 @@ class _Leader:
                 zygote.role = "worker"
                 return zygote.worker.work()
             if req.get("op") == "finish":
+                if msg.get("stream"):
+                    self.conftest_terminal_summary(req)
                 self.finish(req)
                 if req.get("coverage") is not None:
                     self.finish_coverage(req["coverage"])
@@ -451,6 +453,34 @@ class _Leader:
         except Exception as exc:
             text, fail = "pytest-fast: coverage: %s: %s\n" % (type(exc).__name__, exc), True
         _send(self.fd, {"op": "coverage", "text": text, "fail": fail})
+
+    def conftest_terminal_summary(self, req):
+        """The conftests' pytest_terminal_summary, for the `pytest --fast`
+        controller, which imports no conftest: run here against a terminal
+        reporter that records what it is asked to print (replayed there),
+        with stats made of the run's reports as the daemon kept them."""
+        config = self.config
+        pm = config.pluginmanager
+        conftests = [p for p in pm.get_plugins()
+                     if os.path.basename(getattr(p, "__file__", None) or "") == "conftest.py"
+                     and hasattr(p, "pytest_terminal_summary")]
+        if not conftests:
+            return
+        from _pytest.reports import TestReport
+        stats = {}
+        for nodeid, when, outcome in req.get("reports", ()):
+            rep = TestReport(nodeid, (nodeid.split("::")[0], None, nodeid), {}, outcome, None, when)
+            category = config.hook.pytest_report_teststatus(report=rep, config=config)[0]
+            stats.setdefault(category, []).append(rep)
+        recorder = _RecordingReporter(config, stats)
+        others = [p for p in pm.get_plugins() if p not in conftests]
+        try:
+            pm.subset_hook_caller("pytest_terminal_summary", remove_plugins=others)(
+                terminalreporter=recorder, exitstatus=int(req.get("rc", 0)), config=config)
+        except Exception as exc:
+            recorder.calls.append(("write_line", ["pytest-fast: a conftest's pytest_terminal_summary "
+                                                  "failed: %r" % (exc,)], {}))
+        _send(self.fd, {"op": "terminal_summary", "calls": recorder.calls})
 
     def finish(self, req):
         """Update .pytest_cache the way the session would have, and record
@@ -1209,9 +1239,13 @@ class _Worker:
 
     def pytest_runtest_logreport(self, report):
         config = self.config
-        category = config.hook.pytest_report_teststatus(report=report, config=config)[0]
+        status = config.hook.pytest_report_teststatus(report=report, config=config)
+        category = status[0]
         if self.full:
             data = config.hook.pytest_report_to_serializable(config=config, report=report)
+            # What this test process's plugins and conftests say, for the
+            # `pytest --fast` controller, which imports no conftest.
+            data["pf_teststatus"] = _plain(tuple(status))
             if self.live_log is not None and self.live_log.records.get(report.when):
                 data["pf_live_log"] = self.live_log.records.pop(report.when)
             self.reports.append((report.when, report.outcome, category, report.duration,
@@ -1279,6 +1313,32 @@ class _TerminalLines:
 
     def flush(self):
         self._tw.flush()
+
+
+class _RecordingReporter:
+    """A terminal reporter that records its output calls (write_sep,
+    write_line, section, _tw.write ...) as plain data, for the plugin's
+    controller to replay on its own."""
+
+    def __init__(self, config, stats, prefix="", calls=None):
+        self.config = config
+        self.stats = stats
+        self.verbosity = config.get_verbosity() if hasattr(config, "get_verbosity") else config.option.verbose
+        self.calls = [] if calls is None else calls
+        self._prefix = prefix
+        self.fullwidth = 80
+
+    @property
+    def _tw(self):
+        return _RecordingReporter(self.config, self.stats, "_tw.", self.calls)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            self.calls.append((self._prefix + name, _plain(list(args)), _plain(kwargs)))
+        return call
 
 
 class _QuietTerminal:
