@@ -222,3 +222,40 @@ def test_trace_stops_at_each_test(project, terminals, front):
     t.send("c\n")
     assert t.finish() == 0, t.text
     t.expect(r"2 passed")
+
+
+TWO_BREAKPOINTS = """
+def test_one():
+    first = 6
+    breakpoint()
+
+def test_two():
+    pass
+
+def test_three():
+    second = 7
+    breakpoint()
+
+def test_four():
+    pass
+"""
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_two_debuggers_take_turns(project, terminals, front):
+    project.write("test_t.py", TWO_BREAKPOINTS)
+    args = {"cli": ["--workers", "2"], "plugin": ["--fast-workers", "2"], "plain": []}[front]
+    t = start(terminals, project, front, *args, "test_t.py")
+    for turn in (1, 2):
+        # Both workers reach a breakpoint; the second waits for the first to
+        # close before it prints anything.
+        t.expect(r"PDB set_trace")
+        t.expect(r"\(Pdb\) ")
+        t.send("p 6 * 7\n")
+        t.expect(r"\n42\n\(Pdb\) ")
+        t.send("c\n")
+        t.expect(r"PDB continue")
+        shown = t.text[:t.pos]   # up to this debugger's close: no other one opened
+        assert shown.count("PDB set_trace") == shown.count("PDB continue") == turn, t.text
+    assert t.finish() == 0, t.text
+    t.expect(r"4 passed")
