@@ -23,9 +23,11 @@ import builtins
 import contextlib
 import glob
 import io
+import logging
 import os
 import pickle
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -47,12 +49,6 @@ MAX_FRAME = 256 << 20
 IN_ZYGOTE = "_pytest_fast" in sys.modules
 PLUGIN_NAMES = {__name__, __name__.rpartition(".")[2]}
 VALUED = ("--fast-address", "--fast-workers", "--fast-ttl", "--fast-timeout", "--fast-shard")
-# Options whose effect lives in the test process, where the controller is not.
-NEEDS_TEST_PROCESS = {
-    "usepdb": "--pdb",
-    "trace": "--trace",
-    "log_cli_level": "--log-cli-level",
-}
 EXIT_PREFIX = "_pytest.outcomes.Exit: "
 
 
@@ -116,17 +112,6 @@ def _refuse_unsupported(config: pytest.Config, ns: argparse.Namespace) -> None:
     if getattr(ns, "numprocesses", None) not in (None, 0):
         raise pytest.UsageError("--fast runs its own workers: use --fast-workers N "
                                 "instead of pytest-xdist's -n/--numprocesses")
-    for dest, name in NEEDS_TEST_PROCESS.items():
-        if getattr(ns, dest, None):
-            raise pytest.UsageError(f"{name} needs the test process and cannot be used with "
-                                    f"--fast; run plain pytest for it")
-    try:
-        live_log = config.getini("log_cli")
-    except ValueError:
-        live_log = False
-    if live_log:
-        raise pytest.UsageError("live logging (log_cli) needs the test process and cannot be "
-                                "used with --fast; run plain pytest for it")
 
 
 def _timeout(given: str | None) -> float:
@@ -288,7 +273,7 @@ class Daemon:
         sys.stderr.flush()
         frame = [struct.pack(">I", len(body)) + body]
         if op == "run":
-            socket.send_fds(sock, frame, [0, 1, 2])
+            socket.send_fds(sock, frame, [_stdin(config), 1, 2])
         else:
             sock.sendall(frame[0])
         try:
@@ -315,6 +300,13 @@ class Daemon:
                                  "(see its log; `pytest-fast --status`)")
             yield msg
 
+    def interrupt(self, signum: int = 0, frame: Any = None) -> None:
+        """Ctrl-C while a worker's debugger has the terminal: its, as in a
+        plain run (the daemon sends it SIGINT)."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(b"i")
+
     def cancel(self) -> None:
         if self.sock is not None:
             try:
@@ -329,6 +321,16 @@ class Daemon:
             self.reader.close()
             self.sock.close()
             self.sock = self.reader = None
+
+
+def _stdin(config: pytest.Config) -> int:
+    """The controller's real stdin, for a worker's debugger: pytest's global
+    capture keeps fd 0 on /dev/null between tests (it suspends only stdout
+    and stderr) and the original at targetfd_save."""
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    cap = getattr(getattr(capman, "_global_capturing", None), "in_", None)
+    saved = getattr(cap, "targetfd_save", None)
+    return saved if isinstance(saved, int) and getattr(cap, "targetfd", None) == 0 else 0
 
 
 def _binary() -> str:
@@ -411,6 +413,7 @@ class Controller:
         self.header = header
         self.shard = shard
         self.pool = 0   # the selection before --fast-shard / --fast-affected took their part
+        self.summary_calls: list[Any] = []   # the conftests' pytest_terminal_summary output
 
     def pytest_report_header(self) -> list[str]:
         """What the conftests (imported by the daemon, not here) add."""
@@ -534,7 +537,15 @@ class Controller:
             sys.stderr.write(text + "\n")
         pytest.exit(f"pytest-fast: the daemon ended the run ({rc})", returncode=rc)
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> Any:
+        """What the test process said: its conftests may answer this hook
+        (a conftest's letter and word for an outcome), and this process
+        imports none."""
+        return getattr(report, "pf_teststatus", None)
+
     def _report(self, data: dict[str, Any]) -> Any:
+        status = data.pop("pf_teststatus", None)
         rep = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
         context = data.get("_subtest.context")
         if isinstance(context, dict) and hasattr(rep, "context"):
@@ -542,6 +553,8 @@ class Controller:
             # read back ("i='1'"): they were made text (i=1) in the worker.
             with contextlib.suppress(AttributeError, TypeError):
                 object.__setattr__(rep.context, "kwargs", dict(context.get("kwargs") or {}))
+        if status is not None:
+            rep.pf_teststatus = tuple(status)
         wrap = _CollectErrorRepr
         if wrap is not None and isinstance(rep, pytest.CollectReport) and isinstance(rep.longrepr, str):
             rep.longrepr = wrap(rep.longrepr)  # what it was before serialization
@@ -566,24 +579,39 @@ class Controller:
         collect_errors = session.testsfailed
         done: dict[str, Any] = {}
         reported: set[str] = set()
+        held: list[dict[str, Any]] = []   # reports that came while a debugger was open
+        sigint: Any = None
         try:
-            for msg in self.daemon.frames():
+            for msg in self._frames(held):
                 op = msg.get("op")
                 if op == "done":
                     done = msg
                     break
-                if op == "note":
+                if op == "debugger":
+                    # A worker's debugger has the terminal: Ctrl-C is its,
+                    # and the other workers' reports wait for it to close.
+                    if msg.get("open") and sigint is None:
+                        sigint = signal.signal(signal.SIGINT, self.daemon.interrupt)
+                    elif not msg.get("open") and sigint is not None:
+                        signal.signal(signal.SIGINT, sigint)
+                        sigint = None
+                elif sigint is not None and op == "report":
+                    held.append(msg)
+                elif op == "note":
                     sys.stderr.write(f"pytest-fast: {msg.get('text', '')}\n")
                 elif op == "report" and msg["reports"]:
                     # --setup-show: what pytest wrote to the terminal before each report
                     shown = [data.pop("pytest_fast_shown", None) for data in msg["reports"]]
+                    logs = [data.pop("pf_live_log", None) for data in msg["reports"]]
                     reports = [self._report(data) for data in msg["reports"]]
                     nodeid, location = reports[0].nodeid, reports[0].location
                     reported.add(nodeid)
                     hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-                    for rep, text in zip(reports, shown):
+                    for rep, text, log in zip(reports, shown, logs):
                         if text:
                             self.config.get_terminal_writer().write(str(text))
+                        if log:
+                            self._live_log(rep.when, log)
                         hook.pytest_runtest_logreport(report=rep)
                     hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
                     for data in msg.get("warnings") or ():
@@ -596,13 +624,49 @@ class Controller:
         except BaseException:
             self.daemon.cancel()
             raise
+        finally:
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
         self.daemon.close()
         return self._finish(session, done, reported, collect_errors)
+
+    def _frames(self, held: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The daemon's frames, and those held back while a debugger was
+        open as soon as it closes."""
+        for msg in self.daemon.frames():
+            yield msg
+            if msg.get("op") == "debugger" and not msg.get("open"):
+                while held:
+                    yield held.pop(0)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Replay what the conftests' pytest_terminal_summary printed in the
+        daemon (see glue.py's _RecordingReporter)."""
+        for name, args, kwargs in self.summary_calls:
+            target = terminalreporter
+            if name.startswith("_tw."):
+                target, name = terminalreporter._tw, name[len("_tw."):]
+            method = getattr(target, str(name), None)
+            if callable(method):
+                method(*args, **kwargs)
+
+    def _live_log(self, when: str, records: list[dict[str, Any]]) -> None:
+        """A phase's live-log records (--log-cli-level, log_cli), through
+        this process's live-log handler, where a plain run emits them: after
+        the test's start, before the phase's report."""
+        plugin = self.config.pluginmanager.get_plugin("logging-plugin")
+        handler = getattr(plugin, "log_cli_handler", None)
+        if handler is None or not hasattr(handler, "set_when"):
+            return
+        handler.set_when(when)
+        for fields in records:
+            handler.handle(logging.makeLogRecord(fields))
 
     def _finish(self, session: pytest.Session, done: dict[str, Any], reported: set[str],
                 collect_errors: int) -> bool:
         rc = int(done.get("rc", 0))
         exit_msg = done.get("exit_msg")
+        self.summary_calls = list(done.get("terminal_summary") or ())
         if done.get("error"):
             sys.stderr.write(f"pytest-fast: {done['error']}\n")
         if collect_errors and not self.config.option.continue_on_collection_errors:

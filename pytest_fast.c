@@ -3446,8 +3446,9 @@ static const arg_spec arg_table[] = {
     {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
-    {"--pdb", ARG_RUN | ARG_REFUSE},
-    {"--trace", ARG_RUN | ARG_REFUSE},
+    {"--pdb", ARG_RUN},
+    {"--trace", ARG_RUN},
+    {"--pdbcls", ARG_VALUE | ARG_RUN},
     {"--sw", ARG_RUN},
     {"--stepwise", ARG_RUN},
     {"--sw-skip", ARG_RUN},
@@ -3542,6 +3543,7 @@ typedef struct arg_split {
     bool continue_on_errors;
     bool affected;        /* --fast-affected: selecting nothing is a success */
     bool full_trace_none; /* --tb=no */
+    bool debug;           /* --pdb / --trace: one worker, as a debugger may open at any test */
     int durations;        /* --durations N, -1 when not given */
     char refused[64];
 } arg_split;
@@ -3569,6 +3571,8 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->affected = true;
     else if (!strcmp(name, "--continue-on-collection-errors"))
         s->continue_on_errors = true;
+    else if (!strcmp(name, "--pdb") || !strcmp(name, "--trace"))
+        s->debug = true;
     else if (!strcmp(name, "--tb") && value && !strcmp(value, "no"))
         s->full_trace_none = true;
     else if (!strcmp(name, "--durations") && value)
@@ -4596,6 +4600,8 @@ static const char zyg_glue[] =
     "                zygote.role = \"worker\"\n"
     "                return zygote.worker.work()\n"
     "            if req.get(\"op\") == \"finish\":\n"
+    "                if msg.get(\"stream\"):\n"
+    "                    self.conftest_terminal_summary(req)\n"
     "                self.finish(req)\n"
     "                if req.get(\"coverage\") is not None:\n"
     "                    self.finish_coverage(req[\"coverage\"])\n"
@@ -4621,6 +4627,7 @@ static const char zyg_glue[] =
     "        if seed_line and not self.msg.get(\"stream\"):\n"
     "            sys.stdout.write(seed_line + \"\\n\")   # the controller prints its own header\n"
     "            sys.stdout.flush()\n"
+    "        _debugging_plugins(config)\n"
     "        index = {id(item): i for i, item in enumerate(session.items)}\n"
     "        items = list(session.items)\n"
     "        if collected_order is not None:\n"
@@ -4722,6 +4729,34 @@ static const char zyg_glue[] =
     "        except Exception as exc:\n"
     "            text, fail = \"pytest-fast: coverage: %s: %s\\n\" % (type(exc).__name__, exc), True\n"
     "        _send(self.fd, {\"op\": \"coverage\", \"text\": text, \"fail\": fail})\n"
+    "\n"
+    "    def conftest_terminal_summary(self, req):\n"
+    "        \"\"\"The conftests' pytest_terminal_summary, for the `pytest --fast`\n"
+    "        controller, which imports no conftest: run here against a terminal\n"
+    "        reporter that records what it is asked to print (replayed there),\n"
+    "        with stats made of the run's reports as the daemon kept them.\"\"\"\n"
+    "        config = self.config\n"
+    "        pm = config.pluginmanager\n"
+    "        conftests = [p for p in pm.get_plugins()\n"
+    "                     if os.path.basename(getattr(p, \"__file__\", None) or \"\") == \"conftest.py\"\n"
+    "                     and hasattr(p, \"pytest_terminal_summary\")]\n"
+    "        if not conftests:\n"
+    "            return\n"
+    "        from _pytest.reports import TestReport\n"
+    "        stats = {}\n"
+    "        for nodeid, when, outcome in req.get(\"reports\", ()):\n"
+    "            rep = TestReport(nodeid, (nodeid.split(\"::\")[0], None, nodeid), {}, outcome, None, when)\n"
+    "            category = config.hook.pytest_report_teststatus(report=rep, config=config)[0]\n"
+    "            stats.setdefault(category, []).append(rep)\n"
+    "        recorder = _RecordingReporter(config, stats)\n"
+    "        others = [p for p in pm.get_plugins() if p not in conftests]\n"
+    "        try:\n"
+    "            pm.subset_hook_caller(\"pytest_terminal_summary\", remove_plugins=others)(\n"
+    "                terminalreporter=recorder, exitstatus=int(req.get(\"rc\", 0)), config=config)\n"
+    "        except Exception as exc:\n"
+    "            recorder.calls.append((\"write_line\", [\"pytest-fast: a conftest's pytest_terminal_summary \"\n"
+    "                                                  \"failed: %r\" % (exc,)], {}))\n"
+    "        _send(self.fd, {\"op\": \"terminal_summary\", \"calls\": recorder.calls})\n"
     "\n"
     "    def finish(self, req):\n"
     "        \"\"\"Update .pytest_cache the way the session would have, and record\n"
@@ -5248,10 +5283,31 @@ static const char zyg_glue[] =
     "    return True\n"
     "\n"
     "\n"
+    "# The client's stdin, kept aside for a debugger (see _Worker.take_terminal),\n"
+    "# and whether its stdout is a terminal; -1: none.\n"
+    "_client_stdin = -1\n"
+    "_client_tty = False\n"
+    "\n"
+    "\n"
+    "def _debugging_plugins(config):\n"
+    "    \"\"\"--pdb and --trace are per run: register what pytest's configure\n"
+    "    would have, had the collection been given them.\"\"\"\n"
+    "    from _pytest import debugging\n"
+    "    pm = config.pluginmanager\n"
+    "    if config.getvalue(\"usepdb\") and not pm.has_plugin(\"pdbinvoke\"):\n"
+    "        pm.register(debugging.PdbInvoke(), \"pdbinvoke\")\n"
+    "    if config.getvalue(\"trace\") and not pm.has_plugin(\"pdbtrace\"):\n"
+    "        pm.register(debugging.PdbTrace(), \"pdbtrace\")\n"
+    "\n"
+    "\n"
     "def _adopt_stdio(fds):\n"
     "    \"\"\"The client's stdout and stderr become ours (so `-s` output reaches its\n"
-    "    terminal); stdin is /dev/null, as tests must not wait for input.\"\"\"\n"
+    "    terminal); stdin is /dev/null, as tests must not wait for input, except\n"
+    "    while a debugger has the terminal.\"\"\"\n"
+    "    global _client_stdin, _client_tty\n"
     "    if len(fds) >= 3:\n"
+    "        _client_stdin = os.dup(fds[0])\n"
+    "        _client_tty = os.isatty(fds[1])\n"
     "        null = os.open(os.devnull, os.O_RDONLY)\n"
     "        os.dup2(null, 0)\n"
     "        os.close(null)\n"
@@ -5280,6 +5336,9 @@ static const char zyg_glue[] =
     "        self.deps_out = None\n"
     "        self.fixture_seen = {}\n"
     "        self.shown = None   # --setup-show: what pytest wrote to its terminal\n"
+    "        self.debugging = False\n"
+    "        self.sigint = None\n"
+    "        self.live_log = None\n"
     "\n"
     "    def start_recording(self, name):\n"
     "        \"\"\"What each test runs and opens, for --affected (see affected.py).\"\"\"\n"
@@ -5338,6 +5397,8 @@ static const char zyg_glue[] =
     "                factory._given_basetemp = factory._given_basetemp / (\"popen-\" + name)\n"
     "            factory._basetemp = None\n"
     "        self.start_recording(name)\n"
+    "        self.debugger_setup()\n"
+    "        self.live_logging()\n"
     "        config.pluginmanager.register(self, \"pytest-fast-worker\")\n"
     "        self.warnings = []   # registering replayed the collection's warnings\n"
     "        cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None\n"
@@ -5362,6 +5423,7 @@ static const char zyg_glue[] =
     "                if self.recorder is not None:\n"
     "                    self.recorder.start()\n"
     "                config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)\n"
+    "                self.release_terminal()   # a debugger stepped out of the test\n"
     "                if self.shown is not None and not self.full:\n"
     "                    self.show_on_stdout()\n"
     "                if self.recorder is not None:\n"
@@ -5396,6 +5458,121 @@ static const char zyg_glue[] =
     "            data = (\"\\n\".join(lines) + \"\\n\").encode()\n"
     "            while data:\n"
     "                data = data[os.write(1, data):]\n"
+    "    def debugger_setup(self):\n"
+    "        \"\"\"breakpoint(), pdb.set_trace(), --pdb and --trace all open pytest's\n"
+    "        debugger through pytestPDB._init_pdb (--pdb first prints the\n"
+    "        failure, see pytest_exception_interact): before it writes anything,\n"
+    "        the worker takes the client's terminal, waiting while another\n"
+    "        worker's debugger has it.\"\"\"\n"
+    "        from _pytest import debugging\n"
+    "        init = debugging.pytestPDB.__dict__.get(\"_init_pdb\")\n"
+    "        if _client_stdin < 0 or not isinstance(init, classmethod):\n"
+    "            return\n"
+    "        worker, original = self, init.__func__\n"
+    "\n"
+    "        def _init_pdb(cls, method, *args, **kwargs):\n"
+    "            worker.take_terminal()\n"
+    "            return original(cls, method, *args, **kwargs)\n"
+    "\n"
+    "        debugging.pytestPDB._init_pdb = classmethod(_init_pdb)\n"
+    "\n"
+    "    def live_logging(self):\n"
+    "        \"\"\"--log-cli-level / log_cli: the zygote's logging plugin was made\n"
+    "        without them (or with the zygote's terminal reporter).  Under\n"
+    "        `pytest --fast` each phase's records travel with its report and the\n"
+    "        controller's own live-log handler shows them; in the CLI they go to\n"
+    "        the client's terminal as they happen.\"\"\"\n"
+    "        import logging\n"
+    "\n"
+    "        from _pytest import logging as pytest_logging\n"
+    "        config = self.config\n"
+    "        lp = config.pluginmanager.get_plugin(\"logging-plugin\")\n"
+    "        try:\n"
+    "            enabled = config.getoption(\"log_cli_level\", None) is not None or config.getini(\"log_cli\")\n"
+    "        except ValueError:\n"
+    "            enabled = False\n"
+    "        if lp is None or not enabled:\n"
+    "            return\n"
+    "        if self.run.get(\"stream\"):\n"
+    "            handler = self.live_log = _log_records()\n"
+    "        else:\n"
+    "            capman = config.pluginmanager.get_plugin(\"capturemanager\")\n"
+    "            handler = pytest_logging._LiveLoggingStreamHandler(_TerminalLines(config), capman)\n"
+    "            handler.setFormatter(lp._create_formatter(\n"
+    "                pytest_logging.get_option_ini(config, \"log_cli_format\", \"log_format\"),\n"
+    "                pytest_logging.get_option_ini(config, \"log_cli_date_format\", \"log_date_format\"),\n"
+    "                pytest_logging.get_option_ini(config, \"log_auto_indent\")))\n"
+    "        level = pytest_logging.get_log_level_for_setting(config, \"log_cli_level\", \"log_level\")\n"
+    "        root = logging.getLogger()\n"
+    "        if level is not None:\n"
+    "            handler.setLevel(level)\n"
+    "            root.setLevel(min(root.level, level))\n"
+    "        # The test loop's catching_logs attached the zygote's handler to the\n"
+    "        # root logger before the fork: this one replaces it there too.\n"
+    "        root.removeHandler(lp.log_cli_handler)\n"
+    "        root.addHandler(handler)\n"
+    "        lp.log_cli_handler = handler\n"
+    "\n"
+    "    def take_terminal(self):\n"
+    "        if self.debugging or _client_stdin < 0:\n"
+    "            return\n"
+    "        import faulthandler\n"
+    "        import signal\n"
+    "        sys.stdout.flush()\n"
+    "        sys.stderr.flush()\n"
+    "        self.ask((\"p\", True))   # the daemon's answer: the terminal is ours\n"
+    "        self.debugging = True\n"
+    "        if _client_tty:   # pdb prints to it between prompts\n"
+    "            try:\n"
+    "                sys.__stdout__.reconfigure(line_buffering=True)\n"
+    "            except Exception:\n"
+    "                pass\n"
+    "        if self.timeout > 0:\n"
+    "            faulthandler.cancel_dump_traceback_later()   # the user is debugging\n"
+    "        # The client forwards the terminal's Ctrl-C as SIGINT: pdb's own.\n"
+    "        self.sigint = signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "        tr = self.config.pluginmanager.get_plugin(\"terminalreporter\")\n"
+    "        if isinstance(tr, _QuietTerminal):\n"
+    "            # --pdb shows the failure on the terminal reporter's writer;\n"
+    "            # fd 1 is the client's again by the time it writes.\n"
+    "            from _pytest.config import create_terminal_writer\n"
+    "            tw = create_terminal_writer(self.config, open(1, \"w\", closefd=False))\n"
+    "            if self.config.option.color == \"auto\" and _client_tty and not os.environ.get(\"NO_COLOR\"):\n"
+    "                tw.hasmarkup = True   # fd 1 was not the terminal when it was made\n"
+    "            tr._tw = tw\n"
+    "\n"
+    "    def release_terminal(self):\n"
+    "        if not self.debugging:\n"
+    "            return\n"
+    "        import signal\n"
+    "        self.debugging = False\n"
+    "        for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:\n"
+    "            try:\n"
+    "                stream.flush()   # what pdb wrote, before the other workers' output\n"
+    "            except Exception:\n"
+    "                pass\n"
+    "        null = os.open(os.devnull, os.O_RDONLY)\n"
+    "        os.dup2(null, 0)\n"
+    "        os.close(null)\n"
+    "        signal.signal(signal.SIGINT, self.sigint)\n"
+    "        tr = self.config.pluginmanager.get_plugin(\"terminalreporter\")\n"
+    "        if isinstance(tr, _QuietTerminal):\n"
+    "            tr._tw = tr.quiet_tw\n"
+    "        _send(self.fd, (\"p\", False))\n"
+    "\n"
+    "    def pytest_exception_interact(self, node, call, report):\n"
+    "        if self.config.getvalue(\"usepdb\"):\n"
+    "            self.take_terminal()\n"
+    "\n"
+    "    def pytest_enter_pdb(self, config, pdb):\n"
+    "        # Now that pytest suspended capturing (which put /dev/null back).\n"
+    "        if self.debugging:\n"
+    "            os.dup2(_client_stdin, 0)\n"
+    "\n"
+    "    def pytest_leave_pdb(self, config, pdb):\n"
+    "        from _pytest import debugging\n"
+    "        if debugging.pytestPDB._recursive_debug == 0:   # not an inner `debug` session\n"
+    "            self.release_terminal()\n"
     "\n"
     "    def finish(self, rc):\n"
     "        \"\"\"After pytest's session teardown ran in this worker.\"\"\"\n"
@@ -5463,11 +5640,17 @@ static const char zyg_glue[] =
     "\n"
     "    def pytest_runtest_logreport(self, report):\n"
     "        config = self.config\n"
-    "        category = config.hook.pytest_report_teststatus(report=report, config=config)[0]\n"
+    "        status = config.hook.pytest_report_teststatus(report=report, config=config)\n"
+    "        category = status[0]\n"
     "        if self.full:\n"
     "            data = config.hook.pytest_report_to_serializable(config=config, report=report)\n"
     "            if self.shown is not None:\n"
     "                data[\"pytest_fast_shown\"] = self.take_shown()\n"
+    "            # What this test process's plugins and conftests say, for the\n"
+    "            # `pytest --fast` controller, which imports no conftest.\n"
+    "            data[\"pf_teststatus\"] = _plain(tuple(status))\n"
+    "            if self.live_log is not None and self.live_log.records.get(report.when):\n"
+    "                data[\"pf_live_log\"] = self.live_log.records.pop(report.when)\n"
     "            self.reports.append((report.when, report.outcome, category, report.duration,\n"
     "                                 _longrepr_text(report) if report.failed else None,\n"
     "                                 report.sections if report.failed else None,\n"
@@ -5487,6 +5670,80 @@ static const char zyg_glue[] =
     "        self.warnings.append(_warning_data(warning_message, when, nodeid, location))\n"
     "\n"
     "\n"
+    "def _log_records():\n"
+    "    \"\"\"Stands in for pytest's live-log handler in a worker under `pytest\n"
+    "    --fast`: keeps each phase's records, as plain data, for its report.\"\"\"\n"
+    "    import logging\n"
+    "\n"
+    "    class LogRecords(logging.Handler):\n"
+    "        def __init__(self):\n"
+    "            super().__init__()\n"
+    "            self.when = None\n"
+    "            self.records = {}\n"
+    "\n"
+    "        def reset(self):\n"
+    "            self.records = {}\n"
+    "\n"
+    "        def set_when(self, when):\n"
+    "            self.when = when\n"
+    "\n"
+    "        def emit(self, record):\n"
+    "            fields = {k: v for k, v in vars(record).items() if type(v) in _PLAIN}\n"
+    "            fields[\"msg\"] = record.getMessage()\n"
+    "            fields[\"args\"] = None\n"
+    "            if record.exc_info and not record.exc_text:\n"
+    "                fields[\"exc_text\"] = logging.Formatter().formatException(record.exc_info)\n"
+    "            self.records.setdefault(self.when, []).append(fields)\n"
+    "\n"
+    "    return LogRecords()\n"
+    "\n"
+    "\n"
+    "class _TerminalLines:\n"
+    "    \"\"\"What pytest's live-log handler uses of a TerminalReporter, on the\n"
+    "    client's terminal (the CLI renders no pytest output of its own).\"\"\"\n"
+    "\n"
+    "    def __init__(self, config):\n"
+    "        from _pytest.config import create_terminal_writer\n"
+    "        self._tw = create_terminal_writer(config, open(1, \"w\", closefd=False))\n"
+    "\n"
+    "    def write(self, text, **markup):\n"
+    "        self._tw.write(text, **markup)\n"
+    "        self._tw.flush()\n"
+    "\n"
+    "    def section(self, title, sep=\"=\", **markup):\n"
+    "        self._tw.sep(sep, title, **markup)\n"
+    "        self._tw.flush()\n"
+    "\n"
+    "    def flush(self):\n"
+    "        self._tw.flush()\n"
+    "\n"
+    "\n"
+    "class _RecordingReporter:\n"
+    "    \"\"\"A terminal reporter that records its output calls (write_sep,\n"
+    "    write_line, section, _tw.write ...) as plain data, for the plugin's\n"
+    "    controller to replay on its own.\"\"\"\n"
+    "\n"
+    "    def __init__(self, config, stats, prefix=\"\", calls=None):\n"
+    "        self.config = config\n"
+    "        self.stats = stats\n"
+    "        self.verbosity = config.get_verbosity() if hasattr(config, \"get_verbosity\") else config.option.verbose\n"
+    "        self.calls = [] if calls is None else calls\n"
+    "        self._prefix = prefix\n"
+    "        self.fullwidth = 80\n"
+    "\n"
+    "    @property\n"
+    "    def _tw(self):\n"
+    "        return _RecordingReporter(self.config, self.stats, \"_tw.\", self.calls)\n"
+    "\n"
+    "    def __getattr__(self, name):\n"
+    "        if name.startswith(\"__\"):\n"
+    "            raise AttributeError(name)\n"
+    "\n"
+    "        def call(*args, **kwargs):\n"
+    "            self.calls.append((self._prefix + name, _plain(list(args)), _plain(kwargs)))\n"
+    "        return call\n"
+    "\n"
+    "\n"
     "class _QuietTerminal:\n"
     "    \"\"\"Stands in for the TerminalReporter in workers: every call is a no-op.\"\"\"\n"
     "\n"
@@ -5494,7 +5751,7 @@ static const char zyg_glue[] =
     "        from _pytest._io import TerminalWriter\n"
     "        self.config = config\n"
     "        self.stats = {}\n"
-    "        self._tw = TerminalWriter(open(os.devnull, \"w\"))\n"
+    "        self._tw = self.quiet_tw = TerminalWriter(open(os.devnull, \"w\"))\n"
     "\n"
     "    def __getattr__(self, name):\n"
     "        if name.startswith(\"pytest_\"):\n"
@@ -5540,6 +5797,7 @@ static const char zyg_glue[] =
     "    _Zygote.pytest_collection_modifyitems = pytest.hookimpl(hookwrapper=True)(\n"
     "        _Zygote.pytest_collection_modifyitems)\n"
     "    _Worker.pytest_fixture_setup = pytest.hookimpl(hookwrapper=True)(_Worker.pytest_fixture_setup)\n"
+    "    _Worker.pytest_exception_interact = pytest.hookimpl(tryfirst=True)(_Worker.pytest_exception_interact)\n"
     "    rc = pytest.main(list(args), plugins=[plugin])\n"
     "    if plugin.role == \"worker\":\n"
     "        plugin.worker.finish(rc)\n"
@@ -7162,6 +7420,8 @@ typedef struct dmn_worker {
     long claimed[2];            /* [0] running, [1] held as nextitem */
     int nclaimed;
     bool finished, exited, stopped;
+    bool wants_tty;             /* its debugger waits for the terminal */
+    bool held;                  /* its ask for an item waits for a debugger to close */
     int status;
     double started, first_ask, item_start, busy;
 } dmn_worker;
@@ -7203,6 +7463,7 @@ typedef struct dmn_run {
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
     bool stepwise_stopped;      /* --sw stopped it: pytest's Interrupted, exit code 2 */
+    int tty_owner;              /* the worker whose debugger has the terminal, -1 */
     bool finishing;             /* the leader is updating .pytest_cache */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
@@ -7229,6 +7490,8 @@ typedef struct dmn_run {
     bool cov_wait;              /* the CLI's run waits for the leader's combine */
     bool cov_fail;              /* --cov-fail-under failed the run */
     char *cov_text;             /* the coverage report for the CLI's summary */
+    const pf_value *terminal_summary;  /* the conftests' pytest_terminal_summary calls, for
+                                          the plugin's controller to replay (in keep) */
 } dmn_run;
 
 struct dmn_conn {
@@ -8543,6 +8806,74 @@ static void dmn_maybe_stop(dmn_run *r)
     }
 }
 
+/* A debugger (breakpoint(), --pdb, --trace) has the client's terminal: the
+ * other workers get no new item until it closes, so their output stays off
+ * the terminal (their running test goes on), and a second debugger waits. */
+static bool dmn_tty_busy(const dmn_run *r, const dmn_worker *w)
+{
+    return r->tty_owner >= 0 && &r->workers[r->tty_owner] != w;
+}
+
+static void dmn_tell_debugger(dmn_run *r, bool open)
+{
+    if (!r->client)
+        return;
+    pf_arena *a = pf_arena_new(0);
+    pf_value *d = util_msg(a, "debugger");
+    util_set(a, d, "open", pf_new_bool(a, open));
+    dmn_send(r->client, d);
+    pf_arena_free(a);
+}
+
+static void dmn_worker_reply(dmn_worker *w, const pf_value *reply)
+{
+    if (reply && w->fd >= 0 && pf_send_value(w->fd, reply) < 0)
+        util_log("worker gw%d: cannot send: %s", w->wid, strerror(errno));
+}
+
+static bool dmn_worker_claim(dmn_run *r, dmn_worker *w, pf_arena *a, pf_value **reply);
+
+static void dmn_tty_grant(dmn_run *r, int wi)
+{
+    dmn_worker *w = &r->workers[wi];
+    pf_arena *a = pf_arena_new(0);
+    r->tty_owner = wi;
+    w->wants_tty = false;
+    dmn_tell_debugger(r, true);
+    dmn_worker_reply(w, pf_new_bool(a, true));
+    pf_arena_free(a);
+}
+
+/* Its debugger closed (or its test ended, or it died): the next waiting
+ * debugger gets the terminal, or the held workers their next item. */
+static void dmn_tty_release(dmn_run *r, dmn_worker *w)
+{
+    if (r->tty_owner < 0 || &r->workers[r->tty_owner] != w)
+        return;
+    r->tty_owner = -1;
+    w->item_start = util_now();   /* time in the debugger is not the test's */
+    dmn_tell_debugger(r, false);
+    for (int i = 0; i < r->nworkers; i++)
+        if (r->workers[i].wants_tty && !r->workers[i].exited) {
+            dmn_tty_grant(r, i);
+            return;
+        }
+    for (int i = 0; i < r->nworkers; i++) {
+        dmn_worker *v = &r->workers[i];
+        if (!v->held)
+            continue;
+        v->held = false;
+        v->item_start = util_now();
+        if (v->exited)
+            continue;
+        pf_arena *a = pf_arena_new(0);
+        pf_value *reply = NULL;
+        dmn_worker_claim(r, v, a, &reply);
+        dmn_worker_reply(v, reply);
+        pf_arena_free(a);
+    }
+}
+
 /* A worker finished an item: ("d", index, reports, warnings, want). */
 static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_value *frame,
                             bool *keep_arena, pf_value **reply)
@@ -8607,7 +8938,10 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
         pf_arena_free(m);
     }
     dmn_maybe_stop(r);
-    if (want)
+    dmn_tty_release(r, w);   /* a debugger left open (stepped out of the test) ends with it */
+    if (want && dmn_tty_busy(r, w))
+        w->held = true;
+    else if (want)
         dmn_worker_claim(r, w, a, reply);
     else if (r->stopping)
         *reply = NULL;
@@ -8636,7 +8970,10 @@ static void dmn_worker_frame(dmn_run *r, dmn_worker *w)
             if (r->ready_at == 0)
                 r->ready_at = w->first_ask;
         }
-        dmn_worker_claim(r, w, a, &reply);
+        if (dmn_tty_busy(r, w))
+            w->held = true;
+        else
+            dmn_worker_claim(r, w, a, &reply);
     } else if (!strcmp(op, "d") && v->u.seq.len == 5) {
         dmn_worker_done(r, w, a, v, &keep, &reply);
         r->round_trips++;
@@ -8646,11 +8983,21 @@ static void dmn_worker_frame(dmn_run *r, dmn_worker *w)
         const char *m = dmn_str_at(v, 2);
         free(r->exit_msg);
         r->exit_msg = util_fmt("_pytest.outcomes.Exit: %s", m ? m : "");
+        dmn_tty_release(r, w);
+    } else if (!strcmp(op, "p") && v->u.seq.len == 2 && v->u.seq.items[1]->kind == PF_BOOL) {
+        /* ("p", True): its debugger asks for the terminal (the reply grants
+         * it); ("p", False): the debugger closed. */
+        if (!v->u.seq.items[1]->u.b)
+            dmn_tty_release(r, w);
+        else if (dmn_tty_busy(r, w))
+            w->wants_tty = true;
+        else
+            dmn_tty_grant(r, (int)(w - r->workers));
     } else if (!strcmp(op, "f")) {
         w->finished = true;
+        dmn_tty_release(r, w);
     }
-    if (reply && w->fd >= 0 && pf_send_value(w->fd, reply) < 0)
-        util_log("worker gw%d: cannot send: %s", w->wid, strerror(errno));
+    dmn_worker_reply(w, reply);
     if (keep) {
         /* failures and durations point into this frame: keep it for the run */
         if (r->nframes == r->capframes) {
@@ -8769,8 +9116,11 @@ static void dmn_worker_gone(dmn_run *r, int wi, int status)
         dmn_fault_read(w);
     w->exited = true;
     w->status = status;
+    w->wants_tty = false;
     util_close(&w->fd);
     util_close(&w->fault);
+    dmn_tty_release(r, w);
+    w = &r->workers[wi];
     if (w->finished && WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return;
     if (r->cancelled)
@@ -9099,6 +9449,7 @@ static bool dmn_finish_leader(dmn_run *r, int rc)
     bool lastfailed = !r->client || !r->client->stream;
     util_set(a, msg, "lastfailed", pf_new_bool(a, lastfailed));
     util_set(a, msg, "reports", r->lf);   /* --affected records failures under the plugin too */
+    util_set(a, msg, "rc", pf_new_int(a, rc));
     if (lastfailed) {
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
@@ -9172,6 +9523,8 @@ static void dmn_run_end(dmn_run *r)
             util_set(a, d, "rc", pf_new_int(a, rc));
             util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
             util_set(a, d, "error", pf_new_cstr(a, err));
+            if (r->terminal_summary)
+                util_set(a, d, "terminal_summary", (pf_value *)r->terminal_summary);
             dmn_send(c, d);
             pf_arena_free(a);
         } else {
@@ -9317,7 +9670,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         dmn_run_end(r);
         return;
     }
-    int nw = c->workers < 1 ? 1 : c->workers;
+    int nw = c->workers < 1 || c->split.debug ? 1 : c->workers;
     if (c->split.stepwise)
         nw = 1;   /* --sw continues after the first failure in order: one worker runs the order */
     if ((size_t)nw > r->nsel)
@@ -9352,6 +9705,10 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
         r->cov_wait = false;
         r->finish_since = util_now();   /* then the cache update, bounded as usual */
         dmn_run_end(r);
+        return;
+    }
+    if (!strcmp(op, "terminal_summary")) {
+        r->terminal_summary = pf_dict_get(msg, "calls");   /* decoded into r->keep */
         return;
     }
     if (!strcmp(op, "usage")) {
@@ -9577,6 +9934,7 @@ static void dmn_run_next(void)
         r->z = z;
         r->start = util_now();
         r->exit_rc = -1;
+        r->tty_owner = -1;
         r->leader_fd = -1;
         r->keep = pf_arena_new(0);
         r->lf = pf_new_container(r->keep, PF_LIST);
@@ -10015,10 +10373,8 @@ static void dmn_request(dmn_conn *c)
         char *text;
         if (!strcmp(r, "-n") || !strcmp(r, "--numprocesses"))
             text = util_fmt("ERROR: %s is pytest-xdist's; pytest-fast runs its own workers: use --workers N", r);
-        else if (!strncmp(r, "--junit", 7))
+        else   /* --junitxml */
             text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r, r);
-        else   /* `pytest --fast` refuses these too */
-            text = util_fmt("ERROR: %s needs the test process: run plain pytest for it", r);
         dmn_fail_request(c, 4, text);
         free(text);
         return;
@@ -10143,6 +10499,14 @@ static void dmn_conn_readable(dmn_conn *c)
         /* During its run a client may only cancel (or hang up). */
         char buf[256];
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+        dmn_run *r = dmn.run;
+        if (n > 0 && buf[n - 1] == 'i' && r && r->client == c && r->tty_owner >= 0) {
+            /* Ctrl-C while a debugger has the terminal: the debugger's, as
+             * in a plain run (the terminal sends SIGINT to the client). */
+            util_log("Ctrl-C for the debugger of gw%d", r->workers[r->tty_owner].wid);
+            kill(r->workers[r->tty_owner].pid, SIGINT);
+            return;
+        }
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || n > 0) {
             if (dmn.run && dmn.run->client == c) {
                 util_log("client cancelled run #%u", dmn.runs);
@@ -10175,7 +10539,9 @@ static void dmn_check_timeouts(dmn_run *r, double now)
         return;
     for (int i = 0; i < r->nworkers; i++) {
         dmn_worker *w = &r->workers[i];
-        if (!w->exited && w->nclaimed && w->pid > 0 && now - w->item_start > limit + DMN_TIMEOUT_GRACE) {
+        bool waits = w->held || w->wants_tty || r->tty_owner == i;   /* on a debugger */
+        if (!w->exited && !waits && w->nclaimed && w->pid > 0 &&
+            now - w->item_start > limit + DMN_TIMEOUT_GRACE) {
             util_log("gw%d exceeded --timeout by %.0fs; killing it", w->wid, DMN_TIMEOUT_GRACE);
             if (!w->faulttext.len)
                 pf_buf_printf(&w->faulttext, "Timeout (%gs): no Python traceback (the test did not "
@@ -10900,6 +11266,7 @@ typedef struct cli_job {
 #define CLI_QUIT (-3)             /* --watch: the user asked to leave */
 
 static int cli_watch_fds(const cli_watch *w, struct pollfd *out);
+static void cli_watch_keys(cli_watch *w, bool on);
 static int cli_watch_event(cli_watch *w, bool running);
 
 /* One run: send, stream, print.  Returns pytest's exit code. */
@@ -10972,9 +11339,18 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
     util_nonblock(fd);
     int rc = 3;
     int why = 0;   /* CLI_CHANGED / CLI_QUIT: --watch cancelled this run */
-    bool progress_shown = false, cancel_sent = false;
+    bool progress_shown = false, cancel_sent = false, debugger = false;
     double cancel_at = 0;
     for (;;) {
+        if (cli_interrupts && debugger && !cancel_sent) {
+            /* The terminal sent us its Ctrl-C: it is the open debugger's. */
+            cli_interrupts = 0;
+            if (write(fd, "i", 1) < 0) {
+                rc = 2;
+                break;
+            }
+            continue;
+        }
         if (cli_interrupts && job->watch && !why)
             why = CLI_QUIT;
         if ((cli_interrupts || why) && !cancel_sent) {
@@ -10994,7 +11370,7 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
         }
         struct pollfd p[3] = {{fd, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
         nfds_t np = 1;
-        if (job->watch && !why)   /* a save or a key can cancel the run */
+        if (job->watch && !why && !debugger)   /* a save or a key can cancel the run */
             np += (nfds_t)cli_watch_fds(job->watch, p + 1);
         int n = poll(p, np, cancel_sent ? 100 : 1000);
         if (n < 0 && errno == EINTR)
@@ -11027,8 +11403,18 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
         pf_reader_reset(&r);
         const char *op = pf_dict_str(msg, "op");
         if (op && !strcmp(op, "progress")) {
-            cli_progress(msg, tty);
-            progress_shown = tty;
+            if (!debugger) {
+                cli_progress(msg, tty);
+                progress_shown = tty;
+            }
+        } else if (op && !strcmp(op, "debugger")) {
+            /* A worker's debugger has the terminal until it closes. */
+            const pf_value *open = pf_dict_get(msg, "open");
+            debugger = open && open->kind == PF_BOOL && open->u.b;
+            if (job->watch)   /* its keys are the debugger's now, in the terminal's own mode */
+                cli_watch_keys(job->watch, !debugger);
+            /* Its output starts on a new line; erasing ours now could erase its prompt. */
+            progress_shown = false;
         } else if (op && !strcmp(op, "note")) {
             fprintf(stderr, "pytest-fast: %s\n", pf_dict_str(msg, "text") ? pf_dict_str(msg, "text") : "");
         } else if (op && !strcmp(op, "restart")) {
@@ -11164,7 +11550,7 @@ struct cli_watch {
     char root[PATH_MAX];
 };
 
-static const char cli_watch_keys[] =
+static const char cli_watch_help[] =
     "  a, Enter  run the whole selection\n"
     "  f         only the tests that failed (--lf); f again: all\n"
     "  p         filter by paths or node ids\n"
@@ -11227,6 +11613,19 @@ static int cli_watch_subscribe(cli_watch *w)
     return -1;
 }
 
+/* Single keys on (no echo, no line editing; Ctrl-C stays a signal), or
+ * the terminal as it was: for a line of input or an open debugger. */
+static void cli_watch_keys(cli_watch *w, bool on)
+{
+    if (!w->keys)
+        return;
+    struct termios raw = w->saved;
+    raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+    raw.c_cc[VMIN] = 1;
+    raw.c_cc[VTIME] = 0;
+    tcsetattr(0, TCSANOW, on ? &raw : &w->saved);
+}
+
 static int cli_watch_fds(const cli_watch *w, struct pollfd *out)
 {
     out[0] = (struct pollfd){w->sub, POLLIN, 0};
@@ -11280,14 +11679,12 @@ static int cli_watch_event(cli_watch *w, bool running)
 /* A line from the terminal, echoed: keys are read one at a time otherwise. */
 static char *cli_watch_line(cli_watch *w, const char *prompt)
 {
-    tcsetattr(0, TCSANOW, &w->saved);
+    cli_watch_keys(w, false);
     fputs(prompt, stdout);
     fflush(stdout);
     char buf[4096];
     bool got = fgets(buf, sizeof buf, stdin) != NULL;
-    struct termios raw = w->saved;
-    raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
-    tcsetattr(0, TCSANOW, &raw);
+    cli_watch_keys(w, true);
     if (!got)
         return NULL;
     buf[strcspn(buf, "\r\n")] = 0;
@@ -11421,7 +11818,7 @@ static int cli_watch_wait(cli_watch *w)
             free(line);
             return 'a';
         case 'h':
-            fputs(cli_watch_keys, stdout);
+            fputs(cli_watch_help, stdout);
             fflush(stdout);
             break;
         default:
@@ -11449,20 +11846,13 @@ static int cli_watch_main(const cli_opts *o, const char *address, const char *fp
     if (cli_watch_subscribe(&w) < 0)
         return 3;
     w.keys = isatty(0) && isatty(1) && tcgetattr(0, &w.saved) == 0;
-    if (w.keys) {
-        struct termios raw = w.saved;
-        raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);   /* ISIG stays: Ctrl-C is ours */
-        raw.c_cc[VMIN] = 1;
-        raw.c_cc[VTIME] = 0;
-        tcsetattr(0, TCSANOW, &raw);
-    }
+    cli_watch_keys(&w, true);
     int next = 'a', rc = 0;
     while (next != CLI_QUIT) {
         rc = next == CLI_CHANGED ? cli_watch_after_change(&w) : cli_watch_run(&w, NULL, NULL);
         next = rc == CLI_CHANGED || rc == CLI_QUIT ? rc : cli_watch_wait(&w);
     }
-    if (w.keys)
-        tcsetattr(0, TCSANOW, &w.saved);
+    cli_watch_keys(&w, false);
     if (w.sub >= 0)
         close(w.sub);
     pf_reader_free(&w.rd);

@@ -71,8 +71,9 @@ static const arg_spec arg_table[] = {
     {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
-    {"--pdb", ARG_RUN | ARG_REFUSE},
-    {"--trace", ARG_RUN | ARG_REFUSE},
+    {"--pdb", ARG_RUN},
+    {"--trace", ARG_RUN},
+    {"--pdbcls", ARG_VALUE | ARG_RUN},
     {"--sw", ARG_RUN},
     {"--stepwise", ARG_RUN},
     {"--sw-skip", ARG_RUN},
@@ -167,6 +168,7 @@ typedef struct arg_split {
     bool continue_on_errors;
     bool affected;        /* --fast-affected: selecting nothing is a success */
     bool full_trace_none; /* --tb=no */
+    bool debug;           /* --pdb / --trace: one worker, as a debugger may open at any test */
     int durations;        /* --durations N, -1 when not given */
     char refused[64];
 } arg_split;
@@ -194,6 +196,8 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->affected = true;
     else if (!strcmp(name, "--continue-on-collection-errors"))
         s->continue_on_errors = true;
+    else if (!strcmp(name, "--pdb") || !strcmp(name, "--trace"))
+        s->debug = true;
     else if (!strcmp(name, "--tb") && value && !strcmp(value, "no"))
         s->full_trace_none = true;
     else if (!strcmp(name, "--durations") && value)

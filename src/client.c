@@ -389,6 +389,7 @@ typedef struct cli_job {
 #define CLI_QUIT (-3)             /* --watch: the user asked to leave */
 
 static int cli_watch_fds(const cli_watch *w, struct pollfd *out);
+static void cli_watch_keys(cli_watch *w, bool on);
 static int cli_watch_event(cli_watch *w, bool running);
 
 /* One run: send, stream, print.  Returns pytest's exit code. */
@@ -461,9 +462,18 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
     util_nonblock(fd);
     int rc = 3;
     int why = 0;   /* CLI_CHANGED / CLI_QUIT: --watch cancelled this run */
-    bool progress_shown = false, cancel_sent = false;
+    bool progress_shown = false, cancel_sent = false, debugger = false;
     double cancel_at = 0;
     for (;;) {
+        if (cli_interrupts && debugger && !cancel_sent) {
+            /* The terminal sent us its Ctrl-C: it is the open debugger's. */
+            cli_interrupts = 0;
+            if (write(fd, "i", 1) < 0) {
+                rc = 2;
+                break;
+            }
+            continue;
+        }
         if (cli_interrupts && job->watch && !why)
             why = CLI_QUIT;
         if ((cli_interrupts || why) && !cancel_sent) {
@@ -483,7 +493,7 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
         }
         struct pollfd p[3] = {{fd, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
         nfds_t np = 1;
-        if (job->watch && !why)   /* a save or a key can cancel the run */
+        if (job->watch && !why && !debugger)   /* a save or a key can cancel the run */
             np += (nfds_t)cli_watch_fds(job->watch, p + 1);
         int n = poll(p, np, cancel_sent ? 100 : 1000);
         if (n < 0 && errno == EINTR)
@@ -516,8 +526,18 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
         pf_reader_reset(&r);
         const char *op = pf_dict_str(msg, "op");
         if (op && !strcmp(op, "progress")) {
-            cli_progress(msg, tty);
-            progress_shown = tty;
+            if (!debugger) {
+                cli_progress(msg, tty);
+                progress_shown = tty;
+            }
+        } else if (op && !strcmp(op, "debugger")) {
+            /* A worker's debugger has the terminal until it closes. */
+            const pf_value *open = pf_dict_get(msg, "open");
+            debugger = open && open->kind == PF_BOOL && open->u.b;
+            if (job->watch)   /* its keys are the debugger's now, in the terminal's own mode */
+                cli_watch_keys(job->watch, !debugger);
+            /* Its output starts on a new line; erasing ours now could erase its prompt. */
+            progress_shown = false;
         } else if (op && !strcmp(op, "note")) {
             fprintf(stderr, "pytest-fast: %s\n", pf_dict_str(msg, "text") ? pf_dict_str(msg, "text") : "");
         } else if (op && !strcmp(op, "restart")) {
@@ -653,7 +673,7 @@ struct cli_watch {
     char root[PATH_MAX];
 };
 
-static const char cli_watch_keys[] =
+static const char cli_watch_help[] =
     "  a, Enter  run the whole selection\n"
     "  f         only the tests that failed (--lf); f again: all\n"
     "  p         filter by paths or node ids\n"
@@ -716,6 +736,19 @@ static int cli_watch_subscribe(cli_watch *w)
     return -1;
 }
 
+/* Single keys on (no echo, no line editing; Ctrl-C stays a signal), or
+ * the terminal as it was: for a line of input or an open debugger. */
+static void cli_watch_keys(cli_watch *w, bool on)
+{
+    if (!w->keys)
+        return;
+    struct termios raw = w->saved;
+    raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+    raw.c_cc[VMIN] = 1;
+    raw.c_cc[VTIME] = 0;
+    tcsetattr(0, TCSANOW, on ? &raw : &w->saved);
+}
+
 static int cli_watch_fds(const cli_watch *w, struct pollfd *out)
 {
     out[0] = (struct pollfd){w->sub, POLLIN, 0};
@@ -769,14 +802,12 @@ static int cli_watch_event(cli_watch *w, bool running)
 /* A line from the terminal, echoed: keys are read one at a time otherwise. */
 static char *cli_watch_line(cli_watch *w, const char *prompt)
 {
-    tcsetattr(0, TCSANOW, &w->saved);
+    cli_watch_keys(w, false);
     fputs(prompt, stdout);
     fflush(stdout);
     char buf[4096];
     bool got = fgets(buf, sizeof buf, stdin) != NULL;
-    struct termios raw = w->saved;
-    raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
-    tcsetattr(0, TCSANOW, &raw);
+    cli_watch_keys(w, true);
     if (!got)
         return NULL;
     buf[strcspn(buf, "\r\n")] = 0;
@@ -910,7 +941,7 @@ static int cli_watch_wait(cli_watch *w)
             free(line);
             return 'a';
         case 'h':
-            fputs(cli_watch_keys, stdout);
+            fputs(cli_watch_help, stdout);
             fflush(stdout);
             break;
         default:
@@ -938,20 +969,13 @@ static int cli_watch_main(const cli_opts *o, const char *address, const char *fp
     if (cli_watch_subscribe(&w) < 0)
         return 3;
     w.keys = isatty(0) && isatty(1) && tcgetattr(0, &w.saved) == 0;
-    if (w.keys) {
-        struct termios raw = w.saved;
-        raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);   /* ISIG stays: Ctrl-C is ours */
-        raw.c_cc[VMIN] = 1;
-        raw.c_cc[VTIME] = 0;
-        tcsetattr(0, TCSANOW, &raw);
-    }
+    cli_watch_keys(&w, true);
     int next = 'a', rc = 0;
     while (next != CLI_QUIT) {
         rc = next == CLI_CHANGED ? cli_watch_after_change(&w) : cli_watch_run(&w, NULL, NULL);
         next = rc == CLI_CHANGED || rc == CLI_QUIT ? rc : cli_watch_wait(&w);
     }
-    if (w.keys)
-        tcsetattr(0, TCSANOW, &w.saved);
+    cli_watch_keys(&w, false);
     if (w.sub >= 0)
         close(w.sub);
     pf_reader_free(&w.rd);

@@ -99,6 +99,8 @@ typedef struct dmn_worker {
     long claimed[2];            /* [0] running, [1] held as nextitem */
     int nclaimed;
     bool finished, exited, stopped;
+    bool wants_tty;             /* its debugger waits for the terminal */
+    bool held;                  /* its ask for an item waits for a debugger to close */
     int status;
     double started, first_ask, item_start, busy;
 } dmn_worker;
@@ -140,6 +142,7 @@ typedef struct dmn_run {
     int failed_reports;         /* for --maxfail, as Session counts them */
     bool stopping, cancelled;
     bool stepwise_stopped;      /* --sw stopped it: pytest's Interrupted, exit code 2 */
+    int tty_owner;              /* the worker whose debugger has the terminal, -1 */
     bool finishing;             /* the leader is updating .pytest_cache */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
@@ -166,6 +169,8 @@ typedef struct dmn_run {
     bool cov_wait;              /* the CLI's run waits for the leader's combine */
     bool cov_fail;              /* --cov-fail-under failed the run */
     char *cov_text;             /* the coverage report for the CLI's summary */
+    const pf_value *terminal_summary;  /* the conftests' pytest_terminal_summary calls, for
+                                          the plugin's controller to replay (in keep) */
 } dmn_run;
 
 struct dmn_conn {
@@ -1480,6 +1485,74 @@ static void dmn_maybe_stop(dmn_run *r)
     }
 }
 
+/* A debugger (breakpoint(), --pdb, --trace) has the client's terminal: the
+ * other workers get no new item until it closes, so their output stays off
+ * the terminal (their running test goes on), and a second debugger waits. */
+static bool dmn_tty_busy(const dmn_run *r, const dmn_worker *w)
+{
+    return r->tty_owner >= 0 && &r->workers[r->tty_owner] != w;
+}
+
+static void dmn_tell_debugger(dmn_run *r, bool open)
+{
+    if (!r->client)
+        return;
+    pf_arena *a = pf_arena_new(0);
+    pf_value *d = util_msg(a, "debugger");
+    util_set(a, d, "open", pf_new_bool(a, open));
+    dmn_send(r->client, d);
+    pf_arena_free(a);
+}
+
+static void dmn_worker_reply(dmn_worker *w, const pf_value *reply)
+{
+    if (reply && w->fd >= 0 && pf_send_value(w->fd, reply) < 0)
+        util_log("worker gw%d: cannot send: %s", w->wid, strerror(errno));
+}
+
+static bool dmn_worker_claim(dmn_run *r, dmn_worker *w, pf_arena *a, pf_value **reply);
+
+static void dmn_tty_grant(dmn_run *r, int wi)
+{
+    dmn_worker *w = &r->workers[wi];
+    pf_arena *a = pf_arena_new(0);
+    r->tty_owner = wi;
+    w->wants_tty = false;
+    dmn_tell_debugger(r, true);
+    dmn_worker_reply(w, pf_new_bool(a, true));
+    pf_arena_free(a);
+}
+
+/* Its debugger closed (or its test ended, or it died): the next waiting
+ * debugger gets the terminal, or the held workers their next item. */
+static void dmn_tty_release(dmn_run *r, dmn_worker *w)
+{
+    if (r->tty_owner < 0 || &r->workers[r->tty_owner] != w)
+        return;
+    r->tty_owner = -1;
+    w->item_start = util_now();   /* time in the debugger is not the test's */
+    dmn_tell_debugger(r, false);
+    for (int i = 0; i < r->nworkers; i++)
+        if (r->workers[i].wants_tty && !r->workers[i].exited) {
+            dmn_tty_grant(r, i);
+            return;
+        }
+    for (int i = 0; i < r->nworkers; i++) {
+        dmn_worker *v = &r->workers[i];
+        if (!v->held)
+            continue;
+        v->held = false;
+        v->item_start = util_now();
+        if (v->exited)
+            continue;
+        pf_arena *a = pf_arena_new(0);
+        pf_value *reply = NULL;
+        dmn_worker_claim(r, v, a, &reply);
+        dmn_worker_reply(v, reply);
+        pf_arena_free(a);
+    }
+}
+
 /* A worker finished an item: ("d", index, reports, warnings, want). */
 static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_value *frame,
                             bool *keep_arena, pf_value **reply)
@@ -1544,7 +1617,10 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
         pf_arena_free(m);
     }
     dmn_maybe_stop(r);
-    if (want)
+    dmn_tty_release(r, w);   /* a debugger left open (stepped out of the test) ends with it */
+    if (want && dmn_tty_busy(r, w))
+        w->held = true;
+    else if (want)
         dmn_worker_claim(r, w, a, reply);
     else if (r->stopping)
         *reply = NULL;
@@ -1573,7 +1649,10 @@ static void dmn_worker_frame(dmn_run *r, dmn_worker *w)
             if (r->ready_at == 0)
                 r->ready_at = w->first_ask;
         }
-        dmn_worker_claim(r, w, a, &reply);
+        if (dmn_tty_busy(r, w))
+            w->held = true;
+        else
+            dmn_worker_claim(r, w, a, &reply);
     } else if (!strcmp(op, "d") && v->u.seq.len == 5) {
         dmn_worker_done(r, w, a, v, &keep, &reply);
         r->round_trips++;
@@ -1583,11 +1662,21 @@ static void dmn_worker_frame(dmn_run *r, dmn_worker *w)
         const char *m = dmn_str_at(v, 2);
         free(r->exit_msg);
         r->exit_msg = util_fmt("_pytest.outcomes.Exit: %s", m ? m : "");
+        dmn_tty_release(r, w);
+    } else if (!strcmp(op, "p") && v->u.seq.len == 2 && v->u.seq.items[1]->kind == PF_BOOL) {
+        /* ("p", True): its debugger asks for the terminal (the reply grants
+         * it); ("p", False): the debugger closed. */
+        if (!v->u.seq.items[1]->u.b)
+            dmn_tty_release(r, w);
+        else if (dmn_tty_busy(r, w))
+            w->wants_tty = true;
+        else
+            dmn_tty_grant(r, (int)(w - r->workers));
     } else if (!strcmp(op, "f")) {
         w->finished = true;
+        dmn_tty_release(r, w);
     }
-    if (reply && w->fd >= 0 && pf_send_value(w->fd, reply) < 0)
-        util_log("worker gw%d: cannot send: %s", w->wid, strerror(errno));
+    dmn_worker_reply(w, reply);
     if (keep) {
         /* failures and durations point into this frame: keep it for the run */
         if (r->nframes == r->capframes) {
@@ -1706,8 +1795,11 @@ static void dmn_worker_gone(dmn_run *r, int wi, int status)
         dmn_fault_read(w);
     w->exited = true;
     w->status = status;
+    w->wants_tty = false;
     util_close(&w->fd);
     util_close(&w->fault);
+    dmn_tty_release(r, w);
+    w = &r->workers[wi];
     if (w->finished && WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return;
     if (r->cancelled)
@@ -2036,6 +2128,7 @@ static bool dmn_finish_leader(dmn_run *r, int rc)
     bool lastfailed = !r->client || !r->client->stream;
     util_set(a, msg, "lastfailed", pf_new_bool(a, lastfailed));
     util_set(a, msg, "reports", r->lf);   /* --affected records failures under the plugin too */
+    util_set(a, msg, "rc", pf_new_int(a, rc));
     if (lastfailed) {
         pf_value *errs = pf_new_container(a, PF_LIST);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
@@ -2109,6 +2202,8 @@ static void dmn_run_end(dmn_run *r)
             util_set(a, d, "rc", pf_new_int(a, rc));
             util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
             util_set(a, d, "error", pf_new_cstr(a, err));
+            if (r->terminal_summary)
+                util_set(a, d, "terminal_summary", (pf_value *)r->terminal_summary);
             dmn_send(c, d);
             pf_arena_free(a);
         } else {
@@ -2254,7 +2349,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         dmn_run_end(r);
         return;
     }
-    int nw = c->workers < 1 ? 1 : c->workers;
+    int nw = c->workers < 1 || c->split.debug ? 1 : c->workers;
     if (c->split.stepwise)
         nw = 1;   /* --sw continues after the first failure in order: one worker runs the order */
     if ((size_t)nw > r->nsel)
@@ -2289,6 +2384,10 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
         r->cov_wait = false;
         r->finish_since = util_now();   /* then the cache update, bounded as usual */
         dmn_run_end(r);
+        return;
+    }
+    if (!strcmp(op, "terminal_summary")) {
+        r->terminal_summary = pf_dict_get(msg, "calls");   /* decoded into r->keep */
         return;
     }
     if (!strcmp(op, "usage")) {
@@ -2514,6 +2613,7 @@ static void dmn_run_next(void)
         r->z = z;
         r->start = util_now();
         r->exit_rc = -1;
+        r->tty_owner = -1;
         r->leader_fd = -1;
         r->keep = pf_arena_new(0);
         r->lf = pf_new_container(r->keep, PF_LIST);
@@ -2952,10 +3052,8 @@ static void dmn_request(dmn_conn *c)
         char *text;
         if (!strcmp(r, "-n") || !strcmp(r, "--numprocesses"))
             text = util_fmt("ERROR: %s is pytest-xdist's; pytest-fast runs its own workers: use --workers N", r);
-        else if (!strncmp(r, "--junit", 7))
+        else   /* --junitxml */
             text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r, r);
-        else   /* `pytest --fast` refuses these too */
-            text = util_fmt("ERROR: %s needs the test process: run plain pytest for it", r);
         dmn_fail_request(c, 4, text);
         free(text);
         return;
@@ -3080,6 +3178,14 @@ static void dmn_conn_readable(dmn_conn *c)
         /* During its run a client may only cancel (or hang up). */
         char buf[256];
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+        dmn_run *r = dmn.run;
+        if (n > 0 && buf[n - 1] == 'i' && r && r->client == c && r->tty_owner >= 0) {
+            /* Ctrl-C while a debugger has the terminal: the debugger's, as
+             * in a plain run (the terminal sends SIGINT to the client). */
+            util_log("Ctrl-C for the debugger of gw%d", r->workers[r->tty_owner].wid);
+            kill(r->workers[r->tty_owner].pid, SIGINT);
+            return;
+        }
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || n > 0) {
             if (dmn.run && dmn.run->client == c) {
                 util_log("client cancelled run #%u", dmn.runs);
@@ -3112,7 +3218,9 @@ static void dmn_check_timeouts(dmn_run *r, double now)
         return;
     for (int i = 0; i < r->nworkers; i++) {
         dmn_worker *w = &r->workers[i];
-        if (!w->exited && w->nclaimed && w->pid > 0 && now - w->item_start > limit + DMN_TIMEOUT_GRACE) {
+        bool waits = w->held || w->wants_tty || r->tty_owner == i;   /* on a debugger */
+        if (!w->exited && !waits && w->nclaimed && w->pid > 0 &&
+            now - w->item_start > limit + DMN_TIMEOUT_GRACE) {
             util_log("gw%d exceeded --timeout by %.0fs; killing it", w->wid, DMN_TIMEOUT_GRACE);
             if (!w->faulttext.len)
                 pf_buf_printf(&w->faulttext, "Timeout (%gs): no Python traceback (the test did not "

@@ -406,6 +406,8 @@ class _Leader:
                 zygote.role = "worker"
                 return zygote.worker.work()
             if req.get("op") == "finish":
+                if msg.get("stream"):
+                    self.conftest_terminal_summary(req)
                 self.finish(req)
                 if req.get("coverage") is not None:
                     self.finish_coverage(req["coverage"])
@@ -431,6 +433,7 @@ class _Leader:
         if seed_line and not self.msg.get("stream"):
             sys.stdout.write(seed_line + "\n")   # the controller prints its own header
             sys.stdout.flush()
+        _debugging_plugins(config)
         index = {id(item): i for i, item in enumerate(session.items)}
         items = list(session.items)
         if collected_order is not None:
@@ -532,6 +535,34 @@ class _Leader:
         except Exception as exc:
             text, fail = "pytest-fast: coverage: %s: %s\n" % (type(exc).__name__, exc), True
         _send(self.fd, {"op": "coverage", "text": text, "fail": fail})
+
+    def conftest_terminal_summary(self, req):
+        """The conftests' pytest_terminal_summary, for the `pytest --fast`
+        controller, which imports no conftest: run here against a terminal
+        reporter that records what it is asked to print (replayed there),
+        with stats made of the run's reports as the daemon kept them."""
+        config = self.config
+        pm = config.pluginmanager
+        conftests = [p for p in pm.get_plugins()
+                     if os.path.basename(getattr(p, "__file__", None) or "") == "conftest.py"
+                     and hasattr(p, "pytest_terminal_summary")]
+        if not conftests:
+            return
+        from _pytest.reports import TestReport
+        stats = {}
+        for nodeid, when, outcome in req.get("reports", ()):
+            rep = TestReport(nodeid, (nodeid.split("::")[0], None, nodeid), {}, outcome, None, when)
+            category = config.hook.pytest_report_teststatus(report=rep, config=config)[0]
+            stats.setdefault(category, []).append(rep)
+        recorder = _RecordingReporter(config, stats)
+        others = [p for p in pm.get_plugins() if p not in conftests]
+        try:
+            pm.subset_hook_caller("pytest_terminal_summary", remove_plugins=others)(
+                terminalreporter=recorder, exitstatus=int(req.get("rc", 0)), config=config)
+        except Exception as exc:
+            recorder.calls.append(("write_line", ["pytest-fast: a conftest's pytest_terminal_summary "
+                                                  "failed: %r" % (exc,)], {}))
+        _send(self.fd, {"op": "terminal_summary", "calls": recorder.calls})
 
     def finish(self, req):
         """Update .pytest_cache the way the session would have, and record
@@ -1058,10 +1089,31 @@ def _parts_match(nodeid, parts):
     return True
 
 
+# The client's stdin, kept aside for a debugger (see _Worker.take_terminal),
+# and whether its stdout is a terminal; -1: none.
+_client_stdin = -1
+_client_tty = False
+
+
+def _debugging_plugins(config):
+    """--pdb and --trace are per run: register what pytest's configure
+    would have, had the collection been given them."""
+    from _pytest import debugging
+    pm = config.pluginmanager
+    if config.getvalue("usepdb") and not pm.has_plugin("pdbinvoke"):
+        pm.register(debugging.PdbInvoke(), "pdbinvoke")
+    if config.getvalue("trace") and not pm.has_plugin("pdbtrace"):
+        pm.register(debugging.PdbTrace(), "pdbtrace")
+
+
 def _adopt_stdio(fds):
     """The client's stdout and stderr become ours (so `-s` output reaches its
-    terminal); stdin is /dev/null, as tests must not wait for input."""
+    terminal); stdin is /dev/null, as tests must not wait for input, except
+    while a debugger has the terminal."""
+    global _client_stdin, _client_tty
     if len(fds) >= 3:
+        _client_stdin = os.dup(fds[0])
+        _client_tty = os.isatty(fds[1])
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -1090,6 +1142,9 @@ class _Worker:
         self.deps_out = None
         self.fixture_seen = {}
         self.shown = None   # --setup-show: what pytest wrote to its terminal
+        self.debugging = False
+        self.sigint = None
+        self.live_log = None
 
     def start_recording(self, name):
         """What each test runs and opens, for --affected (see affected.py)."""
@@ -1148,6 +1203,8 @@ class _Worker:
                 factory._given_basetemp = factory._given_basetemp / ("popen-" + name)
             factory._basetemp = None
         self.start_recording(name)
+        self.debugger_setup()
+        self.live_logging()
         config.pluginmanager.register(self, "pytest-fast-worker")
         self.warnings = []   # registering replayed the collection's warnings
         cov = _cov_worker_start(self.wid) if _cov_plugin(config) else None
@@ -1172,6 +1229,7 @@ class _Worker:
                 if self.recorder is not None:
                     self.recorder.start()
                 config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                self.release_terminal()   # a debugger stepped out of the test
                 if self.shown is not None and not self.full:
                     self.show_on_stdout()
                 if self.recorder is not None:
@@ -1206,6 +1264,121 @@ class _Worker:
             data = ("\n".join(lines) + "\n").encode()
             while data:
                 data = data[os.write(1, data):]
+    def debugger_setup(self):
+        """breakpoint(), pdb.set_trace(), --pdb and --trace all open pytest's
+        debugger through pytestPDB._init_pdb (--pdb first prints the
+        failure, see pytest_exception_interact): before it writes anything,
+        the worker takes the client's terminal, waiting while another
+        worker's debugger has it."""
+        from _pytest import debugging
+        init = debugging.pytestPDB.__dict__.get("_init_pdb")
+        if _client_stdin < 0 or not isinstance(init, classmethod):
+            return
+        worker, original = self, init.__func__
+
+        def _init_pdb(cls, method, *args, **kwargs):
+            worker.take_terminal()
+            return original(cls, method, *args, **kwargs)
+
+        debugging.pytestPDB._init_pdb = classmethod(_init_pdb)
+
+    def live_logging(self):
+        """--log-cli-level / log_cli: the zygote's logging plugin was made
+        without them (or with the zygote's terminal reporter).  Under
+        `pytest --fast` each phase's records travel with its report and the
+        controller's own live-log handler shows them; in the CLI they go to
+        the client's terminal as they happen."""
+        import logging
+
+        from _pytest import logging as pytest_logging
+        config = self.config
+        lp = config.pluginmanager.get_plugin("logging-plugin")
+        try:
+            enabled = config.getoption("log_cli_level", None) is not None or config.getini("log_cli")
+        except ValueError:
+            enabled = False
+        if lp is None or not enabled:
+            return
+        if self.run.get("stream"):
+            handler = self.live_log = _log_records()
+        else:
+            capman = config.pluginmanager.get_plugin("capturemanager")
+            handler = pytest_logging._LiveLoggingStreamHandler(_TerminalLines(config), capman)
+            handler.setFormatter(lp._create_formatter(
+                pytest_logging.get_option_ini(config, "log_cli_format", "log_format"),
+                pytest_logging.get_option_ini(config, "log_cli_date_format", "log_date_format"),
+                pytest_logging.get_option_ini(config, "log_auto_indent")))
+        level = pytest_logging.get_log_level_for_setting(config, "log_cli_level", "log_level")
+        root = logging.getLogger()
+        if level is not None:
+            handler.setLevel(level)
+            root.setLevel(min(root.level, level))
+        # The test loop's catching_logs attached the zygote's handler to the
+        # root logger before the fork: this one replaces it there too.
+        root.removeHandler(lp.log_cli_handler)
+        root.addHandler(handler)
+        lp.log_cli_handler = handler
+
+    def take_terminal(self):
+        if self.debugging or _client_stdin < 0:
+            return
+        import faulthandler
+        import signal
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.ask(("p", True))   # the daemon's answer: the terminal is ours
+        self.debugging = True
+        if _client_tty:   # pdb prints to it between prompts
+            try:
+                sys.__stdout__.reconfigure(line_buffering=True)
+            except Exception:
+                pass
+        if self.timeout > 0:
+            faulthandler.cancel_dump_traceback_later()   # the user is debugging
+        # The client forwards the terminal's Ctrl-C as SIGINT: pdb's own.
+        self.sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if isinstance(tr, _QuietTerminal):
+            # --pdb shows the failure on the terminal reporter's writer;
+            # fd 1 is the client's again by the time it writes.
+            from _pytest.config import create_terminal_writer
+            tw = create_terminal_writer(self.config, open(1, "w", closefd=False))
+            if self.config.option.color == "auto" and _client_tty and not os.environ.get("NO_COLOR"):
+                tw.hasmarkup = True   # fd 1 was not the terminal when it was made
+            tr._tw = tw
+
+    def release_terminal(self):
+        if not self.debugging:
+            return
+        import signal
+        self.debugging = False
+        for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:
+            try:
+                stream.flush()   # what pdb wrote, before the other workers' output
+            except Exception:
+                pass
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        signal.signal(signal.SIGINT, self.sigint)
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if isinstance(tr, _QuietTerminal):
+            tr._tw = tr.quiet_tw
+        _send(self.fd, ("p", False))
+
+    def pytest_exception_interact(self, node, call, report):
+        if self.config.getvalue("usepdb"):
+            self.take_terminal()
+
+    def pytest_enter_pdb(self, config, pdb):
+        # Now that pytest suspended capturing (which put /dev/null back).
+        if self.debugging:
+            os.dup2(_client_stdin, 0)
+
+    def pytest_leave_pdb(self, config, pdb):
+        from _pytest import debugging
+        if debugging.pytestPDB._recursive_debug == 0:   # not an inner `debug` session
+            self.release_terminal()
 
     def finish(self, rc):
         """After pytest's session teardown ran in this worker."""
@@ -1273,11 +1446,17 @@ class _Worker:
 
     def pytest_runtest_logreport(self, report):
         config = self.config
-        category = config.hook.pytest_report_teststatus(report=report, config=config)[0]
+        status = config.hook.pytest_report_teststatus(report=report, config=config)
+        category = status[0]
         if self.full:
             data = config.hook.pytest_report_to_serializable(config=config, report=report)
             if self.shown is not None:
                 data["pytest_fast_shown"] = self.take_shown()
+            # What this test process's plugins and conftests say, for the
+            # `pytest --fast` controller, which imports no conftest.
+            data["pf_teststatus"] = _plain(tuple(status))
+            if self.live_log is not None and self.live_log.records.get(report.when):
+                data["pf_live_log"] = self.live_log.records.pop(report.when)
             self.reports.append((report.when, report.outcome, category, report.duration,
                                  _longrepr_text(report) if report.failed else None,
                                  report.sections if report.failed else None,
@@ -1297,6 +1476,80 @@ class _Worker:
         self.warnings.append(_warning_data(warning_message, when, nodeid, location))
 
 
+def _log_records():
+    """Stands in for pytest's live-log handler in a worker under `pytest
+    --fast`: keeps each phase's records, as plain data, for its report."""
+    import logging
+
+    class LogRecords(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.when = None
+            self.records = {}
+
+        def reset(self):
+            self.records = {}
+
+        def set_when(self, when):
+            self.when = when
+
+        def emit(self, record):
+            fields = {k: v for k, v in vars(record).items() if type(v) in _PLAIN}
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            if record.exc_info and not record.exc_text:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            self.records.setdefault(self.when, []).append(fields)
+
+    return LogRecords()
+
+
+class _TerminalLines:
+    """What pytest's live-log handler uses of a TerminalReporter, on the
+    client's terminal (the CLI renders no pytest output of its own)."""
+
+    def __init__(self, config):
+        from _pytest.config import create_terminal_writer
+        self._tw = create_terminal_writer(config, open(1, "w", closefd=False))
+
+    def write(self, text, **markup):
+        self._tw.write(text, **markup)
+        self._tw.flush()
+
+    def section(self, title, sep="=", **markup):
+        self._tw.sep(sep, title, **markup)
+        self._tw.flush()
+
+    def flush(self):
+        self._tw.flush()
+
+
+class _RecordingReporter:
+    """A terminal reporter that records its output calls (write_sep,
+    write_line, section, _tw.write ...) as plain data, for the plugin's
+    controller to replay on its own."""
+
+    def __init__(self, config, stats, prefix="", calls=None):
+        self.config = config
+        self.stats = stats
+        self.verbosity = config.get_verbosity() if hasattr(config, "get_verbosity") else config.option.verbose
+        self.calls = [] if calls is None else calls
+        self._prefix = prefix
+        self.fullwidth = 80
+
+    @property
+    def _tw(self):
+        return _RecordingReporter(self.config, self.stats, "_tw.", self.calls)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            self.calls.append((self._prefix + name, _plain(list(args)), _plain(kwargs)))
+        return call
+
+
 class _QuietTerminal:
     """Stands in for the TerminalReporter in workers: every call is a no-op."""
 
@@ -1304,7 +1557,7 @@ class _QuietTerminal:
         from _pytest._io import TerminalWriter
         self.config = config
         self.stats = {}
-        self._tw = TerminalWriter(open(os.devnull, "w"))
+        self._tw = self.quiet_tw = TerminalWriter(open(os.devnull, "w"))
 
     def __getattr__(self, name):
         if name.startswith("pytest_"):
@@ -1350,6 +1603,7 @@ def main(fd, args):
     _Zygote.pytest_collection_modifyitems = pytest.hookimpl(hookwrapper=True)(
         _Zygote.pytest_collection_modifyitems)
     _Worker.pytest_fixture_setup = pytest.hookimpl(hookwrapper=True)(_Worker.pytest_fixture_setup)
+    _Worker.pytest_exception_interact = pytest.hookimpl(tryfirst=True)(_Worker.pytest_exception_interact)
     rc = pytest.main(list(args), plugins=[plugin])
     if plugin.role == "worker":
         plugin.worker.finish(rc)

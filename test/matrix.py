@@ -52,7 +52,8 @@ SUPPORTED = ((3, 9), (3, 13))
 PYTESTS = {"7.4.4": (3, 9), "8.4.2": (3, 9), "9.2.0": (3, 10)}
 XDIST = "pytest-xdist==3.8.0"  # pytest>=7.0, Python>=3.9: fits every combination
 SUITE = ["test/test_engine.py", "test/test_plugin.py", "test/test_edit_loop.py", "test/test_affected.py",
-         "test/test_watch.py", "test/test_run_options.py"]
+         "test/test_watch.py", "test/test_run_options.py", "test/test_debugger.py", "test/test_live_log.py",
+         "test/test_controller_hooks.py"]
 
 # The smoke subset (-k, so names match as substrings): cold/warm parity,
 # reporting, the venv rule and usage errors through the CLI; through the
@@ -75,6 +76,7 @@ SMOKE = [
     "test_environment_changes_of_the_collection_reach_the_tests",
     "test_time_zone_argv_and_gc_are_as_in_a_plain_run",
     "test_header_lines_of_the_initial_conftests",
+    "test_breakpoint_with_several_workers",   # the debugger on the client's terminal
     # --affected: sys.monitoring on 3.12+, the C profile function before
     "test_cli_selects_what_each_kind_of_edit_can_change",
     "test_plugin_selects_the_same_and_records_too",

@@ -614,9 +614,6 @@ def test_inert_in_the_zygote_even_with_fast(project):
 
 @pytest.mark.parametrize("args,needle", [
     (["-n", "2"], "--fast-workers"),
-    (["--pdb"], "--pdb"),
-    (["--trace"], "--trace"),
-    (["--log-cli-level=INFO"], "--log-cli-level"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_refused_options(project, args, needle):
     if args[0] == "-n":
