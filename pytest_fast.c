@@ -3708,6 +3708,7 @@ static bool id_volatile_var(const char *kv)
         "PYTEST_FAST_TIMEOUT=", "PYTEST_FAST_BIN=", "PYTEST_FAST_WATCH_POLL=",
         "PYTEST_FAST_WATCH_DEBOUNCE=", "PYTEST_FAST_WATCH=", "PYTEST_FAST_SHARD=",
         "PYTEST_FAST_RECORD=",
+        "PYTEST_FAST_INCREMENTAL=",
     };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (!strncmp(kv, names[i], strlen(names[i])))
@@ -4291,6 +4292,13 @@ static const char zyg_glue[] =
     "        self.cwd = None\n"
     "        self.collected_order = None\n"
     "        self.restore_seed = None\n"
+    "        # For an incremental re-collect: the items in collection order,\n"
+    "        # before pytest_collection_modifyitems; each test module by real\n"
+    "        # path (None: two collectors for one path); where each module's\n"
+    "        # items start in that list, with its rank among the modules.\n"
+    "        self.collected = []\n"
+    "        self.modules = {}\n"
+    "        self.module_start = {}\n"
     "\n"
     "    def pytest_collection_modifyitems(self, items):\n"
     "        # The order before any plugin's modifyitems: each run's start from\n"
@@ -4318,6 +4326,16 @@ static const char zyg_glue[] =
     "    def pytest_warning_recorded(self, warning_message, when, nodeid, location):\n"
     "        self.warnings.append(_warning_data(warning_message, when, nodeid, location))\n"
     "\n"
+    "    def pytest_collectstart(self, collector):\n"
+    "        if _is_module(collector):\n"
+    "            path = os.path.realpath(str(collector.path))\n"
+    "            seen = self.modules.get(path, collector)\n"
+    "            self.modules[path] = collector if seen is collector else None\n"
+    "            self.module_start[collector] = (len(self.collected), len(self.module_start))\n"
+    "\n"
+    "    def pytest_itemcollected(self, item):\n"
+    "        self.collected.append(item)\n"
+    "\n"
     "    def pytest_collection(self, session):\n"
     "        \"\"\"Replay what the preloads warned, inside pytest's warning capture.\"\"\"\n"
     "        if self.restore_seed is not None:\n"
@@ -4336,6 +4354,34 @@ static const char zyg_glue[] =
     "        return None\n"
     "\n"
     "    def pytest_runtestloop(self, session):\n"
+    "        while True:\n"
+    "            self.report_ready(session)\n"
+    "            while True:\n"
+    "                got = _c.serve(self.fd)\n"
+    "                if got is None:\n"
+    "                    os._exit(0)\n"
+    "                msg, fds, forked = got\n"
+    "                if not forked:\n"
+    "                    continue\n"
+    "                if \"recollect\" in msg:\n"
+    "                    # A fork that becomes the next collected zygote.\n"
+    "                    self.fd = fds[0]\n"
+    "                    why = _recollect(self, session, msg[\"recollect\"])\n"
+    "                    if why is None:\n"
+    "                        break\n"
+    "                    _send(self.fd, {\"op\": \"refused\", \"why\": why})\n"
+    "                    os._exit(0)\n"
+    "                self.role = \"leader\"\n"
+    "                _Leader(session, msg, fds).lead(self)\n"
+    "                return True\n"
+    "\n"
+    "    def error_files(self, rootdir):\n"
+    "        \"\"\"The files that failed to collect: a module that did not import\n"
+    "        is not in sys.modules, yet fixing it must re-collect.\"\"\"\n"
+    "        paths = {os.path.realpath(os.path.join(rootdir, e[1])) for e in self.collect_errors}\n"
+    "        return sorted(p for p in paths if os.path.isfile(p))\n"
+    "\n"
+    "    def report_ready(self, session):\n"
     "        config = session.config\n"
     "        items = session.items\n"
     "        rootdir = str(config.rootpath)\n"
@@ -4350,7 +4396,7 @@ static const char zyg_glue[] =
     "            \"errors\": self.collect_errors,\n"
     "            \"skips\": self.collect_skips,\n"
     "            \"warnings\": self.warnings,\n"
-    "            \"files\": _imported_files(exclude=_PRELOADED) + _cov_watched(),\n"
+    "            \"files\": _imported_files(exclude=_PRELOADED) + _cov_watched() + self.error_files(rootdir),\n"
     "            \"dirs\": _collection_dirs(config, session),\n"
     "            \"rootdir\": rootdir,\n"
     "            \"inifile\": str(config.inipath) if getattr(config, \"inipath\", None) else None,\n"
@@ -4366,15 +4412,6 @@ static const char zyg_glue[] =
     "            self.cwd = os.getcwd()   # a conftest's os.chdir at import\n"
     "        gc.collect()\n"
     "        gc.freeze()\n"
-    "        while True:\n"
-    "            got = _c.serve(self.fd)\n"
-    "            if got is None:\n"
-    "                os._exit(0)\n"
-    "            msg, fds, forked = got\n"
-    "            if forked:\n"
-    "                self.role = \"leader\"\n"
-    "                _Leader(session, msg, fds).lead(self)\n"
-    "                return True\n"
     "\n"
     "\n"
     "def _keep_randomly_seed(config):\n"
@@ -4536,6 +4573,211 @@ static const char zyg_glue[] =
     "            if len(out) > 20000:\n"
     "                return out\n"
     "    return out\n"
+    "\n"
+    "\n"
+    "# ------------------------------------------------------ incremental re-collect\n"
+    "# When only test modules changed, the next collected zygote is a fork of the\n"
+    "# last full one that re-imports just those modules and splices their items\n"
+    "# into its collection; whatever could make that differ from a fresh\n"
+    "# collection refuses, and the daemon rebuilds the level as before.\n"
+    "\n"
+    "# Plugins whose collection hooks are pure functions of the items and the\n"
+    "# options (or only run elsewhere): re-running them on the spliced list gives\n"
+    "# what a fresh collection gives.  Any other implementation of these hooks\n"
+    "# (a conftest's, a third-party plugin's) might keep state or look at more\n"
+    "# than its arguments.  anyio's pytest_collection_finish expands its marked\n"
+    "# coroutine tests from session.items alone.\n"
+    "_SAFE_PLUGINS = (\"_pytest\", \"xdist\", \"pytest_cov\", \"anyio\", \"_pytest_fast_glue\", \"pytest_fast_plugin\")\n"
+    "_COLLECTION_HOOKS = (\"pytest_collection\", \"pytest_collect_file\", \"pytest_pycollect_makemodule\",\n"
+    "                     \"pytest_itemcollected\", \"pytest_collection_modifyitems\", \"pytest_collection_finish\",\n"
+    "                     \"pytest_collectstart\", \"pytest_collectreport\", \"pytest_make_collect_report\",\n"
+    "                     \"pytest_deselected\")\n"
+    "\n"
+    "\n"
+    "def _is_module(node):\n"
+    "    \"\"\"A test module's collector (pytest 7's Package is a Module too).\"\"\"\n"
+    "    from _pytest.python import Module, Package\n"
+    "    return isinstance(node, Module) and not isinstance(node, Package)\n"
+    "\n"
+    "\n"
+    "def _module_of(item):\n"
+    "    node = item.parent\n"
+    "    while node is not None and not _is_module(node):\n"
+    "        node = node.parent\n"
+    "    return node\n"
+    "\n"
+    "\n"
+    "def _unsafe_hook(config, root):\n"
+    "    import types\n"
+    "    for name in _COLLECTION_HOOKS:\n"
+    "        caller = getattr(config.hook, name, None)\n"
+    "        for impl in caller.get_hookimpls() if caller is not None else ():\n"
+    "            plugin = impl.plugin\n"
+    "            mod = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__\n"
+    "            if str(mod).split(\".\")[0] in _SAFE_PLUGINS:\n"
+    "                continue\n"
+    "            where = getattr(plugin, \"__file__\", None)\n"
+    "            where = (os.path.relpath(where, root) if where and where.startswith(root + os.sep)\n"
+    "                     else impl.plugin_name or mod)\n"
+    "            return \"%s implements %s\" % (where, name)\n"
+    "    return None\n"
+    "\n"
+    "\n"
+    "def _under(nodeid, ids):\n"
+    "    return isinstance(nodeid, str) and any(nodeid == i or nodeid.startswith(i + \"::\") for i in ids)\n"
+    "\n"
+    "\n"
+    "def _drop_fixtures(fm, olds):\n"
+    "    \"\"\"Forget the fixtures the old modules (and their classes) defined:\n"
+    "    pytest < 9 keys them by node id, which the new module reuses; pytest 9\n"
+    "    by node.  A name nobody defines any more goes too (None, not [], is\n"
+    "    what pytest answers for a name no fixture has).\"\"\"\n"
+    "    ids = [old.nodeid for old in olds]\n"
+    "\n"
+    "    def in_old(node):\n"
+    "        return hasattr(node, \"listchain\") and any(old in node.listchain() for old in olds)\n"
+    "\n"
+    "    defs = getattr(fm, \"_arg2fixturedefs\", None)\n"
+    "    if isinstance(defs, dict):\n"
+    "        for name in list(defs):\n"
+    "            kept = [fd for fd in defs[name] if not _under(getattr(fd, \"baseid\", None), ids)\n"
+    "                    and not in_old(getattr(fd, \"node\", None))]\n"
+    "            if kept:\n"
+    "                defs[name] = kept\n"
+    "            else:\n"
+    "                del defs[name]\n"
+    "    for attr, gone in ((\"_arg2node2fixturedefs\", in_old), (\"_arg2nodeid2fixturedefs\", lambda k: _under(k, ids))):\n"
+    "        table = getattr(fm, attr, None)\n"
+    "        for name in list(table) if isinstance(table, dict) else ():\n"
+    "            for key in [k for k in table[name] if gone(k)]:\n"
+    "                del table[name][key]\n"
+    "            if not table[name]:\n"
+    "                del table[name]\n"
+    "    for attr, gone in ((\"_node_autousenames\", in_old), (\"_nodeid_autousenames\", lambda k: _under(k, ids))):\n"
+    "        table = getattr(fm, attr, None)\n"
+    "        for key in [k for k in table if gone(k)] if isinstance(table, dict) else ():\n"
+    "            del table[key]\n"
+    "\n"
+    "\n"
+    "def _recollect(zyg, session, paths):\n"
+    "    \"\"\"Re-import the changed test modules `paths` and splice their items\n"
+    "    into the collection; None when done, else why not (the caller exits and\n"
+    "    the daemon re-collects in full).\"\"\"\n"
+    "    try:\n"
+    "        return _recollect_modules(zyg, session, paths)\n"
+    "    except BaseException as exc:\n"
+    "        return (\"the incremental re-collect raised %s: %s\" % (type(exc).__name__, exc))[:300]\n"
+    "\n"
+    "\n"
+    "def _recollect_modules(zyg, session, paths):\n"
+    "    import importlib\n"
+    "    import linecache\n"
+    "    import types\n"
+    "    config = session.config\n"
+    "    root = str(config.rootpath)\n"
+    "    why = _unsafe_hook(config, root)\n"
+    "    if why:\n"
+    "        return why\n"
+    "    if _COV is not None:\n"
+    "        return \"coverage is measured from the lowest level\"\n"
+    "    if any(\"::\" in str(arg) for arg in config.args):\n"
+    "        return \"the collection arguments name tests\"\n"
+    "    olds = []\n"
+    "    for path in paths:\n"
+    "        real = os.path.realpath(path)\n"
+    "        rel = os.path.relpath(real, root)\n"
+    "        old = zyg.modules.get(real)\n"
+    "        if old is None or old not in zyg.module_start:\n"
+    "            return \"%s is not a test module\" % rel\n"
+    "        if os.path.basename(real) == \"__init__.py\":\n"
+    "            return \"%s is a package's\" % rel\n"
+    "        mod = old.__dict__.get(\"_obj\")\n"
+    "        if mod is not None and not isinstance(mod, types.ModuleType):\n"
+    "            return \"%s: its collector holds no module\" % rel\n"
+    "        if getattr(mod, \"pytest_plugins\", None):\n"
+    "            return \"%s sets pytest_plugins\" % rel\n"
+    "        if any(os.path.realpath(str(w.get(\"filename\") or \"\")) == real for w in zyg.warnings):\n"
+    "            return \"%s warned when it was collected\" % rel\n"
+    "        olds.append((old, mod, real))\n"
+    "    changed = {id(mod) for _, mod, _ in olds if mod is not None}\n"
+    "    names = {mod.__name__ for _, mod, _ in olds if mod is not None}\n"
+    "    roots = (root + os.sep, os.path.realpath(root) + os.sep)\n"
+    "    for name, mod in list(sys.modules.items()):\n"
+    "        f = getattr(mod, \"__file__\", None)\n"
+    "        if name in names or name in _PRELOADED or not isinstance(f, str) or not f.startswith(roots):\n"
+    "            continue\n"
+    "        for value in list(getattr(mod, \"__dict__\", {}).values()):\n"
+    "            if id(value) in changed or (isinstance(value, (type, types.FunctionType))\n"
+    "                                        and getattr(value, \"__module__\", None) in names):\n"
+    "                return \"%s imports from a changed test module\" % os.path.relpath(f, root)\n"
+    "\n"
+    "    pre = zyg.collected\n"
+    "    spans = []\n"
+    "    for old, mod, real in olds:\n"
+    "        start, rank = zyg.module_start.pop(old)\n"
+    "        end = start\n"
+    "        while end < len(pre) and _module_of(pre[end]) is old:\n"
+    "            end += 1\n"
+    "        spans.append((start, end, rank))\n"
+    "        del zyg.modules[real]\n"
+    "        if mod is not None:\n"
+    "            sys.modules.pop(mod.__name__, None)\n"
+    "        linecache.cache.pop(str(old.path), None)\n"
+    "        linecache.cache.pop(real, None)\n"
+    "    importlib.invalidate_caches()\n"
+    "    _drop_fixtures(session._fixturemanager, [old for old, _, _ in olds])\n"
+    "    ids = [old.nodeid for old, _, _ in olds]\n"
+    "    removed = [e for e in zyg.collect_errors if _under(e[0], ids)]\n"
+    "    zyg.collect_errors = [e for e in zyg.collect_errors if not _under(e[0], ids)]\n"
+    "    skips = [e for e in zyg.collect_skips if not _under(e[0], ids)]\n"
+    "    zyg.collect_skips = []\n"
+    "    nerrors, nwarnings = len(zyg.collect_errors), len(zyg.warnings)\n"
+    "\n"
+    "    from _pytest.warnings import catch_warnings_for_item\n"
+    "    news = []\n"
+    "    with catch_warnings_for_item(config, ihook=config.hook, when=\"collect\", item=None):\n"
+    "        for old, _, real in olds:\n"
+    "            got = list(session.gethookproxy(old.path).pytest_collect_file(file_path=old.path, parent=old.parent))\n"
+    "            if len(got) != 1 or not _is_module(got[0]) or got[0].nodeid != old.nodeid:\n"
+    "                return \"%s: not one test module collected from it\" % os.path.relpath(real, root)\n"
+    "            first = len(zyg.collected)\n"
+    "            items = list(session.genitems(got[0]))\n"
+    "            del zyg.collected[first:]\n"
+    "            news.append((got[0], items))\n"
+    "    if hasattr(session, \"_collection_cache\"):\n"
+    "        session._collection_cache = {}\n"
+    "    if len(zyg.collect_errors) != nerrors:\n"
+    "        return \"collecting %s failed\" % \", \".join(e[0] for e in zyg.collect_errors[nerrors:])\n"
+    "    if len(zyg.warnings) != nwarnings:\n"
+    "        return \"collecting %s warned\" % \", \".join(os.path.relpath(r, root) for _, _, r in olds)\n"
+    "\n"
+    "    # Splice, from the last span back so that the earlier ones stay put;\n"
+    "    # the modules after a span move by its change in length.\n"
+    "    for (start, end, rank), (new, items) in sorted(zip(spans, news), key=lambda x: x[0], reverse=True):\n"
+    "        pre[start:end] = items\n"
+    "        delta = len(items) - (end - start)\n"
+    "        for node, (s, r) in list(zyg.module_start.items()):\n"
+    "            if s > start or (s == start and r > rank):\n"
+    "                zyg.module_start[node] = (s + delta, r)\n"
+    "        zyg.module_start[new] = (start, rank)\n"
+    "    # Module-level skips: the new ones where their module stands.\n"
+    "    order = {node.nodeid: key for node, key in zyg.module_start.items()}\n"
+    "    for entry in zyg.collect_skips:\n"
+    "        key = order.get(entry[0].split(\"::\")[0])\n"
+    "        at = len(skips)\n"
+    "        if key is not None:\n"
+    "            at = next((i for i, e in enumerate(skips)\n"
+    "                       if order.get(e[0].split(\"::\")[0], (-1, -1)) > key), len(skips))\n"
+    "        skips.insert(at, entry)\n"
+    "    zyg.collect_skips = skips\n"
+    "\n"
+    "    session.items = list(pre)\n"
+    "    hook = config.hook\n"
+    "    hook.pytest_collection_modifyitems(session=session, config=config, items=session.items)\n"
+    "    hook.pytest_collection_finish(session=session)\n"
+    "    session.testscollected = len(session.items)\n"
+    "    session.testsfailed = max(0, session.testsfailed - len(removed))\n"
+    "    return None\n"
     "\n"
     "\n"
     "class _Leader:\n"
@@ -7392,6 +7634,10 @@ typedef struct dmn_zygote {
     dmn_watch *watch;
     size_t nwatch;
     bool threads_told;          /* collected level: its first run heard of lost threads */
+    bool incremental;           /* collected level: forked from the full collection
+                                   (its parent) with only the changed test modules
+                                   collected again */
+    char how[256];              /* collected level: "full (why)" or "incremental (...)" */
     char rootdir[PATH_MAX];
 } dmn_zygote;
 
@@ -7553,6 +7799,8 @@ static struct {
     bool layers_broken;
     bool cov_relayered;         /* the last chain was rebuilt for coverage settings */
     bool warmup_tainted;        /* a project level's warm-up raised or warned: no more */
+    bool incremental_off;       /* PYTEST_FAST_INCREMENTAL=0 in the last request */
+    char boot_why[PF_ERRLEN];   /* why the collected level is being built in full */
     util_strv plan[3];          /* preload lists: site, project; then how pytest rewrites */
     char plan_key[65];
     bool watching;
@@ -8229,6 +8477,14 @@ static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
     return z;
 }
 
+/* The node of `level` in z's chain, or NULL. */
+static dmn_zygote *dmn_level_node(dmn_zygote *z, int level)
+{
+    while (z && z->level != level)
+        z = z->parent;
+    return z;
+}
+
 /* The root of a node's tree: it owns the shared output pipe. */
 static dmn_zygote *dmn_root(dmn_zygote *z)
 {
@@ -8284,9 +8540,9 @@ static void dmn_zygote_ready(dmn_zygote *z, pf_arena *a, const pf_value *msg)
     const char *root = pf_dict_str(msg, "rootdir");
     snprintf(z->rootdir, sizeof z->rootdir, "%s", root ? root : z->id.cwd);
     dmn_record_watch(z);
-    util_log("collected zygote ready: %zu items, %zu collection errors, %zu watched paths, %.2fs",
+    util_log("collected zygote ready: %zu items, %zu collection errors, %zu watched paths, %.2fs, %s",
              z->nitems, z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0,
-             z->nwatch, z->boot_wall);
+             z->nwatch, z->boot_wall, z->how);
 }
 
 static size_t dmn_nerrors(const dmn_zygote *z)
@@ -8294,13 +8550,16 @@ static size_t dmn_nerrors(const dmn_zygote *z)
     return z && z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0;
 }
 
-/* Lowest stale level of z's chain (checking from the bottom), or -1. */
+/* Lowest stale level of z's chain (checking from the bottom), or -1.  The
+ * full collection an incremental one was forked from is stale by design:
+ * z's own watch list speaks for the collected level. */
 static int dmn_chain_stale(dmn_zygote *z, char *why, size_t len)
 {
     dmn_zygote *chain[3];
     int n = 0;
     for (dmn_zygote *p = z; p && n < 3; p = p->parent)
-        chain[n++] = p;
+        if (p == z || p->level != L_COLLECTED)
+            chain[n++] = p;
     for (int i = n - 1; i >= 0; i--)
         if (dmn_stale(chain[i], why, len))
             return chain[i]->level;
@@ -8321,6 +8580,8 @@ static void dmn_boot_advance(void)
         if (!b[l]) {
             b[l] = l == L_SITE || !dmn.boot_from_layers ? dmn_exec_root(l, &dmn.boot_id, err, sizeof err)
                                                         : dmn_fork_node(b[l - 1], l);
+            if (b[l] && l == L_COLLECTED)
+                snprintf(b[l]->how, sizeof b[l]->how, "full (%.240s)", dmn.boot_why);
             if (!b[l]) {
                 util_log("cannot start the %s zygote: %s", dmn_level_names[l], err);
                 break;
@@ -8349,12 +8610,143 @@ static void dmn_boot_advance(void)
         dmn_node_gc();
 }
 
+/* The changed files since the full collection `base` and since `cur` (an
+ * incremental one built on it), when all are test modules to import
+ * again: true with their paths in `files`; else false, and why. */
+static bool dmn_incremental_files(dmn_zygote *base, dmn_zygote *cur, util_strv *files, char *why, size_t len)
+{
+    dmn_zygote *nodes[2] = {base, cur};
+    for (int k = 0; k < (cur == base ? 1 : 2); k++)
+        for (size_t i = 0; i < nodes[k]->nwatch; i++) {
+            dmn_watch *w = &nodes[k]->watch[i];
+            dmn_watch now = *w;
+            dmn_watch_stat(&now);
+            if (dmn_watch_same(w, &now))
+                continue;
+            const char *rel = dmn_relpath(w->path, base->id.cwd);
+            if (w->dir) {
+                char listing[65];
+                if (now.present && w->present && dmn_listing(w->path, listing) && !strcmp(listing, w->listing))
+                    continue;
+                snprintf(why, len, "%s/: files added or removed", rel);
+                return false;
+            }
+            if (!now.present || !w->present) {
+                snprintf(why, len, "%s %s", rel, !now.present ? "removed" : "created");
+                return false;
+            }
+            const char *name = strrchr(w->path, '/');
+            name = name ? name + 1 : w->path;
+            size_t n = strlen(name);
+            if (!strcmp(name, "conftest.py") || n < 3 || strcmp(name + n - 3, ".py")) {
+                snprintf(why, len, "%s changed", rel);
+                return false;
+            }
+            bool have = false;
+            for (size_t j = 0; j < files->n && !have; j++)
+                have = !strcmp(files->v[j], w->path);
+            if (!have)
+                util_strv_push(files, w->path);
+        }
+    if (!files->n)
+        snprintf(why, len, "no test module changed");
+    return files->n > 0;
+}
+
+/* Ask the full collection `base` to fork a child that imports `files`
+ * again and becomes the next collected zygote ("refused" if it cannot). */
+static dmn_zygote *dmn_fork_recollect(dmn_zygote *base, const util_strv *files)
+{
+    int sv[2];
+    if (util_socketpair(sv) < 0)
+        return NULL;
+    dmn_zygote *z = dmn_node_new(L_COLLECTED, base, &base->id);
+    if (!z) {
+        close(sv[0]);
+        close(sv[1]);
+        return NULL;
+    }
+    pf_arena *a = pf_arena_new(0);
+    pf_value *msg = util_msg(a, "fork");
+    util_set(a, msg, "wid", pf_new_int(a, -2));   /* its "forked" reply names a node, not a leader */
+    util_set(a, msg, "recollect", util_strv_value(a, files));
+    pf_buf b = {0};
+    int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(base->fd, b.data, b.len, &sv[1], 1) : -1;
+    pf_buf_free(&b);
+    pf_arena_free(a);
+    close(sv[1]);
+    if (rc < 0) {
+        close(sv[0]);
+        dmn.level_boots[L_COLLECTED]--;
+        dmn_node_free(z);
+        return NULL;
+    }
+    util_nonblock(sv[0]);
+    z->fd = sv[0];
+    z->incremental = true;
+    snprintf(z->how, sizeof z->how, "incremental (%zu module%s)", files->n, files->n == 1 ? "" : "s");
+    util_log("re-collecting incrementally from the collected zygote %d: %zu test module%s",
+             (int)base->pid, files->n, files->n == 1 ? "" : "s");
+    return z;
+}
+
+/* Only test modules changed under the current collection: fork the
+ * incremental re-collect as the collected level being built.  False (and
+ * dmn.boot_why says why) when the level must be built in full. */
+static bool dmn_try_incremental(void)
+{
+    dmn_zygote *cur = dmn.cur;
+    if (dmn.incremental_off) {
+        size_t n = strlen(dmn.boot_why);
+        snprintf(dmn.boot_why + n, sizeof dmn.boot_why - n, "; incremental re-collect off");
+        return false;
+    }
+    if (!cur || cur->state != Z_READY || cur->level != L_COLLECTED)
+        return false;
+    dmn_zygote *base = cur->incremental ? cur->parent : cur;
+    if (!base || base->state != Z_READY || base->fd < 0 || dmn_ident_differs(&base->id, &dmn.boot_id))
+        return false;
+    /* It must stand on the levels this boot reuses. */
+    for (dmn_zygote *p = base->parent; p; p = p->parent)
+        if (!dmn.boot_from_layers || dmn.bchain[p->level] != p)
+            return false;
+    if (!base->parent && dmn.boot_from_layers)
+        return false;
+    util_strv files = {0};
+    char why[PF_ERRLEN];
+    bool ok = dmn_incremental_files(base, cur, &files, why, sizeof why);
+    dmn_zygote *z = ok ? dmn_fork_recollect(base, &files) : NULL;
+    util_strv_free(&files);
+    if (!ok)
+        snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
+    if (!z)
+        return false;
+    dmn.bchain[L_COLLECTED] = z;
+    return true;
+}
+
+/* The incremental re-collect could not splice (or died): build the level
+ * in full instead; the attempt does not count as a boot. */
+static void dmn_recollect_refused(dmn_zygote *z, const char *why)
+{
+    util_log("incremental re-collect refused (%s): re-collecting in full", why);
+    snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
+    dmn.level_boots[L_COLLECTED]--;
+    bool building = dmn.bchain[L_COLLECTED] == z;
+    if (building)
+        dmn.bchain[L_COLLECTED] = NULL;
+    dmn_node_kill(z);
+    if (building)
+        dmn_boot_advance();
+}
+
 /* Start building a collected zygote for id, reusing the ready levels of
- * the current tree below `from`. */
-static void dmn_boot_start(const dmn_ident *id, int from)
+ * the current tree below `from`; `why` says what made the tree stale. */
+static void dmn_boot_start(const dmn_ident *id, int from, const char *why)
 {
     if (dmn.cur)
         dmn_purge_changed(dmn.cur);
+    snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
     dmn.booting = true;
     dmn_ident_copy(&dmn.boot_id, id);
     dmn.boot_from_layers = dmn_layers_wanted(id);
@@ -8370,6 +8762,8 @@ static void dmn_boot_start(const dmn_ident *id, int from)
             dmn.bchain[l] = chain[l];
         }
     }
+    if (from == L_COLLECTED)
+        dmn_try_incremental();
     dmn_boot_advance();
 }
 
@@ -8474,8 +8868,16 @@ static void dmn_zygote_frame(dmn_zygote *z)
         dmn_boot_advance();
         return;
     }
+    if (op && !strcmp(op, "refused") && z->state == Z_BOOTING && z->incremental) {
+        const char *why = pf_dict_str(msg, "why");
+        dmn_recollect_refused(z, why ? why : "refused");
+        pf_arena_free(a);
+        return;
+    }
+    int64_t wid = -1;
+    pf_dict_int(msg, "wid", &wid);
     if (op && !strcmp(op, "forked")) {
-        if (z->level == L_COLLECTED) {
+        if (z->level == L_COLLECTED && wid != -2) {
             if (dmn.run && dmn.run->z == z)
                 dmn.run->leader_pid = (pid_t)pid;
         } else {
@@ -8486,8 +8888,8 @@ static void dmn_zygote_frame(dmn_zygote *z)
     } else if (op && !strcmp(op, "reaped")) {
         int64_t status = 0;
         pf_dict_int(msg, "status", &status);
-        dmn_zygote *child = z->level < L_COLLECTED ? dmn_node_by_pid((pid_t)pid) : NULL;
-        if (child)
+        dmn_zygote *child = dmn_node_by_pid((pid_t)pid);
+        if (child && child->parent == z)
             dmn_zygote_died(child, (int)status);
         else if (dmn.run && dmn.run->z == z && pid == dmn.run->leader_pid)
             dmn.run->leader_pid = 0;
@@ -8536,6 +8938,11 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
     }
     if (!z->parent && z->out >= 0)
         dmn_zygote_output(z);
+    if (z->state == Z_BOOTING && z->incremental) {
+        dmn_recollect_refused(z, WIFSIGNALED(status) ? "the incremental re-collect was killed"
+                                                     : "the incremental re-collect exited");
+        return;
+    }
     z->pid = 0;
     if (z->state == Z_BOOTING && z->level == L_COLLECTED) {
         z->exit_rc = WIFEXITED(status) && WEXITSTATUS(status) ? WEXITSTATUS(status) : 3;
@@ -9859,7 +10266,7 @@ static dmn_zygote *dmn_pick(dmn_conn *c)
     if (c->fresh)
         from = L_SITE;
     c->booted = true;
-    dmn_boot_start(&want, from);
+    dmn_boot_start(&want, from, reason ? reason : "first collection");
     return NULL;
 }
 
@@ -10084,7 +10491,7 @@ static void dmn_prewarm(const char *who)
     util_log("pre-warming for %s (%s): %s", who, dmn_level_names[level], why);
     dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
     dmn_ident_copy(&id, &z->id);
-    dmn_boot_start(&id, level);
+    dmn_boot_start(&id, level, why);
     dmn_ident_free(&id);
 }
 
@@ -10289,8 +10696,9 @@ static void dmn_request(dmn_conn *c)
         for (int l = L_SITE; l <= L_COLLECTED; l++)
             util_set(a, levels, dmn_level_names[l], pf_new_int(a, dmn.level_boots[l]));
         util_set(a, d, "level_boots", levels);
-        util_set(a, d, "layers", pf_new_bool(a, z && z->parent != NULL));
-        util_set(a, d, "planned", pf_new_bool(a, z && z->parent && z->parent->planned));
+        dmn_zygote *project = dmn_level_node(z, L_PROJECT);
+        util_set(a, d, "layers", pf_new_bool(a, project != NULL));
+        util_set(a, d, "planned", pf_new_bool(a, project && project->planned));
         util_set(a, d, "watching", pf_new_bool(a, dmn.watching));
         util_set(a, d, "runs", pf_new_int(a, dmn.runs));
         util_set(a, d, "running", pf_new_bool(a, dmn.run != NULL));
@@ -10302,6 +10710,7 @@ static void dmn_request(dmn_conn *c)
         util_set(a, d, "idle", pf_new_float(a, dmn.run ? 0 : util_now() - dmn.last_activity));
         util_set(a, d, "address", pf_new_cstr(a, dmn.address));
         util_set(a, d, "rootdir", pf_new_cstr(a, z ? z->rootdir : ""));
+        util_set(a, d, "recollect", pf_new_cstr(a, z ? z->how : ""));
         dmn_send(c, d);
         pf_arena_free(a);
         dmn_conn_drop(c);
@@ -10359,6 +10768,8 @@ static void dmn_request(dmn_conn *c)
         c->shard_n = (int)n->u.i;
     }
     dmn_watch_config(c, dmn_bool(req, "watch"));
+    const char *incremental = dmn_env(&c->env, "PYTEST_FAST_INCREMENTAL");
+    dmn.incremental_off = incremental && !strcmp(incremental, "0");
     c->stream = dmn_bool(req, "stream");
     c->color = dmn_bool(req, "color");
     const char *fp = pf_dict_str(req, "fp");
@@ -10577,16 +10988,15 @@ static void dmn_send_progress(dmn_run *r, double now)
 static void dmn_layers_tick(double now)
 {
     dmn_zygote *z = dmn.cur;
-    if (dmn.booting || dmn.queue || !z || z->state != Z_READY || !z->parent ||
-        now - dmn.last_run < 1.0)
+    dmn_zygote *project = dmn_level_node(z, L_PROJECT);
+    if (dmn.booting || dmn.queue || !z || z->state != Z_READY || !project || now - dmn.last_run < 1.0)
         return;
-    dmn_zygote *project = z->parent;
     if (project->planned || !dmn.plan[L_PROJECT].n || strcmp(project->plan, dmn.plan_key) != 0)
         return;
     util_log("preparing the site and project levels in the background");
     dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
     dmn_ident_copy(&id, &z->id);
-    dmn_boot_start(&id, L_SITE);
+    dmn_boot_start(&id, L_SITE, "the site and project levels prepared");
     dmn_ident_free(&id);
 }
 
@@ -11503,6 +11913,9 @@ static int cli_status(const char *address)
                : pf_dict_get(s, "planned") && pf_dict_get(s, "planned")->u.b ? "on (preloading)"
                                                                             : "on (no plan yet)",
                (long long)site, (long long)project, (long long)collected);
+    const char *how = pf_dict_str(s, "recollect");
+    if (how && how[0])
+        printf("collected: %s\n", how);
     printf("watcher  : %s\n", pf_dict_get(s, "watching") && pf_dict_get(s, "watching")->u.b ? "on" : "off");
     printf("rootdir  : %s\n", pf_dict_str(s, "rootdir") ? pf_dict_str(s, "rootdir") : "");
     if (idle && idle->kind == PF_FLOAT)

@@ -626,6 +626,9 @@ static int cli_status(const char *address)
                : pf_dict_get(s, "planned") && pf_dict_get(s, "planned")->u.b ? "on (preloading)"
                                                                             : "on (no plan yet)",
                (long long)site, (long long)project, (long long)collected);
+    const char *how = pf_dict_str(s, "recollect");
+    if (how && how[0])
+        printf("collected: %s\n", how);
     printf("watcher  : %s\n", pf_dict_get(s, "watching") && pf_dict_get(s, "watching")->u.b ? "on" : "off");
     printf("rootdir  : %s\n", pf_dict_str(s, "rootdir") ? pf_dict_str(s, "rootdir") : "");
     if (idle && idle->kind == PF_FLOAT)

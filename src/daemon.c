@@ -71,6 +71,10 @@ typedef struct dmn_zygote {
     dmn_watch *watch;
     size_t nwatch;
     bool threads_told;          /* collected level: its first run heard of lost threads */
+    bool incremental;           /* collected level: forked from the full collection
+                                   (its parent) with only the changed test modules
+                                   collected again */
+    char how[256];              /* collected level: "full (why)" or "incremental (...)" */
     char rootdir[PATH_MAX];
 } dmn_zygote;
 
@@ -232,6 +236,8 @@ static struct {
     bool layers_broken;
     bool cov_relayered;         /* the last chain was rebuilt for coverage settings */
     bool warmup_tainted;        /* a project level's warm-up raised or warned: no more */
+    bool incremental_off;       /* PYTEST_FAST_INCREMENTAL=0 in the last request */
+    char boot_why[PF_ERRLEN];   /* why the collected level is being built in full */
     util_strv plan[3];          /* preload lists: site, project; then how pytest rewrites */
     char plan_key[65];
     bool watching;
@@ -908,6 +914,14 @@ static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
     return z;
 }
 
+/* The node of `level` in z's chain, or NULL. */
+static dmn_zygote *dmn_level_node(dmn_zygote *z, int level)
+{
+    while (z && z->level != level)
+        z = z->parent;
+    return z;
+}
+
 /* The root of a node's tree: it owns the shared output pipe. */
 static dmn_zygote *dmn_root(dmn_zygote *z)
 {
@@ -963,9 +977,9 @@ static void dmn_zygote_ready(dmn_zygote *z, pf_arena *a, const pf_value *msg)
     const char *root = pf_dict_str(msg, "rootdir");
     snprintf(z->rootdir, sizeof z->rootdir, "%s", root ? root : z->id.cwd);
     dmn_record_watch(z);
-    util_log("collected zygote ready: %zu items, %zu collection errors, %zu watched paths, %.2fs",
+    util_log("collected zygote ready: %zu items, %zu collection errors, %zu watched paths, %.2fs, %s",
              z->nitems, z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0,
-             z->nwatch, z->boot_wall);
+             z->nwatch, z->boot_wall, z->how);
 }
 
 static size_t dmn_nerrors(const dmn_zygote *z)
@@ -973,13 +987,16 @@ static size_t dmn_nerrors(const dmn_zygote *z)
     return z && z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0;
 }
 
-/* Lowest stale level of z's chain (checking from the bottom), or -1. */
+/* Lowest stale level of z's chain (checking from the bottom), or -1.  The
+ * full collection an incremental one was forked from is stale by design:
+ * z's own watch list speaks for the collected level. */
 static int dmn_chain_stale(dmn_zygote *z, char *why, size_t len)
 {
     dmn_zygote *chain[3];
     int n = 0;
     for (dmn_zygote *p = z; p && n < 3; p = p->parent)
-        chain[n++] = p;
+        if (p == z || p->level != L_COLLECTED)
+            chain[n++] = p;
     for (int i = n - 1; i >= 0; i--)
         if (dmn_stale(chain[i], why, len))
             return chain[i]->level;
@@ -1000,6 +1017,8 @@ static void dmn_boot_advance(void)
         if (!b[l]) {
             b[l] = l == L_SITE || !dmn.boot_from_layers ? dmn_exec_root(l, &dmn.boot_id, err, sizeof err)
                                                         : dmn_fork_node(b[l - 1], l);
+            if (b[l] && l == L_COLLECTED)
+                snprintf(b[l]->how, sizeof b[l]->how, "full (%.240s)", dmn.boot_why);
             if (!b[l]) {
                 util_log("cannot start the %s zygote: %s", dmn_level_names[l], err);
                 break;
@@ -1028,12 +1047,143 @@ static void dmn_boot_advance(void)
         dmn_node_gc();
 }
 
+/* The changed files since the full collection `base` and since `cur` (an
+ * incremental one built on it), when all are test modules to import
+ * again: true with their paths in `files`; else false, and why. */
+static bool dmn_incremental_files(dmn_zygote *base, dmn_zygote *cur, util_strv *files, char *why, size_t len)
+{
+    dmn_zygote *nodes[2] = {base, cur};
+    for (int k = 0; k < (cur == base ? 1 : 2); k++)
+        for (size_t i = 0; i < nodes[k]->nwatch; i++) {
+            dmn_watch *w = &nodes[k]->watch[i];
+            dmn_watch now = *w;
+            dmn_watch_stat(&now);
+            if (dmn_watch_same(w, &now))
+                continue;
+            const char *rel = dmn_relpath(w->path, base->id.cwd);
+            if (w->dir) {
+                char listing[65];
+                if (now.present && w->present && dmn_listing(w->path, listing) && !strcmp(listing, w->listing))
+                    continue;
+                snprintf(why, len, "%s/: files added or removed", rel);
+                return false;
+            }
+            if (!now.present || !w->present) {
+                snprintf(why, len, "%s %s", rel, !now.present ? "removed" : "created");
+                return false;
+            }
+            const char *name = strrchr(w->path, '/');
+            name = name ? name + 1 : w->path;
+            size_t n = strlen(name);
+            if (!strcmp(name, "conftest.py") || n < 3 || strcmp(name + n - 3, ".py")) {
+                snprintf(why, len, "%s changed", rel);
+                return false;
+            }
+            bool have = false;
+            for (size_t j = 0; j < files->n && !have; j++)
+                have = !strcmp(files->v[j], w->path);
+            if (!have)
+                util_strv_push(files, w->path);
+        }
+    if (!files->n)
+        snprintf(why, len, "no test module changed");
+    return files->n > 0;
+}
+
+/* Ask the full collection `base` to fork a child that imports `files`
+ * again and becomes the next collected zygote ("refused" if it cannot). */
+static dmn_zygote *dmn_fork_recollect(dmn_zygote *base, const util_strv *files)
+{
+    int sv[2];
+    if (util_socketpair(sv) < 0)
+        return NULL;
+    dmn_zygote *z = dmn_node_new(L_COLLECTED, base, &base->id);
+    if (!z) {
+        close(sv[0]);
+        close(sv[1]);
+        return NULL;
+    }
+    pf_arena *a = pf_arena_new(0);
+    pf_value *msg = util_msg(a, "fork");
+    util_set(a, msg, "wid", pf_new_int(a, -2));   /* its "forked" reply names a node, not a leader */
+    util_set(a, msg, "recollect", util_strv_value(a, files));
+    pf_buf b = {0};
+    int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(base->fd, b.data, b.len, &sv[1], 1) : -1;
+    pf_buf_free(&b);
+    pf_arena_free(a);
+    close(sv[1]);
+    if (rc < 0) {
+        close(sv[0]);
+        dmn.level_boots[L_COLLECTED]--;
+        dmn_node_free(z);
+        return NULL;
+    }
+    util_nonblock(sv[0]);
+    z->fd = sv[0];
+    z->incremental = true;
+    snprintf(z->how, sizeof z->how, "incremental (%zu module%s)", files->n, files->n == 1 ? "" : "s");
+    util_log("re-collecting incrementally from the collected zygote %d: %zu test module%s",
+             (int)base->pid, files->n, files->n == 1 ? "" : "s");
+    return z;
+}
+
+/* Only test modules changed under the current collection: fork the
+ * incremental re-collect as the collected level being built.  False (and
+ * dmn.boot_why says why) when the level must be built in full. */
+static bool dmn_try_incremental(void)
+{
+    dmn_zygote *cur = dmn.cur;
+    if (dmn.incremental_off) {
+        size_t n = strlen(dmn.boot_why);
+        snprintf(dmn.boot_why + n, sizeof dmn.boot_why - n, "; incremental re-collect off");
+        return false;
+    }
+    if (!cur || cur->state != Z_READY || cur->level != L_COLLECTED)
+        return false;
+    dmn_zygote *base = cur->incremental ? cur->parent : cur;
+    if (!base || base->state != Z_READY || base->fd < 0 || dmn_ident_differs(&base->id, &dmn.boot_id))
+        return false;
+    /* It must stand on the levels this boot reuses. */
+    for (dmn_zygote *p = base->parent; p; p = p->parent)
+        if (!dmn.boot_from_layers || dmn.bchain[p->level] != p)
+            return false;
+    if (!base->parent && dmn.boot_from_layers)
+        return false;
+    util_strv files = {0};
+    char why[PF_ERRLEN];
+    bool ok = dmn_incremental_files(base, cur, &files, why, sizeof why);
+    dmn_zygote *z = ok ? dmn_fork_recollect(base, &files) : NULL;
+    util_strv_free(&files);
+    if (!ok)
+        snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
+    if (!z)
+        return false;
+    dmn.bchain[L_COLLECTED] = z;
+    return true;
+}
+
+/* The incremental re-collect could not splice (or died): build the level
+ * in full instead; the attempt does not count as a boot. */
+static void dmn_recollect_refused(dmn_zygote *z, const char *why)
+{
+    util_log("incremental re-collect refused (%s): re-collecting in full", why);
+    snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
+    dmn.level_boots[L_COLLECTED]--;
+    bool building = dmn.bchain[L_COLLECTED] == z;
+    if (building)
+        dmn.bchain[L_COLLECTED] = NULL;
+    dmn_node_kill(z);
+    if (building)
+        dmn_boot_advance();
+}
+
 /* Start building a collected zygote for id, reusing the ready levels of
- * the current tree below `from`. */
-static void dmn_boot_start(const dmn_ident *id, int from)
+ * the current tree below `from`; `why` says what made the tree stale. */
+static void dmn_boot_start(const dmn_ident *id, int from, const char *why)
 {
     if (dmn.cur)
         dmn_purge_changed(dmn.cur);
+    snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
     dmn.booting = true;
     dmn_ident_copy(&dmn.boot_id, id);
     dmn.boot_from_layers = dmn_layers_wanted(id);
@@ -1049,6 +1199,8 @@ static void dmn_boot_start(const dmn_ident *id, int from)
             dmn.bchain[l] = chain[l];
         }
     }
+    if (from == L_COLLECTED)
+        dmn_try_incremental();
     dmn_boot_advance();
 }
 
@@ -1153,8 +1305,16 @@ static void dmn_zygote_frame(dmn_zygote *z)
         dmn_boot_advance();
         return;
     }
+    if (op && !strcmp(op, "refused") && z->state == Z_BOOTING && z->incremental) {
+        const char *why = pf_dict_str(msg, "why");
+        dmn_recollect_refused(z, why ? why : "refused");
+        pf_arena_free(a);
+        return;
+    }
+    int64_t wid = -1;
+    pf_dict_int(msg, "wid", &wid);
     if (op && !strcmp(op, "forked")) {
-        if (z->level == L_COLLECTED) {
+        if (z->level == L_COLLECTED && wid != -2) {
             if (dmn.run && dmn.run->z == z)
                 dmn.run->leader_pid = (pid_t)pid;
         } else {
@@ -1165,8 +1325,8 @@ static void dmn_zygote_frame(dmn_zygote *z)
     } else if (op && !strcmp(op, "reaped")) {
         int64_t status = 0;
         pf_dict_int(msg, "status", &status);
-        dmn_zygote *child = z->level < L_COLLECTED ? dmn_node_by_pid((pid_t)pid) : NULL;
-        if (child)
+        dmn_zygote *child = dmn_node_by_pid((pid_t)pid);
+        if (child && child->parent == z)
             dmn_zygote_died(child, (int)status);
         else if (dmn.run && dmn.run->z == z && pid == dmn.run->leader_pid)
             dmn.run->leader_pid = 0;
@@ -1215,6 +1375,11 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
     }
     if (!z->parent && z->out >= 0)
         dmn_zygote_output(z);
+    if (z->state == Z_BOOTING && z->incremental) {
+        dmn_recollect_refused(z, WIFSIGNALED(status) ? "the incremental re-collect was killed"
+                                                     : "the incremental re-collect exited");
+        return;
+    }
     z->pid = 0;
     if (z->state == Z_BOOTING && z->level == L_COLLECTED) {
         z->exit_rc = WIFEXITED(status) && WEXITSTATUS(status) ? WEXITSTATUS(status) : 3;
@@ -2538,7 +2703,7 @@ static dmn_zygote *dmn_pick(dmn_conn *c)
     if (c->fresh)
         from = L_SITE;
     c->booted = true;
-    dmn_boot_start(&want, from);
+    dmn_boot_start(&want, from, reason ? reason : "first collection");
     return NULL;
 }
 
@@ -2763,7 +2928,7 @@ static void dmn_prewarm(const char *who)
     util_log("pre-warming for %s (%s): %s", who, dmn_level_names[level], why);
     dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
     dmn_ident_copy(&id, &z->id);
-    dmn_boot_start(&id, level);
+    dmn_boot_start(&id, level, why);
     dmn_ident_free(&id);
 }
 
@@ -2968,8 +3133,9 @@ static void dmn_request(dmn_conn *c)
         for (int l = L_SITE; l <= L_COLLECTED; l++)
             util_set(a, levels, dmn_level_names[l], pf_new_int(a, dmn.level_boots[l]));
         util_set(a, d, "level_boots", levels);
-        util_set(a, d, "layers", pf_new_bool(a, z && z->parent != NULL));
-        util_set(a, d, "planned", pf_new_bool(a, z && z->parent && z->parent->planned));
+        dmn_zygote *project = dmn_level_node(z, L_PROJECT);
+        util_set(a, d, "layers", pf_new_bool(a, project != NULL));
+        util_set(a, d, "planned", pf_new_bool(a, project && project->planned));
         util_set(a, d, "watching", pf_new_bool(a, dmn.watching));
         util_set(a, d, "runs", pf_new_int(a, dmn.runs));
         util_set(a, d, "running", pf_new_bool(a, dmn.run != NULL));
@@ -2981,6 +3147,7 @@ static void dmn_request(dmn_conn *c)
         util_set(a, d, "idle", pf_new_float(a, dmn.run ? 0 : util_now() - dmn.last_activity));
         util_set(a, d, "address", pf_new_cstr(a, dmn.address));
         util_set(a, d, "rootdir", pf_new_cstr(a, z ? z->rootdir : ""));
+        util_set(a, d, "recollect", pf_new_cstr(a, z ? z->how : ""));
         dmn_send(c, d);
         pf_arena_free(a);
         dmn_conn_drop(c);
@@ -3038,6 +3205,8 @@ static void dmn_request(dmn_conn *c)
         c->shard_n = (int)n->u.i;
     }
     dmn_watch_config(c, dmn_bool(req, "watch"));
+    const char *incremental = dmn_env(&c->env, "PYTEST_FAST_INCREMENTAL");
+    dmn.incremental_off = incremental && !strcmp(incremental, "0");
     c->stream = dmn_bool(req, "stream");
     c->color = dmn_bool(req, "color");
     const char *fp = pf_dict_str(req, "fp");
@@ -3256,16 +3425,15 @@ static void dmn_send_progress(dmn_run *r, double now)
 static void dmn_layers_tick(double now)
 {
     dmn_zygote *z = dmn.cur;
-    if (dmn.booting || dmn.queue || !z || z->state != Z_READY || !z->parent ||
-        now - dmn.last_run < 1.0)
+    dmn_zygote *project = dmn_level_node(z, L_PROJECT);
+    if (dmn.booting || dmn.queue || !z || z->state != Z_READY || !project || now - dmn.last_run < 1.0)
         return;
-    dmn_zygote *project = z->parent;
     if (project->planned || !dmn.plan[L_PROJECT].n || strcmp(project->plan, dmn.plan_key) != 0)
         return;
     util_log("preparing the site and project levels in the background");
     dmn_ident id = {{0}, {0}, NULL, NULL, NULL};
     dmn_ident_copy(&id, &z->id);
-    dmn_boot_start(&id, L_SITE);
+    dmn_boot_start(&id, L_SITE, "the site and project levels prepared");
     dmn_ident_free(&id);
 }
 

@@ -97,6 +97,13 @@ class _Zygote:
         self.cwd = None
         self.collected_order = None
         self.restore_seed = None
+        # For an incremental re-collect: the items in collection order,
+        # before pytest_collection_modifyitems; each test module by real
+        # path (None: two collectors for one path); where each module's
+        # items start in that list, with its rank among the modules.
+        self.collected = []
+        self.modules = {}
+        self.module_start = {}
 
     def pytest_collection_modifyitems(self, items):
         # The order before any plugin's modifyitems: each run's start from
@@ -124,6 +131,16 @@ class _Zygote:
     def pytest_warning_recorded(self, warning_message, when, nodeid, location):
         self.warnings.append(_warning_data(warning_message, when, nodeid, location))
 
+    def pytest_collectstart(self, collector):
+        if _is_module(collector):
+            path = os.path.realpath(str(collector.path))
+            seen = self.modules.get(path, collector)
+            self.modules[path] = collector if seen is collector else None
+            self.module_start[collector] = (len(self.collected), len(self.module_start))
+
+    def pytest_itemcollected(self, item):
+        self.collected.append(item)
+
     def pytest_collection(self, session):
         """Replay what the preloads warned, inside pytest's warning capture."""
         if self.restore_seed is not None:
@@ -142,6 +159,34 @@ class _Zygote:
         return None
 
     def pytest_runtestloop(self, session):
+        while True:
+            self.report_ready(session)
+            while True:
+                got = _c.serve(self.fd)
+                if got is None:
+                    os._exit(0)
+                msg, fds, forked = got
+                if not forked:
+                    continue
+                if "recollect" in msg:
+                    # A fork that becomes the next collected zygote.
+                    self.fd = fds[0]
+                    why = _recollect(self, session, msg["recollect"])
+                    if why is None:
+                        break
+                    _send(self.fd, {"op": "refused", "why": why})
+                    os._exit(0)
+                self.role = "leader"
+                _Leader(session, msg, fds).lead(self)
+                return True
+
+    def error_files(self, rootdir):
+        """The files that failed to collect: a module that did not import
+        is not in sys.modules, yet fixing it must re-collect."""
+        paths = {os.path.realpath(os.path.join(rootdir, e[1])) for e in self.collect_errors}
+        return sorted(p for p in paths if os.path.isfile(p))
+
+    def report_ready(self, session):
         config = session.config
         items = session.items
         rootdir = str(config.rootpath)
@@ -156,7 +201,7 @@ class _Zygote:
             "errors": self.collect_errors,
             "skips": self.collect_skips,
             "warnings": self.warnings,
-            "files": _imported_files(exclude=_PRELOADED) + _cov_watched(),
+            "files": _imported_files(exclude=_PRELOADED) + _cov_watched() + self.error_files(rootdir),
             "dirs": _collection_dirs(config, session),
             "rootdir": rootdir,
             "inifile": str(config.inipath) if getattr(config, "inipath", None) else None,
@@ -172,15 +217,6 @@ class _Zygote:
             self.cwd = os.getcwd()   # a conftest's os.chdir at import
         gc.collect()
         gc.freeze()
-        while True:
-            got = _c.serve(self.fd)
-            if got is None:
-                os._exit(0)
-            msg, fds, forked = got
-            if forked:
-                self.role = "leader"
-                _Leader(session, msg, fds).lead(self)
-                return True
 
 
 def _keep_randomly_seed(config):
@@ -342,6 +378,211 @@ def _collection_dirs(config, session):
             if len(out) > 20000:
                 return out
     return out
+
+
+# ------------------------------------------------------ incremental re-collect
+# When only test modules changed, the next collected zygote is a fork of the
+# last full one that re-imports just those modules and splices their items
+# into its collection; whatever could make that differ from a fresh
+# collection refuses, and the daemon rebuilds the level as before.
+
+# Plugins whose collection hooks are pure functions of the items and the
+# options (or only run elsewhere): re-running them on the spliced list gives
+# what a fresh collection gives.  Any other implementation of these hooks
+# (a conftest's, a third-party plugin's) might keep state or look at more
+# than its arguments.  anyio's pytest_collection_finish expands its marked
+# coroutine tests from session.items alone.
+_SAFE_PLUGINS = ("_pytest", "xdist", "pytest_cov", "anyio", "_pytest_fast_glue", "pytest_fast_plugin")
+_COLLECTION_HOOKS = ("pytest_collection", "pytest_collect_file", "pytest_pycollect_makemodule",
+                     "pytest_itemcollected", "pytest_collection_modifyitems", "pytest_collection_finish",
+                     "pytest_collectstart", "pytest_collectreport", "pytest_make_collect_report",
+                     "pytest_deselected")
+
+
+def _is_module(node):
+    """A test module's collector (pytest 7's Package is a Module too)."""
+    from _pytest.python import Module, Package
+    return isinstance(node, Module) and not isinstance(node, Package)
+
+
+def _module_of(item):
+    node = item.parent
+    while node is not None and not _is_module(node):
+        node = node.parent
+    return node
+
+
+def _unsafe_hook(config, root):
+    import types
+    for name in _COLLECTION_HOOKS:
+        caller = getattr(config.hook, name, None)
+        for impl in caller.get_hookimpls() if caller is not None else ():
+            plugin = impl.plugin
+            mod = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
+            if str(mod).split(".")[0] in _SAFE_PLUGINS:
+                continue
+            where = getattr(plugin, "__file__", None)
+            where = (os.path.relpath(where, root) if where and where.startswith(root + os.sep)
+                     else impl.plugin_name or mod)
+            return "%s implements %s" % (where, name)
+    return None
+
+
+def _under(nodeid, ids):
+    return isinstance(nodeid, str) and any(nodeid == i or nodeid.startswith(i + "::") for i in ids)
+
+
+def _drop_fixtures(fm, olds):
+    """Forget the fixtures the old modules (and their classes) defined:
+    pytest < 9 keys them by node id, which the new module reuses; pytest 9
+    by node.  A name nobody defines any more goes too (None, not [], is
+    what pytest answers for a name no fixture has)."""
+    ids = [old.nodeid for old in olds]
+
+    def in_old(node):
+        return hasattr(node, "listchain") and any(old in node.listchain() for old in olds)
+
+    defs = getattr(fm, "_arg2fixturedefs", None)
+    if isinstance(defs, dict):
+        for name in list(defs):
+            kept = [fd for fd in defs[name] if not _under(getattr(fd, "baseid", None), ids)
+                    and not in_old(getattr(fd, "node", None))]
+            if kept:
+                defs[name] = kept
+            else:
+                del defs[name]
+    for attr, gone in (("_arg2node2fixturedefs", in_old), ("_arg2nodeid2fixturedefs", lambda k: _under(k, ids))):
+        table = getattr(fm, attr, None)
+        for name in list(table) if isinstance(table, dict) else ():
+            for key in [k for k in table[name] if gone(k)]:
+                del table[name][key]
+            if not table[name]:
+                del table[name]
+    for attr, gone in (("_node_autousenames", in_old), ("_nodeid_autousenames", lambda k: _under(k, ids))):
+        table = getattr(fm, attr, None)
+        for key in [k for k in table if gone(k)] if isinstance(table, dict) else ():
+            del table[key]
+
+
+def _recollect(zyg, session, paths):
+    """Re-import the changed test modules `paths` and splice their items
+    into the collection; None when done, else why not (the caller exits and
+    the daemon re-collects in full)."""
+    try:
+        return _recollect_modules(zyg, session, paths)
+    except BaseException as exc:
+        return ("the incremental re-collect raised %s: %s" % (type(exc).__name__, exc))[:300]
+
+
+def _recollect_modules(zyg, session, paths):
+    import importlib
+    import linecache
+    import types
+    config = session.config
+    root = str(config.rootpath)
+    why = _unsafe_hook(config, root)
+    if why:
+        return why
+    if _COV is not None:
+        return "coverage is measured from the lowest level"
+    if any("::" in str(arg) for arg in config.args):
+        return "the collection arguments name tests"
+    olds = []
+    for path in paths:
+        real = os.path.realpath(path)
+        rel = os.path.relpath(real, root)
+        old = zyg.modules.get(real)
+        if old is None or old not in zyg.module_start:
+            return "%s is not a test module" % rel
+        if os.path.basename(real) == "__init__.py":
+            return "%s is a package's" % rel
+        mod = old.__dict__.get("_obj")
+        if mod is not None and not isinstance(mod, types.ModuleType):
+            return "%s: its collector holds no module" % rel
+        if getattr(mod, "pytest_plugins", None):
+            return "%s sets pytest_plugins" % rel
+        if any(os.path.realpath(str(w.get("filename") or "")) == real for w in zyg.warnings):
+            return "%s warned when it was collected" % rel
+        olds.append((old, mod, real))
+    changed = {id(mod) for _, mod, _ in olds if mod is not None}
+    names = {mod.__name__ for _, mod, _ in olds if mod is not None}
+    roots = (root + os.sep, os.path.realpath(root) + os.sep)
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if name in names or name in _PRELOADED or not isinstance(f, str) or not f.startswith(roots):
+            continue
+        for value in list(getattr(mod, "__dict__", {}).values()):
+            if id(value) in changed or (isinstance(value, (type, types.FunctionType))
+                                        and getattr(value, "__module__", None) in names):
+                return "%s imports from a changed test module" % os.path.relpath(f, root)
+
+    pre = zyg.collected
+    spans = []
+    for old, mod, real in olds:
+        start, rank = zyg.module_start.pop(old)
+        end = start
+        while end < len(pre) and _module_of(pre[end]) is old:
+            end += 1
+        spans.append((start, end, rank))
+        del zyg.modules[real]
+        if mod is not None:
+            sys.modules.pop(mod.__name__, None)
+        linecache.cache.pop(str(old.path), None)
+        linecache.cache.pop(real, None)
+    importlib.invalidate_caches()
+    _drop_fixtures(session._fixturemanager, [old for old, _, _ in olds])
+    ids = [old.nodeid for old, _, _ in olds]
+    removed = [e for e in zyg.collect_errors if _under(e[0], ids)]
+    zyg.collect_errors = [e for e in zyg.collect_errors if not _under(e[0], ids)]
+    skips = [e for e in zyg.collect_skips if not _under(e[0], ids)]
+    zyg.collect_skips = []
+    nerrors, nwarnings = len(zyg.collect_errors), len(zyg.warnings)
+
+    from _pytest.warnings import catch_warnings_for_item
+    news = []
+    with catch_warnings_for_item(config, ihook=config.hook, when="collect", item=None):
+        for old, _, real in olds:
+            got = list(session.gethookproxy(old.path).pytest_collect_file(file_path=old.path, parent=old.parent))
+            if len(got) != 1 or not _is_module(got[0]) or got[0].nodeid != old.nodeid:
+                return "%s: not one test module collected from it" % os.path.relpath(real, root)
+            first = len(zyg.collected)
+            items = list(session.genitems(got[0]))
+            del zyg.collected[first:]
+            news.append((got[0], items))
+    if hasattr(session, "_collection_cache"):
+        session._collection_cache = {}
+    if len(zyg.collect_errors) != nerrors:
+        return "collecting %s failed" % ", ".join(e[0] for e in zyg.collect_errors[nerrors:])
+    if len(zyg.warnings) != nwarnings:
+        return "collecting %s warned" % ", ".join(os.path.relpath(r, root) for _, _, r in olds)
+
+    # Splice, from the last span back so that the earlier ones stay put;
+    # the modules after a span move by its change in length.
+    for (start, end, rank), (new, items) in sorted(zip(spans, news), key=lambda x: x[0], reverse=True):
+        pre[start:end] = items
+        delta = len(items) - (end - start)
+        for node, (s, r) in list(zyg.module_start.items()):
+            if s > start or (s == start and r > rank):
+                zyg.module_start[node] = (s + delta, r)
+        zyg.module_start[new] = (start, rank)
+    # Module-level skips: the new ones where their module stands.
+    order = {node.nodeid: key for node, key in zyg.module_start.items()}
+    for entry in zyg.collect_skips:
+        key = order.get(entry[0].split("::")[0])
+        at = len(skips)
+        if key is not None:
+            at = next((i for i, e in enumerate(skips)
+                       if order.get(e[0].split("::")[0], (-1, -1)) > key), len(skips))
+        skips.insert(at, entry)
+    zyg.collect_skips = skips
+
+    session.items = list(pre)
+    hook = config.hook
+    hook.pytest_collection_modifyitems(session=session, config=config, items=session.items)
+    hook.pytest_collection_finish(session=session)
+    session.testscollected = len(session.items)
+    session.testsfailed = max(0, session.testsfailed - len(removed))
+    return None
 
 
 class _Leader:

@@ -14,6 +14,7 @@ static bool id_volatile_var(const char *kv)
         "PYTEST_FAST_TIMEOUT=", "PYTEST_FAST_BIN=", "PYTEST_FAST_WATCH_POLL=",
         "PYTEST_FAST_WATCH_DEBOUNCE=", "PYTEST_FAST_WATCH=", "PYTEST_FAST_SHARD=",
         "PYTEST_FAST_RECORD=",
+        "PYTEST_FAST_INCREMENTAL=",
     };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (!strncmp(kv, names[i], strlen(names[i])))
