@@ -15,6 +15,9 @@ round-robin, every contender on every scenario:
   edit_app       edit an app module (app/services/svc0.py, imported by every svc)
   watch_save     one `pytest-fast --watch` session: save -> first (affected) result and
                  -> the rest done, after a test edit and an app edit
+  edit_recollect edit a test file, then run just that test: ours with the incremental
+                 re-collect (one test module imported again) vs the collected level
+                 rebuilt in full (PYTEST_FAST_INCREMENTAL=0)
   cov_full       whole make_app suite with --cov=app: pytest, pytest -n 2, ours warm
                  (CLI and pytest --fast), and ours warm without coverage (its overhead)
   floor          a one-test project
@@ -1012,8 +1015,8 @@ def header(m):
 
 # ------------------------------------------------------------------------------ output
 
-ORDER = ["full_suite", "cov_full", "single_test", "edit_test", "edit_app", "watch_save", "floor", "tp_trivial",
-         "tp_cpu"]
+ORDER = ["full_suite", "cov_full", "single_test", "edit_test", "edit_app", "edit_recollect", "watch_save",
+         "floor", "tp_trivial", "tp_cpu"]
 
 
 def ratio_refs(scen):
@@ -1295,6 +1298,15 @@ def main():
         if "watch_save" in wanted:
             B.watch_save("watch_save", "Save → result under --watch", projs["app_edit"],
                          C("ours_watch", "ours --watch", "ours", "cli"), ("test", "app"), args.edit_reps)
+        if "edit_recollect" in wanted:
+            # -k: the run is one test, so the wall is mostly the re-collect
+            only = ("-k", "test_bench_edit")
+            B.edit("edit_recollect", "Edit → result: test file, incremental vs full re-collect",
+                   projs["app_edit"], "test",
+                   [C("ours_cli_inc", "ours CLI warm, incremental re-collect", "ours", "cli",
+                      args=only),
+                    C("ours_cli_full", "ours CLI warm, full re-collect", "ours", "cli",
+                      args=only, env={"PYTEST_FAST_INCREMENTAL": "0"})], args.edit_reps)
         B.stop_all()                     # edits invalidated the app_edit daemons anyway
         if "floor" in wanted:
             B.timed("floor", "Overhead floor (1-test project)", projs["one"],
