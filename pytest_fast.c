@@ -4610,7 +4610,7 @@ static const char zyg_glue[] =
     "def _unsafe_hook(config, root):\n"
     "    import types\n"
     "    for name in _COLLECTION_HOOKS:\n"
-    "        caller = getattr(config.hook, name, None)\n"
+    "        caller = getattr(config.pluginmanager.hook, name, None)   # pytest 7's config.hook wraps some\n"
     "        for impl in caller.get_hookimpls() if caller is not None else ():\n"
     "            plugin = impl.plugin\n"
     "            mod = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__\n"

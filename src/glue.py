@@ -415,7 +415,7 @@ def _module_of(item):
 def _unsafe_hook(config, root):
     import types
     for name in _COLLECTION_HOOKS:
-        caller = getattr(config.hook, name, None)
+        caller = getattr(config.pluginmanager.hook, name, None)   # pytest 7's config.hook wraps some
         for impl in caller.get_hookimpls() if caller is not None else ():
             plugin = impl.plugin
             mod = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
