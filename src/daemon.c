@@ -1128,27 +1128,27 @@ static dmn_zygote *dmn_fork_recollect(dmn_zygote *base, const util_strv *files)
 }
 
 /* Only test modules changed under the current collection: fork the
- * incremental re-collect as the collected level being built.  False (and
- * dmn.boot_why says why) when the level must be built in full. */
-static bool dmn_try_incremental(void)
+ * incremental re-collect as the collected level being built.  Otherwise
+ * the level is built in full, and dmn.boot_why says why. */
+static void dmn_try_incremental(void)
 {
     dmn_zygote *cur = dmn.cur;
     if (dmn.incremental_off) {
         size_t n = strlen(dmn.boot_why);
         snprintf(dmn.boot_why + n, sizeof dmn.boot_why - n, "; incremental re-collect off");
-        return false;
+        return;
     }
     if (!cur || cur->state != Z_READY || cur->level != L_COLLECTED)
-        return false;
+        return;
     dmn_zygote *base = cur->incremental ? cur->parent : cur;
     if (!base || base->state != Z_READY || base->fd < 0 || dmn_ident_differs(&base->id, &dmn.boot_id))
-        return false;
+        return;
     /* It must stand on the levels this boot reuses. */
     for (dmn_zygote *p = base->parent; p; p = p->parent)
         if (!dmn.boot_from_layers || dmn.bchain[p->level] != p)
-            return false;
+            return;
     if (!base->parent && dmn.boot_from_layers)
-        return false;
+        return;
     util_strv files = {0};
     char why[PF_ERRLEN];
     bool ok = dmn_incremental_files(base, cur, &files, why, sizeof why);
@@ -1156,10 +1156,8 @@ static bool dmn_try_incremental(void)
     util_strv_free(&files);
     if (!ok)
         snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
-    if (!z)
-        return false;
-    dmn.bchain[L_COLLECTED] = z;
-    return true;
+    if (z)
+        dmn.bchain[L_COLLECTED] = z;
 }
 
 /* The incremental re-collect could not splice (or died): build the level
