@@ -180,10 +180,11 @@ class _Zygote:
                 _Leader(session, msg, fds).lead(self)
                 return True
 
-    def error_files(self, rootdir):
-        """The files that failed to collect: a module that did not import
-        is not in sys.modules, yet fixing it must re-collect."""
-        paths = {os.path.realpath(os.path.join(rootdir, e[1])) for e in self.collect_errors}
+    def unimported_files(self, rootdir):
+        """The files that failed to collect or skipped at module level: a
+        module whose import raised is not in sys.modules, yet editing it
+        must re-collect."""
+        paths = {os.path.realpath(os.path.join(rootdir, e[1])) for e in self.collect_errors + self.collect_skips}
         return sorted(p for p in paths if os.path.isfile(p))
 
     def report_ready(self, session):
@@ -201,7 +202,7 @@ class _Zygote:
             "errors": self.collect_errors,
             "skips": self.collect_skips,
             "warnings": self.warnings,
-            "files": _imported_files(exclude=_PRELOADED) + _cov_watched() + self.error_files(rootdir),
+            "files": _imported_files(exclude=_PRELOADED) + _cov_watched() + self.unimported_files(rootdir),
             "dirs": _collection_dirs(config, session),
             "rootdir": rootdir,
             "inifile": str(config.inipath) if getattr(config, "inipath", None) else None,

@@ -124,6 +124,12 @@ def test_incremental_edits_match_plain_pytest(project, incremental):
     check(project, env, inc)
     check(project, env, "", "-m", "slow")
     check(project, env, "", "-m", "not slow", "-k", "param or uno")
+    # a module-level skip comes and goes
+    skip = "\npytest.skip('later', allow_module_level=True)\n"
+    edit(project, "tests/sub/test_c.py", "import pytest\n", "import pytest\n" + skip)
+    check(project, env, inc)
+    edit(project, "tests/sub/test_c.py", skip, "")
+    check(project, env, inc)
     # fixtures: the module's fixture goes (its test now errors, as in pytest),
     # a module-scoped one and an autouse one come
     edit(project, "tests/test_a.py", "@pytest.fixture\ndef local():\n    return 2\n",
@@ -207,3 +213,20 @@ def test_a_test_module_imported_by_another_falls_back(project):
     assert how == "full (test_user.py imports from a changed test module)", how
     edit(project, "test_user.py", "== 1", "== 2")
     check(project, None, "incremental")
+
+
+def test_the_watcher_prewarms_incrementally(project):
+    write_all(project, FILES)
+    env = {"PYTEST_FAST_WATCH_POLL": "0.05", "PYTEST_FAST_WATCH_DEBOUNCE": "0.1"}
+    r = project.fast("--with-watcher", env=env)
+    assert r.dump == project.pytest().dump, r
+    wait_for(lambda: "on (preloading)" in project.status().stdout and
+             "zygote   : ready" in project.status().stdout, what="the preloading layers")
+    edit(project, "tests/test_b.py", "def test_fail():", "def test_more():\n    pass\n\ndef test_fail():")
+    wait_for(lambda: "collected: incremental (1 module)" in project.status().stdout and
+             "zygote   : ready" in project.status().stdout, what="the incremental pre-warm")
+    log = project.log()
+    assert "pre-warming" in log and "re-collecting incrementally" in log, log
+    r = project.fast(env=env)
+    assert "re-collecting" not in r.err, r
+    assert r.dump == project.pytest().dump and "tests/test_b.py::test_more" in r.dump, r
