@@ -5655,8 +5655,14 @@ static const char zyg_glue[] =
     "        import faulthandler\n"
     "        config, session = self.config, self.session\n"
     "        items = session.items\n"
+    "        # A reply is an item's index, None (no item left for this worker) or\n"
+    "        # -1: the run is stopping (-x, pytest.exit in another worker), so\n"
+    "        # nothing more runs here, not even an item claimed ahead.  -1 is no\n"
+    "        # index: items[-1] would run the last test, unasked and unreported.\n"
     "        cur = self.ask((\"n\",))\n"
-    "        nxt = self.ask((\"n\",)) if cur is not None else None\n"
+    "        nxt = self.ask((\"n\",)) if cur is not None and cur != -1 else None\n"
+    "        if -1 in (cur, nxt):\n"
+    "            cur = None\n"
     "        try:\n"
     "            while cur is not None:\n"
     "                item = items[cur]\n"
@@ -7575,6 +7581,9 @@ static int zyg_main(int fd, const char *python, int argc, char **argv)
 
 #define DMN_REQUEST_TIMEOUT 5.0     /* seconds for a request to arrive */
 #define DMN_FINISH_WAIT 10.0        /* seconds the reply waits for the leader's cache update */
+#ifndef DMN_COV_WAIT               /* -DDMN_COV_WAIT=3.0 to try it by hand */
+#define DMN_COV_WAIT 300.0          /* ... and for its coverage combine and report */
+#endif
 #define DMN_PROGRESS_EVERY 0.1
 #define DMN_TIMEOUT_GRACE 5.0       /* after --timeout, before SIGKILL */
 #define DMN_MAX_CONNS 512
@@ -7666,7 +7675,7 @@ typedef struct dmn_worker {
     int npending;
     long claimed[2];            /* [0] running, [1] held as nextitem */
     int nclaimed;
-    bool finished, exited, stopped;
+    bool finished, exited;
     bool wants_tty;             /* its debugger waits for the terminal */
     bool held;                  /* its ask for an item waits for a debugger to close */
     int status;
@@ -9231,6 +9240,17 @@ static void dmn_tell_debugger(dmn_run *r, bool open)
     pf_arena_free(a);
 }
 
+/* A worker broke the protocol: it may wait for a reply that never comes
+ * (and its run with it), so end it.  Before the leader has said its pid
+ * (the "forked" frame), closing its socket does: its next read sees EOF. */
+static void dmn_worker_stop(dmn_worker *w)
+{
+    if (w->pid > 0)
+        kill(w->pid, SIGKILL);
+    else
+        util_close(&w->fd);
+}
+
 static void dmn_worker_reply(dmn_worker *w, const pf_value *reply)
 {
     if (reply && w->fd >= 0 && pf_send_value(w->fd, reply) < 0)
@@ -9289,8 +9309,8 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
     const pf_value *warnings = frame->u.seq.items[3];
     bool want = frame->u.seq.items[4]->kind == PF_BOOL && frame->u.seq.items[4]->u.b;
     if (w->nclaimed == 0 || idx->kind != PF_INT || r->sel[w->claimed[0]] != (size_t)idx->u.i) {
-        util_log("worker gw%d reported an item it does not hold; dropping it", w->wid);
-        w->stopped = true;
+        util_log("worker gw%d reported an item it does not hold; stopping it", w->wid);
+        dmn_worker_stop(w);
         return;
     }
     size_t pos = (size_t)w->claimed[0];
@@ -9362,7 +9382,7 @@ static void dmn_worker_frame(dmn_run *r, dmn_worker *w)
     if (pf_decode(a, w->rd.body.data, w->rd.need, &v, err, sizeof err) < 0 || !pf_is_seq(v) ||
         v->u.seq.len == 0 || v->u.seq.items[0]->kind != PF_STR) {
         util_log("worker gw%d sent a bad frame (%s); stopping it", w->wid, err);
-        kill(w->pid, SIGKILL);
+        dmn_worker_stop(w);
         pf_arena_free(a);
         return;
     }
@@ -9904,8 +9924,22 @@ static void dmn_run_end(dmn_run *r)
         r->end = r->finish_since = util_now();
         r->cov_wait = dmn_finish_leader(r, dmn_exit_code(r));
     }
-    if (r->cov_wait)
+    if (r->cov_wait && util_now() - r->finish_since < DMN_COV_WAIT)
         return;   /* the leader's "coverage" frame (or its death) comes back here */
+    if (r->cov_wait) {
+        /* A combine stuck for good (a lock, a plugin) must not hang the
+         * client: it gets its reply, and the run fails, as if the leader died. */
+        util_log("the run leader did not combine the coverage data within %.0fs; killing it",
+                 DMN_COV_WAIT);
+        if (r->leader_pid > 0)
+            kill(-r->leader_pid, SIGKILL);
+        util_close(&r->leader_fd);
+        r->cov_wait = false;
+        r->cov_fail = true;
+        r->cov_text = util_fmt("pytest-fast: the run leader did not combine the coverage data "
+                               "within %.0fs (see the daemon log): no coverage report\n",
+                               DMN_COV_WAIT);
+    }
     if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT)
         return;
     if (r->leader_fd >= 0 && r->leader_pid > 0) {

@@ -1460,8 +1460,14 @@ class _Worker:
         import faulthandler
         config, session = self.config, self.session
         items = session.items
+        # A reply is an item's index, None (no item left for this worker) or
+        # -1: the run is stopping (-x, pytest.exit in another worker), so
+        # nothing more runs here, not even an item claimed ahead.  -1 is no
+        # index: items[-1] would run the last test, unasked and unreported.
         cur = self.ask(("n",))
-        nxt = self.ask(("n",)) if cur is not None else None
+        nxt = self.ask(("n",)) if cur is not None and cur != -1 else None
+        if -1 in (cur, nxt):
+            cur = None
         try:
             while cur is not None:
                 item = items[cur]

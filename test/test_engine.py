@@ -228,6 +228,66 @@ def test_pytest_exit_stops_the_run(project):
     assert "enough" in r.out
 
 
+# -x with two workers, gw1 held before its first ask for an item until gw0
+# has failed and exited: gw1 is then told the run stops (-1), and must run
+# nothing.  It took -1 for an index once: it ran items[-1] (the last test),
+# reported it, got no reply and the run never ended (1 run in 6 of
+# test_coverage's -x test, where coverage slows each worker's start).
+LATE_WORKER = {
+    "tests/conftest.py": """
+        import fcntl
+        import os
+
+        ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+        def pytest_plugin_registered(plugin, manager):
+            # a worker registers its own plugin just before its first ask
+            if (os.environ.get("PYTEST_XDIST_WORKER") == "gw1"
+                    and manager.get_name(plugin) == "pytest-fast-worker"):
+                with open(os.path.join(ROOT, "gate"), "rb"):   # gw0 holds the lock
+                    pass
+                fd = os.open(os.path.join(ROOT, "gate.lock"), os.O_RDWR)
+                fcntl.flock(fd, fcntl.LOCK_EX)   # free once gw0 has exited
+    """,
+    "tests/test_a.py": """
+        import fcntl
+        import os
+
+        ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+        held = []
+
+        def test_fails():
+            if os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+                fd = os.open(os.path.join(ROOT, "gate.lock"), os.O_RDWR | os.O_CREAT)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held.append(fd)   # until this worker exits
+                os.close(os.open(os.path.join(ROOT, "gate"), os.O_WRONLY))
+            assert 0
+    """,
+    "tests/test_b.py": """
+        import os
+
+        ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+        def test_second():
+            open(os.path.join(ROOT, "second-ran"), "w").close()
+    """,
+}
+
+
+def test_worker_starting_after_x_stopped_the_run_runs_nothing(project):
+    write_all(project, LATE_WORKER)
+    os.mkfifo(project.path / "gate")
+    oracle = project.pytest("-x")
+    assert oracle.rc == 1 and not (project.path / "second-ran").exists(), oracle
+    r = project.fast("--workers", "2", "-x")
+    assert r.rc == oracle.rc, r
+    assert r.dump == oracle.dump, (r.dump, oracle.dump)
+    assert not (project.path / "second-ran").exists(), "the late worker ran a test"
+    assert "does not hold" not in project.log()
+
+
 def test_collection_error_interrupts(project):
     write_all(project, PARITY)
     project.write("tests/test_broken.py", "import nonexistent_module_xyz\n")
