@@ -112,6 +112,9 @@ def _refuse_unsupported(config: pytest.Config, ns: argparse.Namespace) -> None:
     if getattr(ns, "numprocesses", None) not in (None, 0):
         raise pytest.UsageError("--fast runs its own workers: use --fast-workers N "
                                 "instead of pytest-xdist's -n/--numprocesses")
+    if getattr(ns, "looponfail", False):
+        raise pytest.UsageError("pytest-xdist's -f/--looponfail would loop inside the daemon: "
+                                "use `pytest-fast --watch`, which re-runs the tests a save affects, first")
 
 
 def _timeout(given: str | None) -> float:

@@ -86,6 +86,9 @@ static const arg_spec arg_table[] = {
     {"--randomly-dont-reset-seed", ARG_RUN},
     {"--randomly-dont-reorganize", ARG_RUN},
     {"-n", ARG_VALUE | ARG_REFUSE},
+    {"-f", ARG_REFUSE},                 /* pytest-xdist's looponfail would loop in the zygote */
+    {"--looponfail", ARG_REFUSE},
+    {"--max-warnings", ARG_VALUE | ARG_RUN},
     {"--numprocesses", ARG_VALUE | ARG_REFUSE},
     {"-p", ARG_VALUE},
     {"-c", ARG_VALUE},

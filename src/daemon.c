@@ -138,6 +138,7 @@ typedef struct dmn_run {
     size_t nsel;
     size_t deselected;
     size_t pool;                /* selected before --shard and --affected took their part */
+    int64_t max_warnings;       /* pytest 9's --max-warnings, -1: none */
     const pf_value *scoped;     /* indices into zygote errors, or NULL = all */
     signed char *severity;      /* per position, -1 = no report yet */
     double *seconds;            /* per position: its reports' durations, summed */
@@ -2185,6 +2186,9 @@ static char *dmn_render(dmn_run *r, int rc)
         pf_buf_printf(&b, "  !!!!!!!!!! %s !!!!!!!!!!\n", r->exit_msg);
     if (nerr && !c->split.continue_on_errors)
         pf_buf_printf(&b, "  Interrupted: %zu error%s during collection\n", nerr, nerr == 1 ? "" : "s");
+    if (rc == 6)
+        pf_buf_printf(&b, "  Tests pass, but maximum allowed warnings exceeded: %zu > %lld\n", r->warnings,
+                      (long long)r->max_warnings);
     if (!c->brief)
         pf_buf_printf(&b, "%s\n", dmn_rule);
     const char *color = !c->color ? "" : rc == 0 || rc == 5 ? "\033[32m" : "\033[31m";
@@ -2246,6 +2250,12 @@ static int dmn_write_dump(dmn_run *r, const char *path, char *err, size_t errlen
     return 0;
 }
 
+/* pytest 9's --max-warnings (or ini max_warnings), as the leader read it. */
+static bool dmn_over_max_warnings(const dmn_run *r)
+{
+    return r->max_warnings >= 0 && r->warnings > (size_t)r->max_warnings;
+}
+
 static int dmn_exit_code(dmn_run *r)
 {
     if (r->cancelled)
@@ -2267,6 +2277,8 @@ static int dmn_exit_code(dmn_run *r)
      * selection, or --affected with nothing to re-run, is good news */
     if (r->nsel == 0 && !c->split.affected && !(c->shard_n > 1 && r->pool > 0))
         return 5;
+    if (dmn_over_max_warnings(r))
+        return 6;   /* pytest 9's MAX_WARNINGS_ERROR: only when all else passed */
     return 0;
 }
 
@@ -2437,6 +2449,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->deselected = (size_t)des;
     int64_t pool = 0;
     pf_dict_int(msg, "pool", &pool);
+    r->max_warnings = -1;
+    pf_dict_int(msg, "max_warnings", &r->max_warnings);
     const char *watch_list = pf_dict_str(msg, "watch_list");
     if (watch_list && watch_list[0] == '/') {
         free(dmn.watch_list);
@@ -3242,11 +3256,15 @@ static void dmn_request(dmn_conn *c)
     const char *python = pf_dict_str(req, "python");
     c->python = python && python[0] == '/' ? util_strdup(python) : NULL;
     if (c->split.refused[0] && (!c->stream || !strcmp(c->split.refused, "-n") ||
-                                !strcmp(c->split.refused, "--numprocesses"))) {
+                                !strcmp(c->split.refused, "--numprocesses") || !strcmp(c->split.refused, "-f") ||
+                                !strcmp(c->split.refused, "--looponfail"))) {
         const char *r = c->split.refused;
         char *text;
         if (!strcmp(r, "-n") || !strcmp(r, "--numprocesses"))
             text = util_fmt("ERROR: %s is pytest-xdist's; pytest-fast runs its own workers: use --workers N", r);
+        else if (!strcmp(r, "-f") || !strcmp(r, "--looponfail"))
+            text = util_fmt("ERROR: %s is pytest-xdist's looponfail: use `pytest-fast --watch`, which re-runs "
+                            "the tests a save affects, first", r);
         else   /* --junitxml */
             text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r, r);
         dmn_fail_request(c, 4, text);

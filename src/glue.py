@@ -629,6 +629,7 @@ class _Leader:
         _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
                         "stepwise": self.stepwise_seen(),
                         "pool": len(self.pool), "watch_list": self.watch_list(),
+                        "max_warnings": _max_warnings(self.config),
                         "scoped_errors": self.scoped_errors, "group_starts": self.group_starts,
                         "coverage": coverage})
         if zygote.cwd:
@@ -1089,6 +1090,21 @@ def _record_durations(config, measured, shard, pool, store_in):
         pending = {}
         cache.set(DURATIONS_KEY, record)
     cache.set(PENDING_KEY, pending)
+
+
+def _max_warnings(config):
+    """pytest 9's --max-warnings or ini max_warnings; None: unset (or an
+    older pytest)."""
+    value = getattr(config.option, "max_warnings", None)
+    if value is None:
+        try:
+            value = config.getini("max_warnings")
+        except ValueError:
+            return None
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _write_lines(path, lines):

@@ -392,3 +392,34 @@ def test_randomly_seed_order_and_values_per_run(project, randomly_path):
         _, plain = _order(project, lambda *a: project.pytest(*a, env=env), ("-p", "no:randomly"))
         names = [line.split()[0] for line in order]   # random itself is not seeded then
         assert names == [line.split()[0] for line in plain] and "randomly-seed" not in r.out, (how, r)
+
+
+# ------------------------------------------------------------ --max-warnings
+
+
+@pytest.mark.skipif(pytest.version_tuple < (9,), reason="--max-warnings is pytest 9's")
+def test_max_warnings_exits_as_plain_pytest(project):
+    project.write("tests/test_w.py", """
+        import warnings
+
+
+        def test_w():
+            warnings.warn(UserWarning("one"))
+        """)
+    for limit, want in (("0", 6), ("1", 0)):
+        oracle = project.pytest(f"--max-warnings={limit}")
+        cli = project.fast(f"--max-warnings={limit}")
+        plugin = plugin_run(project, f"--max-warnings={limit}")
+        assert oracle.rc == cli.rc == plugin.rc == want, (oracle, cli, plugin)
+        if want:
+            assert "maximum allowed warnings exceeded: 1 > 0" in cli.out, cli
+
+
+def test_looponfail_is_refused_for_watch(project):
+    pytest.importorskip("xdist")
+    project.write("tests/test_a.py", "def test_a():\n    pass\n")
+    cli = project.fast("-f")
+    assert cli.rc == 4 and "pytest-fast --watch" in cli.err, cli
+    plugin = plugin_run(project, "--looponfail")
+    assert plugin.rc == 4 and "pytest-fast --watch" in plugin.err, plugin
+    assert project.status().returncode == 0   # the daemon still answers
