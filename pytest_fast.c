@@ -8471,8 +8471,10 @@ static dmn_zygote *dmn_exec_root(int level, const dmn_ident *id, char *err, size
     return z;
 }
 
-/* Ask a ready node to fork the next level; the pid arrives later. */
-static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
+/* Send parent a fork request, msg, with one end of a new socketpair: the
+ * child it forks talks to us on the other.  The new node (its pid arrives
+ * later), or NULL. */
+static dmn_zygote *dmn_fork_child(dmn_zygote *parent, int level, const pf_value *msg)
 {
     int sv[2];
     if (util_socketpair(sv) < 0)
@@ -8483,24 +8485,34 @@ static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
         close(sv[1]);
         return NULL;
     }
+    pf_buf b = {0};
+    int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(parent->fd, b.data, b.len, &sv[1], 1) : -1;
+    pf_buf_free(&b);
+    close(sv[1]);
+    if (rc < 0) {
+        close(sv[0]);
+        dmn.level_boots[level]--;   /* never started: not a boot */
+        dmn_node_free(z);
+        return NULL;
+    }
+    util_nonblock(sv[0]);
+    z->fd = sv[0];
+    return z;
+}
+
+/* Ask a ready node to fork the next level. */
+static dmn_zygote *dmn_fork_node(dmn_zygote *parent, int level)
+{
     pf_arena *a = pf_arena_new(0);
     pf_value *msg = util_msg(a, "fork");
     util_set(a, msg, "level", pf_new_int(a, level));
     util_set(a, msg, "warmup", pf_new_bool(a, !dmn.warmup_tainted));
     util_set(a, msg, "modules", dmn_plan_value(a, level));
     util_set(a, msg, "rewrite", util_strv_value(a, &dmn.plan[2]));
-    pf_buf b = {0};
-    int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(parent->fd, b.data, b.len, &sv[1], 1) : -1;
-    pf_buf_free(&b);
+    dmn_zygote *z = dmn_fork_child(parent, level, msg);
     pf_arena_free(a);
-    close(sv[1]);
-    if (rc < 0) {
-        close(sv[0]);
-        dmn_node_free(z);
+    if (!z)
         return NULL;
-    }
-    util_nonblock(sv[0]);
-    z->fd = sv[0];
     dmn_plan_stamp(z);
     util_log("forking the %s zygote from the %s zygote %d", dmn_level_names[level],
              dmn_level_names[parent->level], (int)parent->pid);
@@ -8687,32 +8699,14 @@ static bool dmn_incremental_files(dmn_zygote *base, dmn_zygote *cur, util_strv *
  * again and becomes the next collected zygote ("refused" if it cannot). */
 static dmn_zygote *dmn_fork_recollect(dmn_zygote *base, const util_strv *files)
 {
-    int sv[2];
-    if (util_socketpair(sv) < 0)
-        return NULL;
-    dmn_zygote *z = dmn_node_new(L_COLLECTED, base, &base->id);
-    if (!z) {
-        close(sv[0]);
-        close(sv[1]);
-        return NULL;
-    }
     pf_arena *a = pf_arena_new(0);
     pf_value *msg = util_msg(a, "fork");
     util_set(a, msg, "wid", pf_new_int(a, -2));   /* its "forked" reply names a node, not a leader */
     util_set(a, msg, "recollect", util_strv_value(a, files));
-    pf_buf b = {0};
-    int rc = pf_encode(&b, msg) == 0 ? pf_frame_write(base->fd, b.data, b.len, &sv[1], 1) : -1;
-    pf_buf_free(&b);
+    dmn_zygote *z = dmn_fork_child(base, L_COLLECTED, msg);
     pf_arena_free(a);
-    close(sv[1]);
-    if (rc < 0) {
-        close(sv[0]);
-        dmn.level_boots[L_COLLECTED]--;
-        dmn_node_free(z);
+    if (!z)
         return NULL;
-    }
-    util_nonblock(sv[0]);
-    z->fd = sv[0];
     z->incremental = true;
     snprintf(z->how, sizeof z->how, "incremental (%zu module%s)", files->n, files->n == 1 ? "" : "s");
     util_log("re-collecting incrementally from the collected zygote %d: %zu test module%s",

@@ -45,6 +45,22 @@ def test_other():
 """
 
 
+# Says it started (atomically: its pid), then runs until "release" exists.
+SLOW_TEST = """
+import os
+import pathlib
+import time
+
+
+def test_slow():
+    here = pathlib.Path(__file__).parent.parent
+    (here / "started.tmp").write_text(str(os.getpid()))
+    os.replace(here / "started.tmp", here / "started")
+    while not (here / "release").exists():
+        time.sleep(0.01)
+"""
+
+
 def _project(project):
     project.write("pytest.ini", "[pytest]\n")
     project.write("app.py", APP)
@@ -206,19 +222,7 @@ def test_a_data_file_a_test_read_is_watched(project):
 
 def test_a_save_cancels_the_run_in_flight(project):
     _project(project)
-    project.write("tests/test_slow.py", """
-        import os
-        import pathlib
-        import time
-
-
-        def test_slow():
-            here = pathlib.Path(__file__).parent.parent
-            (here / "started.tmp").write_text(str(os.getpid()))
-            os.replace(here / "started.tmp", here / "started")
-            while not (here / "release").exists():
-                time.sleep(0.01)
-        """)
+    project.write("tests/test_slow.py", SLOW_TEST)
     started = project.path / "started"
     w = Watch(project, "-q")
     try:
@@ -297,19 +301,7 @@ def test_keys_on_a_terminal_filter_rerun_and_quit(project):
 
 def test_ctrl_c_quits_and_leaves_no_process_behind(project):
     _project(project)
-    project.write("tests/test_slow.py", """
-        import os
-        import pathlib
-        import time
-
-
-        def test_slow():
-            here = pathlib.Path(__file__).parent.parent
-            (here / "started.tmp").write_text(str(os.getpid()))
-            os.replace(here / "started.tmp", here / "started")
-            while True:
-                time.sleep(0.01)
-        """)
+    project.write("tests/test_slow.py", SLOW_TEST)
     started = project.path / "started"
     w = Watch(project, "-q", tty=True)
     try:
