@@ -637,6 +637,10 @@ class Controller:
         """The daemon's frames, and those held back while a debugger was
         open as soon as it closes."""
         for msg in self.daemon.frames():
+            if msg.get("op") == "done" and held:   # the run ended with a debugger open
+                yield {"op": "debugger", "open": False}
+                while held:
+                    yield held.pop(0)
             yield msg
             if msg.get("op") == "debugger" and not msg.get("open"):
                 while held:

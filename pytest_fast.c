@@ -4991,13 +4991,13 @@ static const char zyg_glue[] =
     "            return\n"
     "        from _pytest.reports import TestReport\n"
     "        stats = {}\n"
-    "        for nodeid, when, outcome in req.get(\"reports\", ()):\n"
-    "            rep = TestReport(nodeid, (nodeid.split(\"::\")[0], None, nodeid), {}, outcome, None, when)\n"
-    "            category = config.hook.pytest_report_teststatus(report=rep, config=config)[0]\n"
-    "            stats.setdefault(category, []).append(rep)\n"
     "        recorder = _RecordingReporter(config, stats)\n"
     "        others = [p for p in pm.get_plugins() if p not in conftests]\n"
-    "        try:\n"
+    "        try:   # a conftest that raises must not cost the cache update that follows\n"
+    "            for nodeid, when, outcome in req.get(\"reports\", ()):\n"
+    "                rep = TestReport(nodeid, (nodeid.split(\"::\")[0], None, nodeid), {}, outcome, None, when)\n"
+    "                category = config.hook.pytest_report_teststatus(report=rep, config=config)[0]\n"
+    "                stats.setdefault(category, []).append(rep)\n"
     "            pm.subset_hook_caller(\"pytest_terminal_summary\", remove_plugins=others)(\n"
     "                terminalreporter=recorder, exitstatus=int(req.get(\"rc\", 0)), config=config)\n"
     "        except Exception as exc:\n"
@@ -5598,6 +5598,7 @@ static const char zyg_glue[] =
     "        self.deps_out = None\n"
     "        self.fixture_seen = {}\n"
     "        self.shown = None   # --setup-show: what pytest wrote to its terminal\n"
+    "        self.saved_tw = None   # the terminal writer a debugger session replaced\n"
     "        self.debugging = False\n"
     "        self.sigint = None\n"
     "        self.live_log = None\n"
@@ -5804,6 +5805,7 @@ static const char zyg_glue[] =
     "            # --pdb shows the failure on the terminal reporter's writer;\n"
     "            # fd 1 is the client's again by the time it writes.\n"
     "            from _pytest.config import create_terminal_writer\n"
+    "            self.saved_tw = tr._tw   # the quiet one, or --setup-show's\n"
     "            tw = create_terminal_writer(self.config, open(1, \"w\", closefd=False))\n"
     "            if self.config.option.color == \"auto\" and _client_tty and not os.environ.get(\"NO_COLOR\"):\n"
     "                tw.hasmarkup = True   # fd 1 was not the terminal when it was made\n"
@@ -5825,7 +5827,7 @@ static const char zyg_glue[] =
     "        signal.signal(signal.SIGINT, self.sigint)\n"
     "        tr = self.config.pluginmanager.get_plugin(\"terminalreporter\")\n"
     "        if isinstance(tr, _QuietTerminal):\n"
-    "            tr._tw = tr.quiet_tw\n"
+    "            tr._tw = self.saved_tw\n"
     "        _send(self.fd, (\"p\", False))\n"
     "\n"
     "    def pytest_exception_interact(self, node, call, report):\n"
@@ -6944,15 +6946,14 @@ static const char zyg_affected[] =
     "        if self.native is not None:\n"
     "            self.native.opens_start()\n"
     "        mon = getattr(sys, \"monitoring\", None)\n"
-    "        if mon is None and self.native is not None:\n"
-    "            self.native.calls_start()\n"
-    "            threading.setprofile(self._thread_started)\n"
-    "            return\n"
-    "        if mon is not None and self.native is not None:\n"
-    "            if self.tool is None:\n"
+    "        if self.native is not None:\n"
+    "            if mon is not None and self.tool is None:\n"
     "                self.tool = self._use_tool(mon, self.native.mon_start)\n"
-    "                self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)\n"
+    "                if self.tool is not None:\n"
+    "                    self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)\n"
     "            self.native.calls_start()\n"
+    "            if self.tool is None:   # no free tool id: the profile function, in every thread\n"
+    "                threading.setprofile(self._thread_started)\n"
     "            return\n"
     "        if mon is None:\n"
     "            # a tracer already there (coverage, a debugger) keeps working\n"
@@ -6980,7 +6981,7 @@ static const char zyg_affected[] =
     "            self.seen |= self.native.opens_stop()\n"
     "        mon = getattr(sys, \"monitoring\", None)\n"
     "        if self.native is not None:\n"
-    "            if mon is None:\n"
+    "            if self.tool is None:\n"
     "                threading.setprofile(None)  # type: ignore[arg-type]\n"
     "            self.seen |= self.native.calls_stop()\n"
     "            return self.project(self.seen)\n"
@@ -7595,7 +7596,7 @@ static int zyg_main(int fd, const char *python, int argc, char **argv)
  * `status` is answered while a run or a re-collect is in progress and no
  * lock is ever needed.  Python code never runs here: a crash in a test, a
  * conftest or the interpreter costs a child process, never the daemon.
- * Calls Utilities, codec, Framing, SHA-256, Arguments, Identity.
+ * Calls Utilities, codec, Framing, SHA-256, Arguments, Identity, Tree.
  * ========================================================================== */
 
 #define DMN_REQUEST_TIMEOUT 5.0     /* seconds for a request to arrive */
@@ -7680,6 +7681,7 @@ typedef struct dmn_sub {
     tree settling;              /* a newer snapshot, waiting to hold still */
     bool pending;
     double since, debounce, poll, next_scan;
+    double last_scan, walk_cost;    /* when it last walked, and for how long */
 } dmn_sub;
 
 typedef struct dmn_worker {
@@ -8961,6 +8963,7 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
     if (!z->parent && z->out >= 0)
         dmn_zygote_output(z);
     if (z->state == Z_BOOTING && z->incremental) {
+        z->pid = 0;   /* reaped: a kill now could hit a process that reuses the pid */
         dmn_recollect_refused(z, WIFSIGNALED(status) ? "the incremental re-collect was killed"
                                                      : "the incremental re-collect exited");
         return;
@@ -9560,7 +9563,6 @@ static void dmn_worker_gone(dmn_run *r, int wi, int status)
     util_close(&w->fd);
     util_close(&w->fault);
     dmn_tty_release(r, w);
-    w = &r->workers[wi];
     if (w->finished && WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return;
     if (r->cancelled)
@@ -10532,7 +10534,23 @@ static void dmn_sub_send_changed(dmn_conn *c, const tree *now)
     pf_value *d = util_msg(a, "changed");
     util_set(a, d, "files", util_strv_value(a, &files));
     util_set(a, d, "count", pf_new_int(a, (int64_t)count));
-    dmn_send(c, d);
+    /* All at once or not at all: a client that stopped reading (stopped
+     * with Ctrl-Z, its buffer full) must not block the daemon.  It loses
+     * the subscription, and subscribes again when it reads the EOF. */
+    pf_buf b = {0};
+    if (pf_encode(&b, d) == 0 && b.len <= PF_MAX_FRAME) {
+        uint8_t hdr[PF_FRAME_HEADER] = {(uint8_t)(b.len >> 24), (uint8_t)(b.len >> 16),
+                                        (uint8_t)(b.len >> 8), (uint8_t)b.len};
+        struct iovec iov[2] = {{hdr, sizeof hdr}, {b.data, b.len}};
+        struct msghdr m = {0};
+        m.msg_iov = iov;
+        m.msg_iovlen = 2;
+        if (sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)(sizeof hdr + b.len)) {
+            util_log("--watch: a client does not read its changes; dropping its subscription");
+            util_close(&c->fd);
+        }
+    }
+    pf_buf_free(&b);
     pf_arena_free(a);
     util_strv_free(&files);
 }
@@ -10566,6 +10584,8 @@ static void dmn_sub_scan(dmn_conn *c, double now)
     const char *root = dmn_sub_root(s);
     tree t = {0};
     tree_scan(&t, root, dmn.watch_list);
+    s->last_scan = util_now();
+    s->walk_cost = s->last_scan - now;
     if (strcmp(root, s->root) != 0) {
         /* The first collection named the rootdir: a new baseline, no edit. */
         free(s->root);
@@ -10611,15 +10631,21 @@ static void dmn_subs_tick(double now)
         dmn_sub_notify_sync();
 }
 
-/* Something changed in a watched directory: look now. */
+/* Something changed in a watched directory: look now, unless the last
+ * walk was moments ago: files a run writes over and over (a log, a
+ * database) may walk a large tree at most a tenth of the time. */
 static void dmn_subs_notified(double now)
 {
     char buf[4096];
     while (read(dmn.sub_notify_fd, buf, sizeof buf) > 0)
         ;
-    for (int i = 0; i < dmn.nconns; i++)
-        if (dmn.conns[i]->sub && !dmn.conns[i]->sub->pending)
-            dmn.conns[i]->sub->next_scan = now;
+    for (int i = 0; i < dmn.nconns; i++) {
+        dmn_sub *s = dmn.conns[i]->sub;
+        if (s && !s->pending) {
+            double earliest = s->last_scan + 10 * s->walk_cost;
+            s->next_scan = now > earliest ? now : earliest;
+        }
+    }
 }
 
 static double dmn_subs_next(void)
@@ -10975,11 +11001,15 @@ static void dmn_conn_readable(dmn_conn *c)
         char buf[256];
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
         dmn_run *r = dmn.run;
-        if (n > 0 && buf[n - 1] == 'i' && r && r->client == c && r->tty_owner >= 0) {
+        if (n > 0 && buf[n - 1] == 'i' && r && r->client == c) {
             /* Ctrl-C while a debugger has the terminal: the debugger's, as
-             * in a plain run (the terminal sends SIGINT to the client). */
-            util_log("Ctrl-C for the debugger of gw%d", r->workers[r->tty_owner].wid);
-            kill(r->workers[r->tty_owner].pid, SIGINT);
+             * in a plain run (the terminal sends SIGINT to the client).  One
+             * that closed meanwhile takes it with it: not a cancel. */
+            dmn_worker *owner = r->tty_owner >= 0 ? &r->workers[r->tty_owner] : NULL;
+            if (owner && owner->pid > 0) {
+                util_log("Ctrl-C for the debugger of gw%d", owner->wid);
+                kill(owner->pid, SIGINT);
+            }
             return;
         }
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || n > 0) {
@@ -11352,7 +11382,7 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
 /* ==========================================================================
  * Client
  *
- * Owns: the Ctrl-C flag of the client process.
+ * Owns: the Ctrl-C flag of the client process, and --watch's saved terminal mode.
  * `pytest-fast [options] [pytest args]`: finds or starts the daemon (one
  * starter at a time, under a lock, with a deadline), sends one request with
  * its stdio fds, shows progress, prints the summary and exits with pytest's
@@ -11364,6 +11394,12 @@ static int dmn_main(const char *address, double ttl, int ready_fd)
 #define CLI_RESTART (-1)          /* the daemon belongs to another build */
 
 static volatile sig_atomic_t cli_interrupts;
+static struct termios cli_tty_saved;   /* --watch: the terminal as it was */
+
+static void cli_tty_restore(void)
+{
+    tcsetattr(0, TCSANOW, &cli_tty_saved);
+}
 
 static void cli_on_sigint(int sig)
 {
@@ -11915,6 +11951,8 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
     }
     pf_reader_free(&r);
     close(fd);
+    if (debugger && job->watch)   /* the run ended with a debugger open: single keys again */
+        cli_watch_keys(job->watch, true);
     if (why)
         return why;
     if (cancel_sent && rc != 2 && rc != 0)
@@ -12119,11 +12157,15 @@ static int cli_watch_event(cli_watch *w, bool running)
         if (st == PF_READ_AGAIN)
             break;
         if (st != PF_READ_FRAME) {
-            /* The daemon went away (--stop, a rebuilt binary): a new one. */
+            /* The daemon went away (--stop, a rebuilt binary) or dropped a
+             * subscriber that did not read: subscribe again, and run the
+             * whole selection (what changed meanwhile is unknown). */
             close(w->sub);
             w->sub = -1;
             pf_reader_free(&w->rd);
-            fputs("pytest-fast --watch: the daemon stopped; starting a new one\n", stderr);
+            util_strv_free(&w->changed);
+            w->nchanged = 0;
+            fputs("pytest-fast --watch: the subscription ended; subscribing again\n", stderr);
             return cli_watch_subscribe(w) < 0 ? CLI_QUIT : CLI_CHANGED;
         }
         pf_arena *a = pf_arena_new(0);
@@ -12228,8 +12270,8 @@ static int cli_watch_after_change(cli_watch *w)
     close(fd);
     int rc = cli_watch_run(w, "--fast-affected", dump);
     struct stat st;
-    if ((rc == 0 || rc == 1) && stat(dump, &st) == 0 && st.st_size > 2) {
-        /* "{}" or more: the rest excludes what the first run reported */
+    if ((rc == 0 || rc == 1) && stat(dump, &st) == 0 && st.st_size > 0) {
+        /* the rest: all but what the first run reported (its dump) */
         printf("\npytest-fast --watch: the rest of the selection\n");
         fflush(stdout);
         char *exclude = util_fmt("--fast-exclude=%s", dump);
@@ -12322,11 +12364,17 @@ static int cli_watch_main(const cli_opts *o, const char *address, const char *fp
     signal(SIGPIPE, SIG_IGN);
     if (cli_watch_subscribe(&w) < 0)
         return 3;
-    w.keys = isatty(0) && isatty(1) && tcgetattr(0, &w.saved) == 0;
+    /* Keys only in the foreground: a background job that touched the
+     * terminal would be stopped (SIGTTOU). */
+    w.keys = isatty(0) && isatty(1) && tcgetpgrp(0) == getpgrp() && tcgetattr(0, &w.saved) == 0;
+    if (w.keys) {
+        cli_tty_saved = w.saved;
+        atexit(cli_tty_restore);   /* whatever path leaves the process */
+    }
     cli_watch_keys(&w, true);
     int next = 'a', rc = 0;
     while (next != CLI_QUIT) {
-        rc = next == CLI_CHANGED ? cli_watch_after_change(&w) : cli_watch_run(&w, NULL, NULL);
+        rc = next == CLI_CHANGED && w.nchanged ? cli_watch_after_change(&w) : cli_watch_run(&w, NULL, NULL);
         next = rc == CLI_CHANGED || rc == CLI_QUIT ? rc : cli_watch_wait(&w);
     }
     cli_watch_keys(&w, false);

@@ -322,15 +322,14 @@ class Recorder:
         if self.native is not None:
             self.native.opens_start()
         mon = getattr(sys, "monitoring", None)
-        if mon is None and self.native is not None:
-            self.native.calls_start()
-            threading.setprofile(self._thread_started)
-            return
-        if mon is not None and self.native is not None:
-            if self.tool is None:
+        if self.native is not None:
+            if mon is not None and self.tool is None:
                 self.tool = self._use_tool(mon, self.native.mon_start)
-                self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)
+                if self.tool is not None:
+                    self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)
             self.native.calls_start()
+            if self.tool is None:   # no free tool id: the profile function, in every thread
+                threading.setprofile(self._thread_started)
             return
         if mon is None:
             # a tracer already there (coverage, a debugger) keeps working
@@ -358,7 +357,7 @@ class Recorder:
             self.seen |= self.native.opens_stop()
         mon = getattr(sys, "monitoring", None)
         if self.native is not None:
-            if mon is None:
+            if self.tool is None:
                 threading.setprofile(None)  # type: ignore[arg-type]
             self.seen |= self.native.calls_stop()
             return self.project(self.seen)

@@ -1,7 +1,7 @@
 /* ==========================================================================
  * Client
  *
- * Owns: the Ctrl-C flag of the client process.
+ * Owns: the Ctrl-C flag of the client process, and --watch's saved terminal mode.
  * `pytest-fast [options] [pytest args]`: finds or starts the daemon (one
  * starter at a time, under a lock, with a deadline), sends one request with
  * its stdio fds, shows progress, prints the summary and exits with pytest's
@@ -13,6 +13,12 @@
 #define CLI_RESTART (-1)          /* the daemon belongs to another build */
 
 static volatile sig_atomic_t cli_interrupts;
+static struct termios cli_tty_saved;   /* --watch: the terminal as it was */
+
+static void cli_tty_restore(void)
+{
+    tcsetattr(0, TCSANOW, &cli_tty_saved);
+}
 
 static void cli_on_sigint(int sig)
 {
@@ -564,6 +570,8 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
     }
     pf_reader_free(&r);
     close(fd);
+    if (debugger && job->watch)   /* the run ended with a debugger open: single keys again */
+        cli_watch_keys(job->watch, true);
     if (why)
         return why;
     if (cancel_sent && rc != 2 && rc != 0)
@@ -768,11 +776,15 @@ static int cli_watch_event(cli_watch *w, bool running)
         if (st == PF_READ_AGAIN)
             break;
         if (st != PF_READ_FRAME) {
-            /* The daemon went away (--stop, a rebuilt binary): a new one. */
+            /* The daemon went away (--stop, a rebuilt binary) or dropped a
+             * subscriber that did not read: subscribe again, and run the
+             * whole selection (what changed meanwhile is unknown). */
             close(w->sub);
             w->sub = -1;
             pf_reader_free(&w->rd);
-            fputs("pytest-fast --watch: the daemon stopped; starting a new one\n", stderr);
+            util_strv_free(&w->changed);
+            w->nchanged = 0;
+            fputs("pytest-fast --watch: the subscription ended; subscribing again\n", stderr);
             return cli_watch_subscribe(w) < 0 ? CLI_QUIT : CLI_CHANGED;
         }
         pf_arena *a = pf_arena_new(0);
@@ -877,8 +889,8 @@ static int cli_watch_after_change(cli_watch *w)
     close(fd);
     int rc = cli_watch_run(w, "--fast-affected", dump);
     struct stat st;
-    if ((rc == 0 || rc == 1) && stat(dump, &st) == 0 && st.st_size > 2) {
-        /* "{}" or more: the rest excludes what the first run reported */
+    if ((rc == 0 || rc == 1) && stat(dump, &st) == 0 && st.st_size > 0) {
+        /* the rest: all but what the first run reported (its dump) */
         printf("\npytest-fast --watch: the rest of the selection\n");
         fflush(stdout);
         char *exclude = util_fmt("--fast-exclude=%s", dump);
@@ -971,11 +983,17 @@ static int cli_watch_main(const cli_opts *o, const char *address, const char *fp
     signal(SIGPIPE, SIG_IGN);
     if (cli_watch_subscribe(&w) < 0)
         return 3;
-    w.keys = isatty(0) && isatty(1) && tcgetattr(0, &w.saved) == 0;
+    /* Keys only in the foreground: a background job that touched the
+     * terminal would be stopped (SIGTTOU). */
+    w.keys = isatty(0) && isatty(1) && tcgetpgrp(0) == getpgrp() && tcgetattr(0, &w.saved) == 0;
+    if (w.keys) {
+        cli_tty_saved = w.saved;
+        atexit(cli_tty_restore);   /* whatever path leaves the process */
+    }
     cli_watch_keys(&w, true);
     int next = 'a', rc = 0;
     while (next != CLI_QUIT) {
-        rc = next == CLI_CHANGED ? cli_watch_after_change(&w) : cli_watch_run(&w, NULL, NULL);
+        rc = next == CLI_CHANGED && w.nchanged ? cli_watch_after_change(&w) : cli_watch_run(&w, NULL, NULL);
         next = rc == CLI_CHANGED || rc == CLI_QUIT ? rc : cli_watch_wait(&w);
     }
     cli_watch_keys(&w, false);

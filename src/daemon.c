@@ -6,7 +6,7 @@
  * `status` is answered while a run or a re-collect is in progress and no
  * lock is ever needed.  Python code never runs here: a crash in a test, a
  * conftest or the interpreter costs a child process, never the daemon.
- * Calls Utilities, codec, Framing, SHA-256, Arguments, Identity.
+ * Calls Utilities, codec, Framing, SHA-256, Arguments, Identity, Tree.
  * ========================================================================== */
 
 #define DMN_REQUEST_TIMEOUT 5.0     /* seconds for a request to arrive */
@@ -91,6 +91,7 @@ typedef struct dmn_sub {
     tree settling;              /* a newer snapshot, waiting to hold still */
     bool pending;
     double since, debounce, poll, next_scan;
+    double last_scan, walk_cost;    /* when it last walked, and for how long */
 } dmn_sub;
 
 typedef struct dmn_worker {
@@ -1372,6 +1373,7 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
     if (!z->parent && z->out >= 0)
         dmn_zygote_output(z);
     if (z->state == Z_BOOTING && z->incremental) {
+        z->pid = 0;   /* reaped: a kill now could hit a process that reuses the pid */
         dmn_recollect_refused(z, WIFSIGNALED(status) ? "the incremental re-collect was killed"
                                                      : "the incremental re-collect exited");
         return;
@@ -1971,7 +1973,6 @@ static void dmn_worker_gone(dmn_run *r, int wi, int status)
     util_close(&w->fd);
     util_close(&w->fault);
     dmn_tty_release(r, w);
-    w = &r->workers[wi];
     if (w->finished && WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return;
     if (r->cancelled)
@@ -2943,7 +2944,23 @@ static void dmn_sub_send_changed(dmn_conn *c, const tree *now)
     pf_value *d = util_msg(a, "changed");
     util_set(a, d, "files", util_strv_value(a, &files));
     util_set(a, d, "count", pf_new_int(a, (int64_t)count));
-    dmn_send(c, d);
+    /* All at once or not at all: a client that stopped reading (stopped
+     * with Ctrl-Z, its buffer full) must not block the daemon.  It loses
+     * the subscription, and subscribes again when it reads the EOF. */
+    pf_buf b = {0};
+    if (pf_encode(&b, d) == 0 && b.len <= PF_MAX_FRAME) {
+        uint8_t hdr[PF_FRAME_HEADER] = {(uint8_t)(b.len >> 24), (uint8_t)(b.len >> 16),
+                                        (uint8_t)(b.len >> 8), (uint8_t)b.len};
+        struct iovec iov[2] = {{hdr, sizeof hdr}, {b.data, b.len}};
+        struct msghdr m = {0};
+        m.msg_iov = iov;
+        m.msg_iovlen = 2;
+        if (sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)(sizeof hdr + b.len)) {
+            util_log("--watch: a client does not read its changes; dropping its subscription");
+            util_close(&c->fd);
+        }
+    }
+    pf_buf_free(&b);
     pf_arena_free(a);
     util_strv_free(&files);
 }
@@ -2977,6 +2994,8 @@ static void dmn_sub_scan(dmn_conn *c, double now)
     const char *root = dmn_sub_root(s);
     tree t = {0};
     tree_scan(&t, root, dmn.watch_list);
+    s->last_scan = util_now();
+    s->walk_cost = s->last_scan - now;
     if (strcmp(root, s->root) != 0) {
         /* The first collection named the rootdir: a new baseline, no edit. */
         free(s->root);
@@ -3022,15 +3041,21 @@ static void dmn_subs_tick(double now)
         dmn_sub_notify_sync();
 }
 
-/* Something changed in a watched directory: look now. */
+/* Something changed in a watched directory: look now, unless the last
+ * walk was moments ago: files a run writes over and over (a log, a
+ * database) may walk a large tree at most a tenth of the time. */
 static void dmn_subs_notified(double now)
 {
     char buf[4096];
     while (read(dmn.sub_notify_fd, buf, sizeof buf) > 0)
         ;
-    for (int i = 0; i < dmn.nconns; i++)
-        if (dmn.conns[i]->sub && !dmn.conns[i]->sub->pending)
-            dmn.conns[i]->sub->next_scan = now;
+    for (int i = 0; i < dmn.nconns; i++) {
+        dmn_sub *s = dmn.conns[i]->sub;
+        if (s && !s->pending) {
+            double earliest = s->last_scan + 10 * s->walk_cost;
+            s->next_scan = now > earliest ? now : earliest;
+        }
+    }
 }
 
 static double dmn_subs_next(void)
@@ -3386,11 +3411,15 @@ static void dmn_conn_readable(dmn_conn *c)
         char buf[256];
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
         dmn_run *r = dmn.run;
-        if (n > 0 && buf[n - 1] == 'i' && r && r->client == c && r->tty_owner >= 0) {
+        if (n > 0 && buf[n - 1] == 'i' && r && r->client == c) {
             /* Ctrl-C while a debugger has the terminal: the debugger's, as
-             * in a plain run (the terminal sends SIGINT to the client). */
-            util_log("Ctrl-C for the debugger of gw%d", r->workers[r->tty_owner].wid);
-            kill(r->workers[r->tty_owner].pid, SIGINT);
+             * in a plain run (the terminal sends SIGINT to the client).  One
+             * that closed meanwhile takes it with it: not a cancel. */
+            dmn_worker *owner = r->tty_owner >= 0 ? &r->workers[r->tty_owner] : NULL;
+            if (owner && owner->pid > 0) {
+                util_log("Ctrl-C for the debugger of gw%d", owner->wid);
+                kill(owner->pid, SIGINT);
+            }
             return;
         }
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || n > 0) {

@@ -793,13 +793,13 @@ class _Leader:
             return
         from _pytest.reports import TestReport
         stats = {}
-        for nodeid, when, outcome in req.get("reports", ()):
-            rep = TestReport(nodeid, (nodeid.split("::")[0], None, nodeid), {}, outcome, None, when)
-            category = config.hook.pytest_report_teststatus(report=rep, config=config)[0]
-            stats.setdefault(category, []).append(rep)
         recorder = _RecordingReporter(config, stats)
         others = [p for p in pm.get_plugins() if p not in conftests]
-        try:
+        try:   # a conftest that raises must not cost the cache update that follows
+            for nodeid, when, outcome in req.get("reports", ()):
+                rep = TestReport(nodeid, (nodeid.split("::")[0], None, nodeid), {}, outcome, None, when)
+                category = config.hook.pytest_report_teststatus(report=rep, config=config)[0]
+                stats.setdefault(category, []).append(rep)
             pm.subset_hook_caller("pytest_terminal_summary", remove_plugins=others)(
                 terminalreporter=recorder, exitstatus=int(req.get("rc", 0)), config=config)
         except Exception as exc:
@@ -1400,6 +1400,7 @@ class _Worker:
         self.deps_out = None
         self.fixture_seen = {}
         self.shown = None   # --setup-show: what pytest wrote to its terminal
+        self.saved_tw = None   # the terminal writer a debugger session replaced
         self.debugging = False
         self.sigint = None
         self.live_log = None
@@ -1606,6 +1607,7 @@ class _Worker:
             # --pdb shows the failure on the terminal reporter's writer;
             # fd 1 is the client's again by the time it writes.
             from _pytest.config import create_terminal_writer
+            self.saved_tw = tr._tw   # the quiet one, or --setup-show's
             tw = create_terminal_writer(self.config, open(1, "w", closefd=False))
             if self.config.option.color == "auto" and _client_tty and not os.environ.get("NO_COLOR"):
                 tw.hasmarkup = True   # fd 1 was not the terminal when it was made
@@ -1627,7 +1629,7 @@ class _Worker:
         signal.signal(signal.SIGINT, self.sigint)
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if isinstance(tr, _QuietTerminal):
-            tr._tw = tr.quiet_tw
+            tr._tw = self.saved_tw
         _send(self.fd, ("p", False))
 
     def pytest_exception_interact(self, node, call, report):
