@@ -310,6 +310,13 @@ class Daemon:
             with contextlib.suppress(OSError):
                 self.sock.send(b"i")
 
+    def made_way(self) -> None:
+        """A worker's debugger may take the terminal: nothing of ours is
+        left to print before its prompt (the daemon waits for this)."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(b"a")
+
     def cancel(self) -> None:
         if self.sock is not None:
             try:
@@ -593,6 +600,8 @@ class Controller:
                 if op == "debugger":
                     # A worker's debugger has the terminal: Ctrl-C is its,
                     # and the other workers' reports wait for it to close.
+                    if msg.get("open"):
+                        self.daemon.made_way()   # what came before is shown: it may write
                     if msg.get("open") and sigint is None:
                         sigint = signal.signal(signal.SIGINT, self.daemon.interrupt)
                     elif not msg.get("open") and sigint is not None:

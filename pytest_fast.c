@@ -7742,6 +7742,7 @@ typedef struct dmn_run {
     bool stopping, cancelled;
     bool stepwise_stopped;      /* --sw stopped it: pytest's Interrupted, exit code 2 */
     int tty_owner;              /* the worker whose debugger has the terminal, -1 */
+    bool tty_acked;             /* ... and the front end made way for it */
     bool finishing;             /* the leader is updating .pytest_cache */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
@@ -9276,15 +9277,27 @@ static void dmn_worker_reply(dmn_worker *w, const pf_value *reply)
 
 static bool dmn_worker_claim(dmn_run *r, dmn_worker *w, pf_arena *a, pf_value **reply);
 
+/* The front end has put its own output aside (the CLI's progress line,
+ * the plugin's reports): the debugger may write now.  Granting before
+ * this let a progress frame already on its way land after pdb's prompt. */
+static void dmn_tty_acked(dmn_run *r)
+{
+    if (r->tty_owner < 0 || r->tty_acked)
+        return;
+    r->tty_acked = true;
+    pf_arena *a = pf_arena_new(0);
+    dmn_worker_reply(&r->workers[r->tty_owner], pf_new_bool(a, true));
+    pf_arena_free(a);
+}
+
 static void dmn_tty_grant(dmn_run *r, int wi)
 {
-    dmn_worker *w = &r->workers[wi];
-    pf_arena *a = pf_arena_new(0);
     r->tty_owner = wi;
-    w->wants_tty = false;
+    r->tty_acked = false;
+    r->workers[wi].wants_tty = false;
     dmn_tell_debugger(r, true);
-    dmn_worker_reply(w, pf_new_bool(a, true));
-    pf_arena_free(a);
+    if (!r->client || r->client->fd < 0)
+        dmn_tty_acked(r);   /* nobody to wait for */
 }
 
 /* Its debugger closed (or its test ended, or it died): the next waiting
@@ -11001,17 +11014,25 @@ static void dmn_conn_readable(dmn_conn *c)
         char buf[256];
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
         dmn_run *r = dmn.run;
-        if (n > 0 && buf[n - 1] == 'i' && r && r->client == c) {
-            /* Ctrl-C while a debugger has the terminal: the debugger's, as
-             * in a plain run (the terminal sends SIGINT to the client).  One
-             * that closed meanwhile takes it with it: not a cancel. */
+        bool cancel = n <= 0 || !r || r->client != c;
+        for (ssize_t k = 0; !cancel && k < n; k++) {
             dmn_worker *owner = r->tty_owner >= 0 ? &r->workers[r->tty_owner] : NULL;
-            if (owner && owner->pid > 0) {
-                util_log("Ctrl-C for the debugger of gw%d", owner->wid);
-                kill(owner->pid, SIGINT);
+            if (buf[k] == 'a') {
+                dmn_tty_acked(r);   /* the front end made way for a debugger */
+            } else if (buf[k] == 'i') {
+                /* Ctrl-C while a debugger has the terminal: the debugger's,
+                 * as in a plain run (the terminal sends SIGINT to the
+                 * client).  One that closed meanwhile takes it along. */
+                if (owner && owner->pid > 0) {
+                    util_log("Ctrl-C for the debugger of gw%d", owner->wid);
+                    kill(owner->pid, SIGINT);
+                }
+            } else {
+                cancel = true;
             }
-            return;
         }
+        if (!cancel)
+            return;
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || n > 0) {
             if (dmn.run && dmn.run->client == c) {
                 util_log("client cancelled run #%u", dmn.runs);
@@ -11923,7 +11944,17 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
             debugger = open && open->kind == PF_BOOL && open->u.b;
             if (job->watch)   /* its keys are the debugger's now, in the terminal's own mode */
                 cli_watch_keys(job->watch, !debugger);
-            /* Its output starts on a new line; erasing ours now could erase its prompt. */
+            if (debugger) {
+                /* Clear the line, then say so: the debugger writes only after. */
+                if (progress_shown)
+                    fputs("\r\033[K", stdout);
+                fflush(stdout);
+                if (write(fd, "a", 1) < 0) {
+                    rc = 3;
+                    pf_arena_free(m);
+                    break;
+                }
+            }
             progress_shown = false;
         } else if (op && !strcmp(op, "note")) {
             fprintf(stderr, "pytest-fast: %s\n", pf_dict_str(msg, "text") ? pf_dict_str(msg, "text") : "");

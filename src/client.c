@@ -542,7 +542,17 @@ static int cli_run_once(const cli_opts *o, const cli_job *job, const char *addre
             debugger = open && open->kind == PF_BOOL && open->u.b;
             if (job->watch)   /* its keys are the debugger's now, in the terminal's own mode */
                 cli_watch_keys(job->watch, !debugger);
-            /* Its output starts on a new line; erasing ours now could erase its prompt. */
+            if (debugger) {
+                /* Clear the line, then say so: the debugger writes only after. */
+                if (progress_shown)
+                    fputs("\r\033[K", stdout);
+                fflush(stdout);
+                if (write(fd, "a", 1) < 0) {
+                    rc = 3;
+                    pf_arena_free(m);
+                    break;
+                }
+            }
             progress_shown = false;
         } else if (op && !strcmp(op, "note")) {
             fprintf(stderr, "pytest-fast: %s\n", pf_dict_str(msg, "text") ? pf_dict_str(msg, "text") : "");
