@@ -574,6 +574,17 @@ class Bench:
         self.results.append(scen)
         return scen
 
+    def save_edit(self, proj, kind, marker):
+        """The next numbered edit of that kind, written now: (its number, when)."""
+        self.edit_seq += 1
+        try:
+            os.unlink(marker)
+        except OSError:
+            pass
+        t0 = time.perf_counter()
+        write_edit(proj, kind, self.edit_seq, marker)
+        return self.edit_seq, t0
+
     def edit(self, sid, title, proj, kind, entries, reps):
         """Edit-to-result: write the edit, then immediately run the suite; the wall clock
         runs from just before the write to the command's exit.  The edited code writes a
@@ -610,14 +621,7 @@ class Bench:
                         self.run_cmd(argv, env, proj.path, logp)
                     log("  warm-up   %-34s" % rid)
                     continue
-                self.edit_seq += 1
-                n = self.edit_seq
-                try:
-                    os.unlink(marker)
-                except OSError:
-                    pass
-                t0 = time.perf_counter()
-                write_edit(proj, kind, n, marker)
+                n, t0 = self.save_edit(proj, kind, marker)
                 if c.watch:
                     # The issue's watcher scenario: the user saves, then runs
                     # 2 s later; the wall is the run alone.
@@ -625,9 +629,7 @@ class Bench:
                     t0 = time.perf_counter()
                 res = self.run_cmd(argv, env, proj.path, logp)
                 res["wall"] = time.perf_counter() - t0
-                got = (_read(marker) or "").split()
-                idx = 0 if kind == "test" else 1
-                res["verified"] = len(got) == 2 and got[idx] == str(n)
+                res["verified"] = edit_seen(marker, kind, n)
                 log("  round %-3d %-34s %8.3fs  rc=%s%s" % (
                     rnd, rid, res["wall"], res["rc"], "" if res["verified"] else "  STALE RESULT"))
                 samples[rid].append(res)
@@ -714,19 +716,11 @@ class Bench:
                 if rnd:
                     samples["pytest"].append(res)
                 for kind in kinds:
-                    self.edit_seq += 1
-                    n = self.edit_seq
-                    try:
-                        os.unlink(marker)
-                    except OSError:
-                        pass
-                    t0 = time.perf_counter()
-                    write_edit(proj, kind, n, marker)
+                    n, t0 = self.save_edit(proj, kind, marker)
                     t_first, p1 = until(r"^= .* in [\d.]+s =$", pos)
                     t_all, pos = until(r"waiting for changes", p1)
                     text = "".join(line for _, line in lines[p1 - 1:p1])
-                    got = (_read(marker) or "").split()
-                    ok = len(got) == 2 and got[0 if kind == "test" else 1] == str(n)
+                    ok = edit_seen(marker, kind, n)
                     log("  round %-3d %-5s edit: first result %7.3fs, rest done %7.3fs%s" % (
                         rnd, kind, t_first - t0, t_all - t0, "" if ok else "  STALE RESULT"))
                     if rnd:
@@ -916,6 +910,12 @@ def make_projects(make_app):
         w(os.path.join(cpu, "tests", "test_c%d.py" % f), body)
     projs["cpu"] = Project("cpu", cpu, "tests")
     return projs
+
+
+def edit_seen(marker, kind, n):
+    """Whether the run saw edit n: its edited code wrote the marker."""
+    got = (_read(marker) or "").split()
+    return len(got) == 2 and got[0 if kind == "test" else 1] == str(n)
 
 
 def write_edit(proj, kind, n, marker):
