@@ -332,11 +332,13 @@ static void util_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
 static void util_log(const char *fmt, ...)
 {
     char stamp[32];
-    time_t now = time(NULL);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
     struct tm tm;
-    localtime_r(&now, &tm);
+    localtime_r(&now.tv_sec, &tm);
     strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
-    fprintf(stderr, "[%s] [%s %d] ", stamp, util_role, (int)getpid());
+    /* milliseconds: an edit-to-result timeline is read off this log */
+    fprintf(stderr, "[%s.%03ld] [%s %d] ", stamp, now.tv_nsec / 1000000, util_role, (int)getpid());
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -4208,6 +4210,7 @@ static const char zyg_glue[] =
     "decoder, which cannot instantiate anything.\n"
     "\"\"\"\n"
     "import gc\n"
+    "import inspect\n"
     "import io\n"
     "import json\n"
     "import os\n"
@@ -4414,6 +4417,13 @@ static const char zyg_glue[] =
     "        self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]\n"
     "        if os.getcwd() != _BOOT_CWD:\n"
     "            self.cwd = os.getcwd()   # a conftest's os.chdir at import\n"
+    "        # Once here rather than in every run's leader or worker: what the\n"
+    "        # --affected world says of the plugins (their metadata, parsed),\n"
+    "        # and inspect.getmodule's map of files to modules, which a failing\n"
+    "        # test's traceback builds at its first call by resolving the path\n"
+    "        # of every module imported (0.1-0.2 s on make_app, per worker).\n"
+    "        _world_fixed(config)\n"
+    "        inspect.getmodule(_world_fixed.__code__)\n"
     "        gc.collect()\n"
     "        gc.freeze()\n"
     "\n"
@@ -4530,6 +4540,19 @@ static const char zyg_glue[] =
     "    return tuple(out)\n"
     "\n"
     "\n"
+    "_REALPATHS: dict = {}   # path -> its realpath, inherited by every fork\n"
+    "\n"
+    "\n"
+    "def _realpath(path):\n"
+    "    \"\"\"os.path.realpath once per path and zygote chain: every collection,\n"
+    "    re-collect and run asks it of each module's file (about a thousand\n"
+    "    calls, 0.1 s of lstat, on make_app).\"\"\"\n"
+    "    real = _REALPATHS.get(path)\n"
+    "    if real is None:\n"
+    "        real = _REALPATHS[path] = os.path.realpath(path)\n"
+    "    return real\n"
+    "\n"
+    "\n"
     "def _imported_files(exclude=()):\n"
     "    skip = _stdlib_dirs()\n"
     "    site = tuple(os.path.realpath(p) + os.sep for p in sys.path if \"site-packages\" in p or \"dist-packages\" in p)\n"
@@ -4540,7 +4563,7 @@ static const char zyg_glue[] =
     "        f = getattr(mod, \"__file__\", None)\n"
     "        if not f:\n"
     "            continue\n"
-    "        f = os.path.realpath(f)\n"
+    "        f = _realpath(f)\n"
     "        if f.startswith(skip) and not f.startswith(site):\n"
     "            continue\n"
     "        files.add(f)\n"
@@ -4797,6 +4820,7 @@ static const char zyg_glue[] =
     "        self.pool = []            # the selection's node ids before --shard\n"
     "        self.group_starts = None  # where --dist groups start, None: no groups\n"
     "        self.stepwise = None      # this run's StepwisePlugin (--sw)\n"
+    "        self.stale = None         # recording: the node ids to record, None: every test\n"
     "\n"
     "    def lead(self, zygote):\n"
     "        msg = self.msg\n"
@@ -4843,7 +4867,7 @@ static const char zyg_glue[] =
     "                os._exit(0)\n"
     "            req, fds, forked = got\n"
     "            if forked:\n"
-    "                zygote.worker = _Worker(self.session, msg, req, fds)\n"
+    "                zygote.worker = _Worker(self.session, msg, req, fds, self.stale)\n"
     "                zygote.role = \"worker\"\n"
     "                return zygote.worker.work()\n"
     "            if req.get(\"op\") == \"finish\":\n"
@@ -4920,6 +4944,8 @@ static const char zyg_glue[] =
     "                items = self.exclude(items, excluded[-1])\n"
     "            if self.affected:\n"
     "                items = self.select_affected(items)\n"
+    "            elif self.world is not None:\n"
+    "                self.stale = self.out_of_date(items)[0]\n"
     "        finally:\n"
     "            pm.unregister(counter)\n"
     "        items, self.group_starts = _dist_groups(items, getattr(config.option, \"dist\", \"no\"))\n"
@@ -4939,14 +4965,19 @@ static const char zyg_glue[] =
     "            self.config.hook.pytest_deselected(items=dropped)\n"
     "        return [item for item in items if item.nodeid not in done]\n"
     "\n"
-    "    def select_affected(self, items):\n"
-    "        \"\"\"--affected: only what an edit since the last run could change.\"\"\"\n"
+    "    def out_of_date(self, items):\n"
+    "        \"\"\"The node ids of items an edit since their last run could change\n"
+    "        (see affected.py), and why, in a few words.\"\"\"\n"
     "        root = _affected_root(self.config)\n"
     "        path = _affected_record(self.config)\n"
     "        record = _affected.load(path) if path else None\n"
     "        tests = {item.nodeid: _rel_module(item, root) for item in items}\n"
-    "        chosen, why = _affected.affected(record, self.world, root, tests)\n"
-    "        sys.stderr.write(\"pytest-fast: --affected: %d of %d tests (%s)\\n\" % (len(chosen), len(tests), why))\n"
+    "        return _affected.affected(record, self.world, root, tests)\n"
+    "\n"
+    "    def select_affected(self, items):\n"
+    "        \"\"\"--affected: only what an edit since the last run could change.\"\"\"\n"
+    "        chosen, why = self.out_of_date(items)\n"
+    "        sys.stderr.write(\"pytest-fast: --affected: %d of %d tests (%s)\\n\" % (len(chosen), len(items), why))\n"
     "        sys.stderr.flush()\n"
     "        dropped = [item for item in items if item.nodeid not in chosen]\n"
     "        if dropped:\n"
@@ -5104,8 +5135,9 @@ static const char zyg_glue[] =
     "        for nodeid, bad in failed.items():\n"
     "            item = modules.get(nodeid)\n"
     "            if item is None or (nodeid not in deps and not bad):\n"
-    "                continue    # no record of what it ran: it stays \"never run\"\n"
-    "            ran[nodeid] = {\"module\": _rel_module(item, root), \"deps\": deps.get(nodeid, []), \"failed\": bad}\n"
+    "                continue    # not recorded: its record (or its absence) stands\n"
+    "            # deps None: its record was current, so the run did not record it\n"
+    "            ran[nodeid] = {\"module\": _rel_module(item, root), \"deps\": deps.get(nodeid), \"failed\": bad}\n"
     "        if not ran:\n"
     "            return\n"
     "        project = _project_modules(root)\n"
@@ -5156,8 +5188,8 @@ static const char zyg_glue[] =
     "\n"
     "\n"
     "def _rel_module(item, root):\n"
-    "    path = os.path.realpath(str(item.path))\n"
-    "    return os.path.relpath(path, root) if path.startswith(os.path.join(root, \"\")) else path\n"
+    "    real = _realpath(str(item.path))\n"
+    "    return os.path.relpath(real, root) if real.startswith(os.path.join(root, \"\")) else real\n"
     "\n"
     "\n"
     "def _outside_project(root):\n"
@@ -5179,10 +5211,25 @@ static const char zyg_glue[] =
     "        f = getattr(mod, \"__file__\", None)\n"
     "        if not f or not f.endswith(\".py\"):\n"
     "            continue\n"
-    "        f = os.path.realpath(f)\n"
+    "        f = _realpath(f)\n"
     "        if f.startswith(base) and not f.startswith(outside):\n"
     "            out[name] = f[len(base):]\n"
     "    return out\n"
+    "\n"
+    "\n"
+    "_WORLD_FIXED: list = []   # what _world_fixed found, for the zygote's lifetime\n"
+    "\n"
+    "\n"
+    "def _world_fixed(config):\n"
+    "    \"\"\"The part of the world a zygote cannot see change: the interpreter,\n"
+    "    pytest, the collection's arguments and the plugins' versions.\"\"\"\n"
+    "    if not _WORLD_FIXED:\n"
+    "        import pytest\n"
+    "        plugins = sorted(\"%s %s\" % (dist.project_name, dist.version)\n"
+    "                         for _, dist in config.pluginmanager.list_plugin_distinfo())\n"
+    "        _WORLD_FIXED.extend([sys.executable, sys.version, pytest.__version__,\n"
+    "                             list(config.invocation_params.args), plugins])\n"
+    "    return _WORLD_FIXED\n"
     "\n"
     "\n"
     "def _world(config):\n"
@@ -5192,15 +5239,13 @@ static const char zyg_glue[] =
     "    import hashlib\n"
     "    import types\n"
     "\n"
-    "    import pytest\n"
     "    pm = config.pluginmanager\n"
-    "    parts = [sys.executable, sys.version, pytest.__version__, list(config.invocation_params.args)]\n"
+    "    parts = list(_world_fixed(config))\n"
     "    for d in _site_dirs():\n"
     "        try:\n"
     "            parts.append([d, os.stat(d).st_mtime_ns])\n"
     "        except OSError:\n"
     "            parts.append([d, None])\n"
-    "    parts.append(sorted(\"%s %s\" % (dist.project_name, dist.version) for _, dist in pm.list_plugin_distinfo()))\n"
     "    files = [str(config.inipath)] if getattr(config, \"inipath\", None) else []\n"
     "    for plugin in pm.get_plugins():\n"
     "        f = getattr(plugin, \"__file__\", None) if isinstance(plugin, types.ModuleType) else None\n"
@@ -5583,7 +5628,7 @@ static const char zyg_glue[] =
     "class _Worker:\n"
     "    \"\"\"Runs items handed out by the daemon, one claimed item ahead.\"\"\"\n"
     "\n"
-    "    def __init__(self, session, run, req, fds):\n"
+    "    def __init__(self, session, run, req, fds, stale=None):\n"
     "        self.session = session\n"
     "        self.config = session.config\n"
     "        self.run = run\n"
@@ -5595,6 +5640,7 @@ static const char zyg_glue[] =
     "        self.reports = []\n"
     "        self.warnings = []\n"
     "        self.recorder = None\n"
+    "        self.stale = stale   # the tests to record (None: all): a current record stands\n"
     "        self.deps_out = None\n"
     "        self.fixture_seen = {}\n"
     "        self.shown = None   # --setup-show: what pytest wrote to its terminal\n"
@@ -5629,10 +5675,19 @@ static const char zyg_glue[] =
     "\n"
     "    def pytest_fixture_setup(self, fixturedef, request):\n"
     "        # A higher-scoped fixture is set up by the first test that needs it\n"
-    "        # and used by the others: they depend on what its setup ran, too.\n"
-    "        yield\n"
-    "        if self.recorder is not None and fixturedef.scope != \"function\":\n"
-    "            self.fixture_seen[id(fixturedef)] = self.recorder.so_far()\n"
+    "        # and used by the others: they depend on what its setup ran, too,\n"
+    "        # even when that first test is one whose record was current.\n"
+    "        rec = self.recorder\n"
+    "        if rec is None or fixturedef.scope == \"function\":\n"
+    "            yield\n"
+    "            return\n"
+    "        alone = not rec.active\n"
+    "        if alone:\n"
+    "            rec.start()\n"
+    "        try:\n"
+    "            yield\n"
+    "        finally:\n"
+    "            self.fixture_seen[id(fixturedef)] = rec.stop() if alone else rec.so_far()\n"
     "\n"
     "    def work(self):\n"
     "        import faulthandler\n"
@@ -5689,13 +5744,16 @@ static const char zyg_glue[] =
     "                nextitem = items[nxt] if nxt is not None else None\n"
     "                if self.timeout > 0:\n"
     "                    faulthandler.dump_traceback_later(self.timeout, exit=True, file=self.fault)\n"
-    "                if self.recorder is not None:\n"
+    "                recording = self.recorder is not None and (self.stale is None or item.nodeid in self.stale)\n"
+    "                if recording:\n"
     "                    self.recorder.start()\n"
+    "                elif self.recorder is not None:\n"
+    "                    self.recorder.idle()\n"
     "                config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)\n"
     "                self.release_terminal()   # a debugger stepped out of the test\n"
     "                if self.shown is not None and not self.full:\n"
     "                    self.show_on_stdout()\n"
-    "                if self.recorder is not None:\n"
+    "                if recording:\n"
     "                    self.record(item)\n"
     "                if self.timeout > 0:\n"
     "                    faulthandler.cancel_dump_traceback_later()\n"
@@ -6252,7 +6310,7 @@ static const char zyg_glue[] =
     "    for name in names:\n"
     "        f = getattr(sys.modules.get(name), \"__file__\", None)\n"
     "        if f:\n"
-    "            files.add(os.path.realpath(f))\n"
+    "            files.add(_realpath(f))\n"
     "    return sorted(files)\n"
     "\n"
     "\n"
@@ -6287,7 +6345,7 @@ static const char zyg_glue[] =
     "        if not f:\n"
     "            site.append(name)\n"
     "            continue\n"
-    "        f = os.path.realpath(f)\n"
+    "        f = _realpath(f)\n"
     "        base = os.path.basename(f)\n"
     "        if f.startswith(site_dirs) or f.startswith(std):\n"
     "            site.append(name)\n"
@@ -6827,13 +6885,17 @@ static const char zyg_affected[] =
     "def update(record: dict | None, world: str, root: str, ran: dict[str, dict], project: Iterable[str],\n"
     "           modules: dict[str, str], started_ns: int) -> dict:\n"
     "    \"\"\"The record after a run: ran maps each test that ran to\n"
-    "    {\"module\", \"deps\", \"failed\"}; project lists the project files the\n"
+    "    {\"module\", \"deps\", \"failed\"} (deps None: not recorded, because its\n"
+    "    record was current: the recorded deps stand); project lists the project files the\n"
     "    collection imported; modules maps module names to those files.  A file\n"
     "    modified after the run started is fingerprinted as unknown, so that\n"
     "    the tests that ran against its older content are selected again.\"\"\"\n"
     "    if record is None or record[\"world\"] != world:\n"
     "        record = {\"format\": FORMAT, \"world\": world, \"files\": {}, \"tests\": {}}\n"
     "    names = {rel: name for name, rel in modules.items()}\n"
+    "    ran = {nodeid: rec if rec[\"deps\"] is not None\n"
+    "           else dict(rec, deps=record[\"tests\"].get(nodeid, {}).get(\"deps\", []))\n"
+    "           for nodeid, rec in ran.items()}\n"
     "    old = record[\"files\"]\n"
     "    wanted = set(project)\n"
     "    for rec in [*ran.values(), *record[\"tests\"].values()]:\n"
@@ -6898,6 +6960,7 @@ static const char zyg_affected[] =
     "        self.rel: dict[str, str | None] = {}\n"
     "        self.active = False\n"
     "        self.tool: int | None = None\n"
+    "        self.armed = False   # sys.monitoring: whether the tool's PY_START events are on\n"
     "        self.chained: Any = None\n"
     "        if native is None:\n"
     "            sys.addaudithook(self._audit)   # the zygote's is in C: far cheaper\n"
@@ -6943,12 +7006,16 @@ static const char zyg_affected[] =
     "    def start(self) -> None:\n"
     "        self.seen = set()\n"
     "        self.active = True\n"
+    "        if self.tool is not None and not self.armed:\n"
+    "            sys.monitoring.set_events(self.tool, sys.monitoring.events.PY_START)  # type: ignore[attr-defined]\n"
+    "            self.armed = True\n"
     "        if self.native is not None:\n"
     "            self.native.opens_start()\n"
     "        mon = getattr(sys, \"monitoring\", None)\n"
     "        if self.native is not None:\n"
     "            if mon is not None and self.tool is None:\n"
     "                self.tool = self._use_tool(mon, self.native.mon_start)\n"
+    "                self.armed = self.tool is not None\n"
     "                if self.tool is not None:\n"
     "                    self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)\n"
     "            self.native.calls_start()\n"
@@ -6963,6 +7030,7 @@ static const char zyg_affected[] =
     "            return\n"
     "        if self.tool is None:\n"
     "            self.tool = self._use_tool(mon, self._on_start)\n"
+    "            self.armed = self.tool is not None\n"
     "\n"
     "    @staticmethod\n"
     "    def _use_tool(mon: Any, callback: Any) -> int | None:\n"
@@ -6974,6 +7042,15 @@ static const char zyg_affected[] =
     "                mon.set_events(tool, mon.events.PY_START)\n"
     "                return tool\n"
     "        return None\n"
+    "\n"
+    "    def idle(self) -> None:\n"
+    "        \"\"\"Until the next start: no cost for what runs meanwhile.  The\n"
+    "        sys.monitoring events stay on across tests (a stop), because\n"
+    "        switching them costs the re-instrumentation of every function run\n"
+    "        afterwards; a run of tests that are not recorded is worth that.\"\"\"\n"
+    "        if self.tool is not None and self.armed:\n"
+    "            sys.monitoring.set_events(self.tool, 0)  # type: ignore[attr-defined]\n"
+    "            self.armed = False\n"
     "    def stop(self) -> set[str]:\n"
     "        \"\"\"The project files seen since start, relative to the root.\"\"\"\n"
     "        self.active = False\n"
@@ -7744,6 +7821,8 @@ typedef struct dmn_run {
     int tty_owner;              /* the worker whose debugger has the terminal, -1 */
     bool tty_acked;             /* ... and the front end made way for it */
     bool finishing;             /* the leader is updating .pytest_cache */
+    bool replied;               /* --watch: the client has its reply before that update */
+    int reply_rc;               /* the exit code the reply carried */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
@@ -9953,10 +10032,45 @@ static char *dmn_with_coverage(char *summary, const char *cov)
     return out;
 }
 
+/* The client's reply, once: the --dump file, then the summary (CLI) or the
+ * "done" frame (plugin).  Returns the exit code it carried. */
+static int dmn_run_reply(dmn_run *r)
+{
+    dmn_conn *c = r->client;
+    if (r->replied || !c)
+        return r->replied ? r->reply_rc : dmn_exit_code(r);
+    int rc = dmn_exit_code(r);
+    if (r->cov_fail && (rc == 0 || rc == 5))
+        rc = 1;       /* pytest-cov counts it as a failed test */
+    char err[PF_ERRLEN] = "";
+    if (c->dump && dmn_write_dump(r, c->dump, err, sizeof err) < 0)
+        rc = rc ? rc : 1;
+    char *summary = dmn_with_coverage(dmn_render(r, rc), r->cov_text);
+    if (c->stream) {
+        pf_arena *a = pf_arena_new(0);
+        pf_value *d = util_msg(a, "done");
+        util_set(a, d, "rc", pf_new_int(a, rc));
+        util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
+        util_set(a, d, "error", pf_new_cstr(a, err));
+        if (r->terminal_summary)
+            util_set(a, d, "terminal_summary", (pf_value *)r->terminal_summary);
+        dmn_send(c, d);
+        pf_arena_free(a);
+    } else {
+        dmn_send_done(c, rc, summary, err);
+    }
+    free(summary);
+    r->replied = true;
+    r->reply_rc = rc;
+    return rc;
+}
+
 /* The run is over: the leader updates the cache, then the client gets its
  * reply, so that what it runs next (`pytest --lf`, the next shard) reads
- * the update.  Called again when the leader has exited (its EOF), or from
- * the loop until DMN_FINISH_WAIT has passed. */
+ * the update.  Under --watch the reply goes first: what the client runs
+ * next comes through this daemon, which starts no run before this one's
+ * leader is done.  Called again when the leader has exited (its EOF), or
+ * from the loop until DMN_FINISH_WAIT has passed. */
 static void dmn_run_end(dmn_run *r)
 {
     if (!r->finishing) {
@@ -9980,39 +10094,21 @@ static void dmn_run_end(dmn_run *r)
                                "within %.0fs (see the daemon log): no coverage report\n",
                                DMN_COV_WAIT);
     }
-    if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT)
+    if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT) {
+        if (r->client && r->client->brief)
+            dmn_run_reply(r);
         return;
+    }
     if (r->leader_fd >= 0 && r->leader_pid > 0) {
         util_log("the run leader did not update the cache within %.0fs; killing it", DMN_FINISH_WAIT);
         kill(-r->leader_pid, SIGKILL);
     }
     util_close(&r->leader_fd);
     dmn_conn *c = r->client;
-    int rc = dmn_exit_code(r);
-    if (r->cov_fail && (rc == 0 || rc == 5))
-        rc = 1;       /* pytest-cov counts it as a failed test */
+    int rc = dmn_run_reply(r);
     bool discard = c && c->discard;
-    if (c) {
-        char err[PF_ERRLEN] = "";
-        if (c->dump && dmn_write_dump(r, c->dump, err, sizeof err) < 0)
-            rc = rc ? rc : 1;
-        char *summary = dmn_with_coverage(dmn_render(r, rc), r->cov_text);
-        if (c->stream) {
-            pf_arena *a = pf_arena_new(0);
-            pf_value *d = util_msg(a, "done");
-            util_set(a, d, "rc", pf_new_int(a, rc));
-            util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
-            util_set(a, d, "error", pf_new_cstr(a, err));
-            if (r->terminal_summary)
-                util_set(a, d, "terminal_summary", (pf_value *)r->terminal_summary);
-            dmn_send(c, d);
-            pf_arena_free(a);
-        } else {
-            dmn_send_done(c, rc, summary, err);
-        }
-        free(summary);
+    if (c)
         dmn_conn_drop(c);
-    }
     util_log("run #%u done: rc %d, %zu/%zu items, %.2fs", dmn.runs, rc, r->done, r->nsel,
              r->end - r->start);
     dmn_run_free(r);
@@ -11014,6 +11110,11 @@ static void dmn_conn_readable(dmn_conn *c)
         char buf[256];
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
         dmn_run *r = dmn.run;
+        if (r && r->client == c && r->replied) {
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                util_close(&c->fd);   /* it has its reply: the run only finishes */
+            return;
+        }
         bool cancel = n <= 0 || !r || r->client != c;
         for (ssize_t k = 0; !cancel && k < n; k++) {
             dmn_worker *owner = r->tty_owner >= 0 ? &r->workers[r->tty_owner] : NULL;

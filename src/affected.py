@@ -203,13 +203,17 @@ def affected(record: dict | None, world: str, root: str, tests: dict[str, str]) 
 def update(record: dict | None, world: str, root: str, ran: dict[str, dict], project: Iterable[str],
            modules: dict[str, str], started_ns: int) -> dict:
     """The record after a run: ran maps each test that ran to
-    {"module", "deps", "failed"}; project lists the project files the
+    {"module", "deps", "failed"} (deps None: not recorded, because its
+    record was current: the recorded deps stand); project lists the project files the
     collection imported; modules maps module names to those files.  A file
     modified after the run started is fingerprinted as unknown, so that
     the tests that ran against its older content are selected again."""
     if record is None or record["world"] != world:
         record = {"format": FORMAT, "world": world, "files": {}, "tests": {}}
     names = {rel: name for name, rel in modules.items()}
+    ran = {nodeid: rec if rec["deps"] is not None
+           else dict(rec, deps=record["tests"].get(nodeid, {}).get("deps", []))
+           for nodeid, rec in ran.items()}
     old = record["files"]
     wanted = set(project)
     for rec in [*ran.values(), *record["tests"].values()]:
@@ -274,6 +278,7 @@ class Recorder:
         self.rel: dict[str, str | None] = {}
         self.active = False
         self.tool: int | None = None
+        self.armed = False   # sys.monitoring: whether the tool's PY_START events are on
         self.chained: Any = None
         if native is None:
             sys.addaudithook(self._audit)   # the zygote's is in C: far cheaper
@@ -319,12 +324,16 @@ class Recorder:
     def start(self) -> None:
         self.seen = set()
         self.active = True
+        if self.tool is not None and not self.armed:
+            sys.monitoring.set_events(self.tool, sys.monitoring.events.PY_START)  # type: ignore[attr-defined]
+            self.armed = True
         if self.native is not None:
             self.native.opens_start()
         mon = getattr(sys, "monitoring", None)
         if self.native is not None:
             if mon is not None and self.tool is None:
                 self.tool = self._use_tool(mon, self.native.mon_start)
+                self.armed = self.tool is not None
                 if self.tool is not None:
                     self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)
             self.native.calls_start()
@@ -339,6 +348,7 @@ class Recorder:
             return
         if self.tool is None:
             self.tool = self._use_tool(mon, self._on_start)
+            self.armed = self.tool is not None
 
     @staticmethod
     def _use_tool(mon: Any, callback: Any) -> int | None:
@@ -350,6 +360,15 @@ class Recorder:
                 mon.set_events(tool, mon.events.PY_START)
                 return tool
         return None
+
+    def idle(self) -> None:
+        """Until the next start: no cost for what runs meanwhile.  The
+        sys.monitoring events stay on across tests (a stop), because
+        switching them costs the re-instrumentation of every function run
+        afterwards; a run of tests that are not recorded is worth that."""
+        if self.tool is not None and self.armed:
+            sys.monitoring.set_events(self.tool, 0)  # type: ignore[attr-defined]
+            self.armed = False
     def stop(self) -> set[str]:
         """The project files seen since start, relative to the root."""
         self.active = False

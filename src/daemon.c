@@ -154,6 +154,8 @@ typedef struct dmn_run {
     int tty_owner;              /* the worker whose debugger has the terminal, -1 */
     bool tty_acked;             /* ... and the front end made way for it */
     bool finishing;             /* the leader is updating .pytest_cache */
+    bool replied;               /* --watch: the client has its reply before that update */
+    int reply_rc;               /* the exit code the reply carried */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
     char *exit_msg;
@@ -2363,10 +2365,45 @@ static char *dmn_with_coverage(char *summary, const char *cov)
     return out;
 }
 
+/* The client's reply, once: the --dump file, then the summary (CLI) or the
+ * "done" frame (plugin).  Returns the exit code it carried. */
+static int dmn_run_reply(dmn_run *r)
+{
+    dmn_conn *c = r->client;
+    if (r->replied || !c)
+        return r->replied ? r->reply_rc : dmn_exit_code(r);
+    int rc = dmn_exit_code(r);
+    if (r->cov_fail && (rc == 0 || rc == 5))
+        rc = 1;       /* pytest-cov counts it as a failed test */
+    char err[PF_ERRLEN] = "";
+    if (c->dump && dmn_write_dump(r, c->dump, err, sizeof err) < 0)
+        rc = rc ? rc : 1;
+    char *summary = dmn_with_coverage(dmn_render(r, rc), r->cov_text);
+    if (c->stream) {
+        pf_arena *a = pf_arena_new(0);
+        pf_value *d = util_msg(a, "done");
+        util_set(a, d, "rc", pf_new_int(a, rc));
+        util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
+        util_set(a, d, "error", pf_new_cstr(a, err));
+        if (r->terminal_summary)
+            util_set(a, d, "terminal_summary", (pf_value *)r->terminal_summary);
+        dmn_send(c, d);
+        pf_arena_free(a);
+    } else {
+        dmn_send_done(c, rc, summary, err);
+    }
+    free(summary);
+    r->replied = true;
+    r->reply_rc = rc;
+    return rc;
+}
+
 /* The run is over: the leader updates the cache, then the client gets its
  * reply, so that what it runs next (`pytest --lf`, the next shard) reads
- * the update.  Called again when the leader has exited (its EOF), or from
- * the loop until DMN_FINISH_WAIT has passed. */
+ * the update.  Under --watch the reply goes first: what the client runs
+ * next comes through this daemon, which starts no run before this one's
+ * leader is done.  Called again when the leader has exited (its EOF), or
+ * from the loop until DMN_FINISH_WAIT has passed. */
 static void dmn_run_end(dmn_run *r)
 {
     if (!r->finishing) {
@@ -2390,39 +2427,21 @@ static void dmn_run_end(dmn_run *r)
                                "within %.0fs (see the daemon log): no coverage report\n",
                                DMN_COV_WAIT);
     }
-    if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT)
+    if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT) {
+        if (r->client && r->client->brief)
+            dmn_run_reply(r);
         return;
+    }
     if (r->leader_fd >= 0 && r->leader_pid > 0) {
         util_log("the run leader did not update the cache within %.0fs; killing it", DMN_FINISH_WAIT);
         kill(-r->leader_pid, SIGKILL);
     }
     util_close(&r->leader_fd);
     dmn_conn *c = r->client;
-    int rc = dmn_exit_code(r);
-    if (r->cov_fail && (rc == 0 || rc == 5))
-        rc = 1;       /* pytest-cov counts it as a failed test */
+    int rc = dmn_run_reply(r);
     bool discard = c && c->discard;
-    if (c) {
-        char err[PF_ERRLEN] = "";
-        if (c->dump && dmn_write_dump(r, c->dump, err, sizeof err) < 0)
-            rc = rc ? rc : 1;
-        char *summary = dmn_with_coverage(dmn_render(r, rc), r->cov_text);
-        if (c->stream) {
-            pf_arena *a = pf_arena_new(0);
-            pf_value *d = util_msg(a, "done");
-            util_set(a, d, "rc", pf_new_int(a, rc));
-            util_set(a, d, "exit_msg", r->exit_msg ? pf_new_cstr(a, r->exit_msg) : pf_new_none(a));
-            util_set(a, d, "error", pf_new_cstr(a, err));
-            if (r->terminal_summary)
-                util_set(a, d, "terminal_summary", (pf_value *)r->terminal_summary);
-            dmn_send(c, d);
-            pf_arena_free(a);
-        } else {
-            dmn_send_done(c, rc, summary, err);
-        }
-        free(summary);
+    if (c)
         dmn_conn_drop(c);
-    }
     util_log("run #%u done: rc %d, %zu/%zu items, %.2fs", dmn.runs, rc, r->done, r->nsel,
              r->end - r->start);
     dmn_run_free(r);
@@ -3424,6 +3443,11 @@ static void dmn_conn_readable(dmn_conn *c)
         char buf[256];
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
         dmn_run *r = dmn.run;
+        if (r && r->client == c && r->replied) {
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                util_close(&c->fd);   /* it has its reply: the run only finishes */
+            return;
+        }
         bool cancel = n <= 0 || !r || r->client != c;
         for (ssize_t k = 0; !cancel && k < n; k++) {
             dmn_worker *owner = r->tty_owner >= 0 ? &r->workers[r->tty_owner] : NULL;

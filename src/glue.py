@@ -10,6 +10,7 @@ daemon are pickles of plain builtins; frames from it are decoded by the C
 decoder, which cannot instantiate anything.
 """
 import gc
+import inspect
 import io
 import json
 import os
@@ -216,6 +217,13 @@ class _Zygote:
         self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]
         if os.getcwd() != _BOOT_CWD:
             self.cwd = os.getcwd()   # a conftest's os.chdir at import
+        # Once here rather than in every run's leader or worker: what the
+        # --affected world says of the plugins (their metadata, parsed),
+        # and inspect.getmodule's map of files to modules, which a failing
+        # test's traceback builds at its first call by resolving the path
+        # of every module imported (0.1-0.2 s on make_app, per worker).
+        _world_fixed(config)
+        inspect.getmodule(_world_fixed.__code__)
         gc.collect()
         gc.freeze()
 
@@ -332,6 +340,19 @@ def _stdlib_dirs():
     return tuple(out)
 
 
+_REALPATHS: dict = {}   # path -> its realpath, inherited by every fork
+
+
+def _realpath(path):
+    """os.path.realpath once per path and zygote chain: every collection,
+    re-collect and run asks it of each module's file (about a thousand
+    calls, 0.1 s of lstat, on make_app)."""
+    real = _REALPATHS.get(path)
+    if real is None:
+        real = _REALPATHS[path] = os.path.realpath(path)
+    return real
+
+
 def _imported_files(exclude=()):
     skip = _stdlib_dirs()
     site = tuple(os.path.realpath(p) + os.sep for p in sys.path if "site-packages" in p or "dist-packages" in p)
@@ -342,7 +363,7 @@ def _imported_files(exclude=()):
         f = getattr(mod, "__file__", None)
         if not f:
             continue
-        f = os.path.realpath(f)
+        f = _realpath(f)
         if f.startswith(skip) and not f.startswith(site):
             continue
         files.add(f)
@@ -599,6 +620,7 @@ class _Leader:
         self.pool = []            # the selection's node ids before --shard
         self.group_starts = None  # where --dist groups start, None: no groups
         self.stepwise = None      # this run's StepwisePlugin (--sw)
+        self.stale = None         # recording: the node ids to record, None: every test
 
     def lead(self, zygote):
         msg = self.msg
@@ -645,7 +667,7 @@ class _Leader:
                 os._exit(0)
             req, fds, forked = got
             if forked:
-                zygote.worker = _Worker(self.session, msg, req, fds)
+                zygote.worker = _Worker(self.session, msg, req, fds, self.stale)
                 zygote.role = "worker"
                 return zygote.worker.work()
             if req.get("op") == "finish":
@@ -722,6 +744,8 @@ class _Leader:
                 items = self.exclude(items, excluded[-1])
             if self.affected:
                 items = self.select_affected(items)
+            elif self.world is not None:
+                self.stale = self.out_of_date(items)[0]
         finally:
             pm.unregister(counter)
         items, self.group_starts = _dist_groups(items, getattr(config.option, "dist", "no"))
@@ -741,14 +765,19 @@ class _Leader:
             self.config.hook.pytest_deselected(items=dropped)
         return [item for item in items if item.nodeid not in done]
 
-    def select_affected(self, items):
-        """--affected: only what an edit since the last run could change."""
+    def out_of_date(self, items):
+        """The node ids of items an edit since their last run could change
+        (see affected.py), and why, in a few words."""
         root = _affected_root(self.config)
         path = _affected_record(self.config)
         record = _affected.load(path) if path else None
         tests = {item.nodeid: _rel_module(item, root) for item in items}
-        chosen, why = _affected.affected(record, self.world, root, tests)
-        sys.stderr.write("pytest-fast: --affected: %d of %d tests (%s)\n" % (len(chosen), len(tests), why))
+        return _affected.affected(record, self.world, root, tests)
+
+    def select_affected(self, items):
+        """--affected: only what an edit since the last run could change."""
+        chosen, why = self.out_of_date(items)
+        sys.stderr.write("pytest-fast: --affected: %d of %d tests (%s)\n" % (len(chosen), len(items), why))
         sys.stderr.flush()
         dropped = [item for item in items if item.nodeid not in chosen]
         if dropped:
@@ -906,8 +935,9 @@ class _Leader:
         for nodeid, bad in failed.items():
             item = modules.get(nodeid)
             if item is None or (nodeid not in deps and not bad):
-                continue    # no record of what it ran: it stays "never run"
-            ran[nodeid] = {"module": _rel_module(item, root), "deps": deps.get(nodeid, []), "failed": bad}
+                continue    # not recorded: its record (or its absence) stands
+            # deps None: its record was current, so the run did not record it
+            ran[nodeid] = {"module": _rel_module(item, root), "deps": deps.get(nodeid), "failed": bad}
         if not ran:
             return
         project = _project_modules(root)
@@ -958,8 +988,8 @@ def _affected_record(config):
 
 
 def _rel_module(item, root):
-    path = os.path.realpath(str(item.path))
-    return os.path.relpath(path, root) if path.startswith(os.path.join(root, "")) else path
+    real = _realpath(str(item.path))
+    return os.path.relpath(real, root) if real.startswith(os.path.join(root, "")) else real
 
 
 def _outside_project(root):
@@ -981,10 +1011,25 @@ def _project_modules(root):
         f = getattr(mod, "__file__", None)
         if not f or not f.endswith(".py"):
             continue
-        f = os.path.realpath(f)
+        f = _realpath(f)
         if f.startswith(base) and not f.startswith(outside):
             out[name] = f[len(base):]
     return out
+
+
+_WORLD_FIXED: list = []   # what _world_fixed found, for the zygote's lifetime
+
+
+def _world_fixed(config):
+    """The part of the world a zygote cannot see change: the interpreter,
+    pytest, the collection's arguments and the plugins' versions."""
+    if not _WORLD_FIXED:
+        import pytest
+        plugins = sorted("%s %s" % (dist.project_name, dist.version)
+                         for _, dist in config.pluginmanager.list_plugin_distinfo())
+        _WORLD_FIXED.extend([sys.executable, sys.version, pytest.__version__,
+                             list(config.invocation_params.args), plugins])
+    return _WORLD_FIXED
 
 
 def _world(config):
@@ -994,15 +1039,13 @@ def _world(config):
     import hashlib
     import types
 
-    import pytest
     pm = config.pluginmanager
-    parts = [sys.executable, sys.version, pytest.__version__, list(config.invocation_params.args)]
+    parts = list(_world_fixed(config))
     for d in _site_dirs():
         try:
             parts.append([d, os.stat(d).st_mtime_ns])
         except OSError:
             parts.append([d, None])
-    parts.append(sorted("%s %s" % (dist.project_name, dist.version) for _, dist in pm.list_plugin_distinfo()))
     files = [str(config.inipath)] if getattr(config, "inipath", None) else []
     for plugin in pm.get_plugins():
         f = getattr(plugin, "__file__", None) if isinstance(plugin, types.ModuleType) else None
@@ -1385,7 +1428,7 @@ def _adopt_stdio(fds):
 class _Worker:
     """Runs items handed out by the daemon, one claimed item ahead."""
 
-    def __init__(self, session, run, req, fds):
+    def __init__(self, session, run, req, fds, stale=None):
         self.session = session
         self.config = session.config
         self.run = run
@@ -1397,6 +1440,7 @@ class _Worker:
         self.reports = []
         self.warnings = []
         self.recorder = None
+        self.stale = stale   # the tests to record (None: all): a current record stands
         self.deps_out = None
         self.fixture_seen = {}
         self.shown = None   # --setup-show: what pytest wrote to its terminal
@@ -1431,10 +1475,19 @@ class _Worker:
 
     def pytest_fixture_setup(self, fixturedef, request):
         # A higher-scoped fixture is set up by the first test that needs it
-        # and used by the others: they depend on what its setup ran, too.
-        yield
-        if self.recorder is not None and fixturedef.scope != "function":
-            self.fixture_seen[id(fixturedef)] = self.recorder.so_far()
+        # and used by the others: they depend on what its setup ran, too,
+        # even when that first test is one whose record was current.
+        rec = self.recorder
+        if rec is None or fixturedef.scope == "function":
+            yield
+            return
+        alone = not rec.active
+        if alone:
+            rec.start()
+        try:
+            yield
+        finally:
+            self.fixture_seen[id(fixturedef)] = rec.stop() if alone else rec.so_far()
 
     def work(self):
         import faulthandler
@@ -1491,13 +1544,16 @@ class _Worker:
                 nextitem = items[nxt] if nxt is not None else None
                 if self.timeout > 0:
                     faulthandler.dump_traceback_later(self.timeout, exit=True, file=self.fault)
-                if self.recorder is not None:
+                recording = self.recorder is not None and (self.stale is None or item.nodeid in self.stale)
+                if recording:
                     self.recorder.start()
+                elif self.recorder is not None:
+                    self.recorder.idle()
                 config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
                 self.release_terminal()   # a debugger stepped out of the test
                 if self.shown is not None and not self.full:
                     self.show_on_stdout()
-                if self.recorder is not None:
+                if recording:
                     self.record(item)
                 if self.timeout > 0:
                     faulthandler.cancel_dump_traceback_later()
@@ -2054,7 +2110,7 @@ def _module_files(names):
     for name in names:
         f = getattr(sys.modules.get(name), "__file__", None)
         if f:
-            files.add(os.path.realpath(f))
+            files.add(_realpath(f))
     return sorted(files)
 
 
@@ -2089,7 +2145,7 @@ def _plan(config, cov=()):
         if not f:
             site.append(name)
             continue
-        f = os.path.realpath(f)
+        f = _realpath(f)
         base = os.path.basename(f)
         if f.startswith(site_dirs) or f.startswith(std):
             site.append(name)

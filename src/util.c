@@ -13,11 +13,13 @@ static void util_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
 static void util_log(const char *fmt, ...)
 {
     char stamp[32];
-    time_t now = time(NULL);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
     struct tm tm;
-    localtime_r(&now, &tm);
+    localtime_r(&now.tv_sec, &tm);
     strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
-    fprintf(stderr, "[%s] [%s %d] ", stamp, util_role, (int)getpid());
+    /* milliseconds: an edit-to-result timeline is read off this log */
+    fprintf(stderr, "[%s.%03ld] [%s %d] ", stamp, now.tv_nsec / 1000000, util_role, (int)getpid());
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);

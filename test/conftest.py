@@ -98,7 +98,9 @@ class Project:
         return p
 
     def env(self, extra=None):
-        env = dict(os.environ)
+        # Nor what pytest-xdist tells the worker running this test: a
+        # project's conftest would take the oracle for one of its workers.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
         env.pop("PYTEST_ADDOPTS", None)
         env.pop("PYTEST_FAST_ADDRESS", None)
         env["PF_TEST_MARKER"] = self.marker

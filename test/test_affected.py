@@ -251,6 +251,50 @@ def test_the_record_survives_a_daemon_restart(project):
                                             "tests/test_names.py::test_second"}, r
 
 
+def test_a_recording_run_records_only_the_tests_whose_record_is_out_of_date(project, tmp_path):
+    """A test whose record is current is not recorded again (its record
+    stands: that is what makes a recording run as cheap as a plain one),
+    and a session fixture a current test sets up still counts for the
+    recorded tests that use it."""
+    count = tmp_path / "count"      # outside the project: no dependency
+    project.write("tests/conftest.py", """
+        from pathlib import Path
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def shared():
+            return (Path(__file__).parent / "shared.txt").read_text()
+        """)
+    project.write("tests/shared.txt", "s\n")
+    project.write("tests/one.txt", "1\n")
+    project.write("tests/two.txt", "2\n")
+    project.write("tests/test_a.py", f"""
+        from pathlib import Path
+        COUNT = Path({str(count)!r})
+
+        def test_a(shared):
+            n = int(COUNT.read_text()) + 1 if COUNT.exists() else 1
+            COUNT.write_text(str(n))
+            # what it reads depends on the run, not on any file
+            Path(__file__).with_name("one.txt" if n == 1 else "two.txt").read_text()
+        """)
+    test_b = 'def test_b(shared):\n    assert shared == "s\\n"\n'
+    project.write("tests/test_b.py", test_b)
+    rec = {"PYTEST_FAST_RECORD": "1"}
+    r = project.fast("--workers", "1", env=rec)
+    assert r.rc == 0 and len(r.dump) == 2, r
+    project.write("tests/test_b.py", test_b + "    # edited\n")
+    r = project.fast("--workers", "1", env=rec)
+    assert r.rc == 0 and count.read_text() == "2", r    # test_a ran, read two.txt, was not recorded
+    assert _affected_run(project)[1] == set()
+    project.write("tests/one.txt", "one\n")
+    assert _affected_run(project)[1] == {"tests/test_a.py::test_a"}
+    project.write("tests/shared.txt", "S\n")
+    r, chosen = _affected_run(project)
+    assert chosen == {"tests/test_a.py::test_a", "tests/test_b.py::test_b"}, r
+    assert r.dump["tests/test_b.py::test_b"] == "failed", r
+
+
 def test_plugin_selects_the_same_and_records_too(project):
     _write_app(project)
     r = plugin_fast(project, "--fast-affected")
