@@ -2176,7 +2176,7 @@ static char *dmn_render(dmn_run *r, int rc)
     for (size_t pos = 0; c->split.verbosity > 0 && pos < r->nsel; pos++) {
         /* -v: each test's outcome in selection order, as pytest -v's lines */
         int cat = r->severity[pos];
-        const char *why = cat >= 1 && cat <= 3 ? r->reason[pos] : NULL;
+        const char *why = r->reason && cat >= 1 && cat <= 3 ? r->reason[pos] : NULL;
         if (why && (!strncmp(why, "Skipped: ", 9) || !strncmp(why, "reason: ", 8)))
             why = strchr(why, ' ') + 1;
         else if (why && !strcmp(why, "Skipped"))
@@ -2547,7 +2547,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->severity = util_alloc(r->nsel ? r->nsel : 1);
     memset(r->severity, -1, r->nsel ? r->nsel : 1);
     r->cats = util_alloc(r->nsel ? r->nsel : 1);
-    if (c && (strpbrk(c->split.report_chars, "sxX") || c->split.verbosity > 0))
+    if (c && !c->stream && (strpbrk(c->split.report_chars, "sxX") || c->split.verbosity > 0))
         r->reason = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->reason);
     r->seconds = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->seconds);
     size_t n = 0;

@@ -313,3 +313,8 @@ def test_cache_clear_on_a_warm_run_clears_before_lf_reads(project):
     oracle = project.pytest("--cache-clear", "--lf")
     assert (ours.rc, ours.dump) == (oracle.rc, oracle.dump), (ours, oracle)
     assert len(ours.dump) == 2, ours
+    other.parent.mkdir(parents=True)
+    other.write_text("1")
+    plugin = plugin_run(project, "--cache-clear", "--lf")   # the same through the plugin
+    assert (plugin.rc, plugin.dump) == (oracle.rc, oracle.dump), (plugin, oracle)
+    assert not other.exists(), plugin
