@@ -3404,6 +3404,7 @@ static const arg_spec arg_table[] = {
     {"--maxfail", ARG_VALUE | ARG_RUN},
     {"-x", ARG_RUN},
     {"--exitfirst", ARG_RUN},
+    {"--cache-clear", ARG_RUN},   /* the leader clears the cache before the run reads it */
     {"--lf", ARG_RUN},
     {"--last-failed", ARG_RUN},
     {"--ff", ARG_RUN},
@@ -3421,6 +3422,8 @@ static const arg_spec arg_table[] = {
     {"--capture", ARG_VALUE | ARG_RUN},
     {"--tb", ARG_VALUE | ARG_RUN},
     {"-r", ARG_VALUE | ARG_RUN},
+    {"--report-chars", ARG_VALUE | ARG_RUN},
+    {"--no-fold-skipped", ARG_RUN},   /* the lean -r list is never folded */
     {"-l", ARG_RUN},
     {"--showlocals", ARG_RUN},
     {"--no-showlocals", ARG_RUN},
@@ -3428,7 +3431,6 @@ static const arg_spec arg_table[] = {
     {"--durations", ARG_VALUE | ARG_RUN},
     {"--durations-min", ARG_VALUE | ARG_RUN},
     {"--color", ARG_VALUE | ARG_RUN},
-    {"--code-highlight", ARG_VALUE | ARG_RUN},
     {"--no-header", ARG_RUN},
     {"--no-summary", ARG_RUN},
     {"--show-capture", ARG_VALUE | ARG_RUN},
@@ -3446,8 +3448,14 @@ static const arg_spec arg_table[] = {
     {"--setupplan", ARG_RUN},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
+    /* pytest's own reporting: the lean summary has no part that they shape */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
+    {"--junit-prefix", ARG_VALUE | ARG_REFUSE},
+    {"--pastebin", ARG_VALUE | ARG_REFUSE},
+    {"--force-short-summary", ARG_REFUSE},
+    {"--xfail-tb", ARG_REFUSE},
+    {"--code-highlight", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--pdb", ARG_RUN},
     {"--trace", ARG_RUN},
     {"--pdbcls", ARG_VALUE | ARG_RUN},
@@ -3494,7 +3502,6 @@ static const arg_spec arg_table[] = {
     {"--log-file-format", ARG_VALUE},
     {"--log-file-date-format", ARG_VALUE},
     {"--log-disable", ARG_VALUE},
-    {"--junit-prefix", ARG_VALUE},
     {"--doctest-report", ARG_VALUE},
     /* pytest-cov.  What and how to measure is the collection's: the zygote
      * chain measures from its lowest level on, so a plain run is never
@@ -3512,6 +3519,26 @@ static const arg_spec arg_table[] = {
     {"--cov-append", ARG_RUN},
     {"--no-cov-on-fail", ARG_RUN},
 };
+
+/* What a refused option's message tells to run instead: the `pytest --fast`
+ * arguments that do it (the others are pytest-xdist's, see Daemon). */
+static const char *const arg_instead[][2] = {
+    {"--junitxml", "--junitxml=PATH"},
+    {"--junit-xml", "--junit-xml=PATH"},
+    {"--junit-prefix", "--junitxml=PATH --junit-prefix=STR"},
+    {"--pastebin", "--pastebin=MODE"},
+    {"--force-short-summary", "--force-short-summary"},
+    {"--xfail-tb", "--xfail-tb"},
+    {"--code-highlight", "--code-highlight=yes"},
+};
+
+static const char *arg_refusal_instead(const char *name)
+{
+    for (size_t i = 0; i < sizeof arg_instead / sizeof *arg_instead; i++)
+        if (!strcmp(arg_instead[i][0], name))
+            return arg_instead[i][1];
+    return name;
+}
 
 /* "K/N", 1-based: shard K of N.  Returns 0, or -1 for anything else. */
 static int arg_parse_shard(const char *s, int *k, int *n)
@@ -3550,6 +3577,12 @@ typedef struct arg_split {
     bool full_trace_none; /* --tb=no */
     bool debug;           /* --pdb / --trace: one worker, as a debugger may open at any test */
     int durations;        /* --durations N, -1 when not given */
+    double durations_min; /* --durations-min S, pytest's default 0.005 */
+    int verbosity;        /* -v, -q, --verbosity N */
+    int color;            /* --color: 1 yes, 0 no, -1 auto (the client's terminal) */
+    bool no_header, no_summary;
+    char show_capture[8]; /* --show-capture: no, stdout, stderr, log, all */
+    char report_chars[16];/* -r, as pytest's getreportopt resolves it ("" also: none given) */
     char refused[64];
 } arg_split;
 
@@ -3557,6 +3590,28 @@ static void arg_split_free(arg_split *s)
 {
     util_strv_free(&s->collect);
     util_strv_free(&s->run);
+}
+
+/* -r: pytest's getreportopt without "w" (the lean summary lists no
+ * warnings): a, A and N replace what came before; F and S are f and s.
+ * "P" (passed tests' output) has no place in the lean summary. */
+static void arg_report_chars(arg_split *s, const char *value)
+{
+    char *out = s->report_chars;
+    size_t n = 0;
+    out[0] = 0;
+    for (const char *c = value; *c; c++) {
+        char ch = *c == 'F' ? 'f' : *c == 'S' ? 's' : *c;
+        const char *set = ch == 'a' || ch == 'A' ? "sxXEf" : ch == 'N' ? "" : NULL;
+        if (set) {
+            n = (size_t)snprintf(out, sizeof s->report_chars, "%s%s", ch == 'A' ? "p" : "", set);
+            continue;
+        }
+        if (strchr("fEsxXp", ch) && !memchr(out, ch, n) && n + 1 < sizeof s->report_chars) {
+            out[n++] = ch;
+            out[n] = 0;
+        }
+    }
 }
 
 /* Note what the daemon itself must know about a per-run option. */
@@ -3582,6 +3637,24 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->full_trace_none = true;
     else if (!strcmp(name, "--durations") && value)
         s->durations = atoi(value) >= 0 ? atoi(value) : 0;
+    else if (!strcmp(name, "--durations-min") && value)
+        s->durations_min = atof(value) > 0 ? atof(value) : 0;
+    else if (!strcmp(name, "-v") || !strcmp(name, "--verbose"))
+        s->verbosity++;
+    else if (!strcmp(name, "-q") || !strcmp(name, "--quiet"))
+        s->verbosity--;
+    else if (!strcmp(name, "--verbosity") && value)
+        s->verbosity = atoi(value);
+    else if (!strcmp(name, "--color") && value)
+        s->color = !strcmp(value, "yes") ? 1 : !strcmp(value, "no") ? 0 : -1;
+    else if (!strcmp(name, "--no-header"))
+        s->no_header = true;
+    else if (!strcmp(name, "--no-summary"))
+        s->no_summary = true;
+    else if (!strcmp(name, "--show-capture") && value)
+        snprintf(s->show_capture, sizeof s->show_capture, "%s", value);
+    else if ((!strcmp(name, "-r") || !strcmp(name, "--report-chars")) && value)
+        arg_report_chars(s, value);
 }
 
 /* Whether an option this table does not know takes a value: the zygote's
@@ -3618,6 +3691,9 @@ static int arg_classify(int argc, char **argv, arg_split *s, const pf_value *opt
 {
     bool only_positional = false;
     s->durations = -1;
+    s->durations_min = 0.005;
+    s->color = -1;
+    snprintf(s->show_capture, sizeof s->show_capture, "all");
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (only_positional || a[0] != '-' || !a[1]) {
@@ -4807,6 +4883,14 @@ static const char zyg_glue[] =
     "    return None\n"
     "\n"
     "\n"
+    "def _clear_cache(config):\n"
+    "    \"\"\"--cache-clear, per run: what Cache.for_config does as a plain run\n"
+    "    configures, before --lf, --nf or --sw read the cache.\"\"\"\n"
+    "    cache = getattr(config, \"cache\", None)\n"
+    "    if cache is not None and config.getoption(\"cacheclear\", False) and cache._cachedir.is_dir():\n"
+    "        type(cache).clear_cache(cache._cachedir, _ispytest=True)\n"
+    "\n"
+    "\n"
     "class _Leader:\n"
     "    \"\"\"One run: applies its options and selection, forks its workers.\"\"\"\n"
     "\n"
@@ -4893,6 +4977,7 @@ static const char zyg_glue[] =
     "        if randomly is not None and hasattr(config.option, \"randomly_seed\"):\n"
     "            config.option.randomly_seed = \"default\"   # the zygote's seed is not this run's\n"
     "        config._parser.parse_known_args(args, namespace=config.option)\n"
+    "        _clear_cache(config)\n"
     "        _setup_show_options(config.option)\n"
     "        seed_line = _randomly_seed(config, randomly)\n"
     "        if seed_line and not self.msg.get(\"stream\"):\n"
@@ -7809,6 +7894,8 @@ typedef struct dmn_run {
     int64_t max_warnings;       /* pytest 9's --max-warnings, -1: none */
     const pf_value *scoped;     /* indices into zygote errors, or NULL = all */
     signed char *severity;      /* per position, -1 = no report yet */
+    unsigned char *cats;        /* per position: a bit for each category it reported */
+    const char **reason;        /* per position, with -r s/x/X or -v: why it skipped or xfailed */
     double *seconds;            /* per position: its reports' durations, summed */
     bool *cut;                  /* per position: a worker may start here (--dist
                                    groups stay on one worker); NULL = anywhere */
@@ -9106,6 +9193,8 @@ static void dmn_run_free(dmn_run *r)
     free(r->workers);
     free(r->sel);
     free(r->severity);
+    free(r->cats);
+    free(r->reason);
     free(r->seconds);
     free(r->cut);
     free(r->failures);
@@ -9203,6 +9292,13 @@ static const char *dmn_str_at(const pf_value *t, size_t i)
                ? t->u.seq.items[i]->u.s.ptr : NULL;
 }
 
+/* --durations-min, or every phase at -vv, as pytest's summary lists them. */
+static double dmn_durations_min(const dmn_run *r)
+{
+    const dmn_conn *c = r->client;
+    return !c ? 0.005 : c->split.verbosity >= 2 ? 0 : c->split.durations_min;
+}
+
 static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const char *outcome,
                              const char *category, double duration, const char *text,
                              const pf_value *sections)
@@ -9210,6 +9306,7 @@ static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const cha
     int cat = dmn_category(category);
     if (cat >= 0) {
         r->counts[cat]++;
+        r->cats[pos] |= (unsigned char)(1u << cat);
         if (cat > r->severity[pos])
             r->severity[pos] = (signed char)cat;
     } else {
@@ -9232,7 +9329,10 @@ static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const cha
         r->failures[r->nfailures++] = (dmn_failure){pos, when, category ? category : "failed",
                                                     text, sections};
     }
-    if (duration >= 0.005 && !isnan(duration)) {
+    if (duration >= dmn_durations_min(r) && !isnan(duration)) {
+        /* a static name: the report's frame need not be kept for it */
+        when = !strcmp(when, "setup") ? "setup" : !strcmp(when, "call") ? "call"
+               : !strcmp(when, "teardown") ? "teardown" : "?";
         size_t k = r->ntop < DMN_TOP_DURATIONS ? r->ntop++ : DMN_TOP_DURATIONS - 1;
         if (k == DMN_TOP_DURATIONS - 1 && r->ntop == DMN_TOP_DURATIONS &&
             r->top[k].seconds >= duration)
@@ -9445,6 +9545,11 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
         }
         dmn_count_report(r, pos, when, outcome, category, duration, text,
                          t->u.seq.items[5]);
+        int cat = dmn_category(category);
+        if (r->reason && !r->reason[pos] && cat >= 1 && cat <= 3) {
+            const char *why = cat == 1 ? text : dmn_str_at(t, 6);   /* skip's longrepr, wasxfail */
+            r->reason[pos] = pf_new_cstr(r->keep, why ? why : "")->u.s.ptr;
+        }
         if (duration > 0 && !isnan(duration))
             r->seconds[pos] += duration;
         if (strcmp(outcome, "passed") || !strcmp(when, "call")) {
@@ -9454,8 +9559,6 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
             pf_append(r->keep, lf, pf_new_cstr(r->keep, outcome));
             pf_append(r->keep, r->lf, lf);
         }
-        if (duration >= 0.005)
-            *keep_arena = true;
     }
     r->warnings += warnings && pf_is_seq(warnings) ? warnings->u.seq.len : 0;
     if (r->client && r->client->stream) {
@@ -9776,6 +9879,42 @@ static size_t dmn_scoped_errors(const dmn_run *r)
     return n;
 }
 
+/* pytest -v's words for the outcome categories, in dmn_categories' order */
+static const char *const dmn_words[] = {"PASSED", "SKIPPED", "XFAIL", "XPASS", "FAILED", "ERROR"};
+
+static void dmn_short_line(pf_buf *b, bool *head, const char *chars, int cat, const char *id,
+                           const char *why)
+{
+    if (!*head)
+        pf_buf_printf(b, "  SHORT SUMMARY (-r %s):\n", chars);
+    *head = true;
+    pf_buf_printf(b, "    %s %s%s%s\n", dmn_words[cat], id, why && *why ? " - " : "", why ? why : "");
+}
+
+/* -r: per chosen category, in the order of its letters, what reported it:
+ * the collection's errors and skips first, then the tests in selection
+ * order, each on its own line (a skip's or xfail's reason after " - "), as
+ * pytest's short summary with --no-fold-skipped. */
+static void dmn_short_summary(pf_buf *b, dmn_run *r, const char *chars)
+{
+    static const char letters[] = "psxXfE";   /* dmn_categories' order */
+    bool head = false;
+    for (const char *ch = chars; *ch; ch++) {
+        int cat = (int)(strchr(letters, *ch) - letters);
+        const pf_value *list = cat == 5 ? r->z->errors : cat == 1 ? r->z->skips : NULL;
+        size_t base = cat == 1 ? dmn_nerrors(r->z) : 0;
+        for (size_t j = 0; list && pf_is_seq(list) && j < list->u.seq.len; j++) {
+            const pf_value *e = list->u.seq.items[j];
+            if (dmn_error_in_scope(r, base + j) && dmn_str_at(e, 0))
+                dmn_short_line(b, &head, chars, cat, dmn_str_at(e, 0), cat == 1 ? dmn_str_at(e, 2) : NULL);
+        }
+        for (size_t pos = 0; pos < r->nsel; pos++)
+            if (r->cats[pos] & (1u << cat))
+                dmn_short_line(b, &head, chars, cat, r->z->items[r->sel[pos]].nodeid,
+                               r->reason && cat >= 1 && cat <= 3 ? r->reason[pos] : NULL);
+    }
+}
+
 static char *dmn_render(dmn_run *r, int rc)
 {
     dmn_conn *c = r->client;
@@ -9784,14 +9923,30 @@ static char *dmn_render(dmn_run *r, int rc)
     double runwall = r->ready_at ? r->end - r->ready_at : 0;
     double warmup = r->ready_at ? r->ready_at - r->start : wall;
     size_t nerr = dmn_scoped_errors(r);
-    if (!c->brief) {
+    /* -q and --no-header drop the timing box; --no-summary the lists */
+    bool header = !c->brief && !c->split.no_header && c->split.verbosity >= 0;
+    bool lists = !c->split.no_summary;
+    const char *capture = c->split.show_capture;
+    for (size_t pos = 0; c->split.verbosity > 0 && pos < r->nsel; pos++) {
+        /* -v: each test's outcome in selection order, as pytest -v's lines */
+        int cat = r->severity[pos];
+        const char *why = r->reason && cat >= 1 && cat <= 3 ? r->reason[pos] : NULL;
+        if (why && (!strncmp(why, "Skipped: ", 9) || !strncmp(why, "reason: ", 8)))
+            why = strchr(why, ' ') + 1;
+        else if (why && !strcmp(why, "Skipped"))
+            why = NULL;
+        if (cat >= 0)
+            pf_buf_printf(&b, "%s %s%s%s%s\n", r->z->items[r->sel[pos]].nodeid, dmn_words[cat],
+                          why && *why ? " (" : "", why ? why : "", why && *why ? ")" : "");
+    }
+    if (header) {
         pf_buf_printf(&b, "\n%s\n  FORKSERVER DAEMON  —  %dw  —  run #%u (%s)\n%s\n", dmn_rule,
                       r->nworkers, dmn.runs, c->waited ? "cold" : "warm", dmn_rule);
         pf_buf_printf(&b, "  results : ");
         dmn_stats_line(&b, r, nerr, wall);
         pf_buf_printf(&b, "  (n=%zu/%zu)\n", r->done, r->nsel);
     }
-    if (nerr) {
+    if (nerr && lists) {
         pf_buf_printf(&b, "  COLLECT ERRORS (%zu) — files not collected, their tests DID NOT RUN:\n", nerr);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++) {
             if (!dmn_error_in_scope(r, i))
@@ -9810,7 +9965,7 @@ static char *dmn_render(dmn_run *r, int rc)
         maxw = ww > maxw ? ww : maxw;
         minw = (i == 0 || ww < minw) ? ww : minw;
     }
-    if (!c->brief) {
+    if (header) {
         pf_buf_printf(&b, "  warmup  : %6.2fs   (%s)\n", warmup,
                       c->waited ? "waited for a collection, then fork" : "fork; the collection was warm");
         pf_buf_printf(&b, "  RUN     : %6.2fs   ← wall\n", runwall);
@@ -9821,7 +9976,7 @@ static char *dmn_render(dmn_run *r, int rc)
     size_t nfail = 0;
     for (size_t i = 0; i < r->nfailures; i++)
         nfail += dmn_category(r->failures[i].category) >= 4;
-    if (nfail) {
+    if (nfail && lists) {
         pf_buf_printf(&b, "  FAILURES (%zu):\n", nfail);
         for (size_t i = 0; i < r->nfailures; i++) {
             dmn_failure *f = &r->failures[i];
@@ -9838,14 +9993,16 @@ static char *dmn_render(dmn_run *r, int rc)
                 dmn_indent(&b, f->text, "      ");
             for (size_t s = 0; f->sections && pf_is_seq(f->sections) && s < f->sections->u.seq.len; s++) {
                 const pf_value *sec = f->sections->u.seq.items[s];
-                if (dmn_str_at(sec, 0) && dmn_str_at(sec, 1)) {
+                /* --show-capture: as pytest's, a part of the section's name */
+                if (dmn_str_at(sec, 0) && dmn_str_at(sec, 1) && strcmp(capture, "no") &&
+                    (!strcmp(capture, "all") || strstr(dmn_str_at(sec, 0), capture))) {
                     pf_buf_printf(&b, "      ----- %s -----\n", dmn_str_at(sec, 0));
                     dmn_indent(&b, dmn_str_at(sec, 1), "      ");
                 }
             }
         }
     }
-    if (r->counts[3]) {
+    if (r->counts[3] && lists) {
         pf_buf_printf(&b, "  XPASS (%zu) — stale xfail entries (now pass, drop them):\n", r->counts[3]);
         for (size_t pos = 0; pos < r->nsel; pos++)
             if (r->severity[pos] == 3)
@@ -9853,12 +10010,14 @@ static char *dmn_render(dmn_run *r, int rc)
     }
     size_t ntop = c->split.durations > 0 && (size_t)c->split.durations < r->ntop ? (size_t)c->split.durations
                                                                                   : r->ntop;
-    if ((c->full || c->split.durations >= 0) && ntop) {
-        pf_buf_printf(&b, "  DURATIONS (top %zu, ≥5ms — per phase):\n", ntop);
+    if ((c->full || c->split.durations >= 0) && ntop && lists) {
+        pf_buf_printf(&b, "  DURATIONS (top %zu, ≥%gms — per phase):\n", ntop, dmn_durations_min(r) * 1000);
         for (size_t i = 0; i < ntop; i++)
             pf_buf_printf(&b, "    %8.3fs  %-9s%s\n", r->top[i].seconds, r->top[i].when,
                           r->z->items[r->sel[r->top[i].pos]].nodeid);
     }
+    if (lists)
+        dmn_short_summary(&b, r, c->split.report_chars);
     if (r->exit_msg)
         pf_buf_printf(&b, "  !!!!!!!!!! %s !!!!!!!!!!\n", r->exit_msg);
     if (nerr && !c->split.continue_on_errors)
@@ -9866,12 +10025,13 @@ static char *dmn_render(dmn_run *r, int rc)
     if (rc == 6)
         pf_buf_printf(&b, "  Tests pass, but maximum allowed warnings exceeded: %zu > %lld\n", r->warnings,
                       (long long)r->max_warnings);
-    if (!c->brief)
+    if (header)
         pf_buf_printf(&b, "%s\n", dmn_rule);
-    const char *color = !c->color ? "" : rc == 0 || rc == 5 ? "\033[32m" : "\033[31m";
+    bool colored = c->split.color >= 0 ? c->split.color : c->color;   /* --color, else the terminal */
+    const char *color = !colored ? "" : rc == 0 || rc == 5 ? "\033[32m" : "\033[31m";
     pf_buf_printf(&b, "%s= ", color);
     dmn_stats_line(&b, r, nerr, wall);
-    pf_buf_printf(&b, " =%s\n", c->color ? "\033[0m" : "");
+    pf_buf_printf(&b, " =%s\n", colored ? "\033[0m" : "");
     pf_buf_put(&b, "", 1);
     return (char *)b.data;
 }
@@ -10157,6 +10317,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->sel = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->sel);
     r->severity = util_alloc(r->nsel ? r->nsel : 1);
     memset(r->severity, -1, r->nsel ? r->nsel : 1);
+    r->cats = util_alloc(r->nsel ? r->nsel : 1);
+    if (c && !c->stream && (strpbrk(c->split.report_chars, "sxX") || c->split.verbosity > 0))
+        r->reason = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->reason);
     r->seconds = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->seconds);
     size_t n = 0;
     for (size_t i = 0; i < r->nsel; i++) {
@@ -10983,8 +11146,9 @@ static void dmn_request(dmn_conn *c)
         else if (!strcmp(r, "-f") || !strcmp(r, "--looponfail"))
             text = util_fmt("ERROR: %s is pytest-xdist's looponfail: use `pytest-fast --watch`, which re-runs "
                             "the tests a save affects, first", r);
-        else   /* --junitxml */
-            text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r, r);
+        else
+            text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r,
+                            arg_refusal_instead(r));
         dmn_fail_request(c, 4, text);
         free(text);
         return;
@@ -11590,8 +11754,9 @@ static const char cli_usage[] =
     "Everything else goes to pytest.  Selection (-k, -m, paths, node ids,\n"
     "--deselect, --lf, --ff, -x, --maxfail) is applied per run to the cached\n"
     "collection; options that change collection (-p, -o, -c, --rootdir, ...)\n"
-    "re-collect.  Exit codes are pytest's.  For pytest's own reporting\n"
-    "(--junitxml, plugins, -rA ...) use `pytest --fast`.\n";
+    "re-collect.  Exit codes are pytest's.  The summary is lean (-v, -q, -r,\n"
+    "--durations, --show-capture shape it); for pytest's own reporting\n"
+    "(--junitxml, plugins' sections ...) use `pytest --fast`.\n";
 
 static int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int cli_usage_error(const char *fmt, ...)

@@ -27,6 +27,7 @@ static const arg_spec arg_table[] = {
     {"--maxfail", ARG_VALUE | ARG_RUN},
     {"-x", ARG_RUN},
     {"--exitfirst", ARG_RUN},
+    {"--cache-clear", ARG_RUN},   /* the leader clears the cache before the run reads it */
     {"--lf", ARG_RUN},
     {"--last-failed", ARG_RUN},
     {"--ff", ARG_RUN},
@@ -44,6 +45,8 @@ static const arg_spec arg_table[] = {
     {"--capture", ARG_VALUE | ARG_RUN},
     {"--tb", ARG_VALUE | ARG_RUN},
     {"-r", ARG_VALUE | ARG_RUN},
+    {"--report-chars", ARG_VALUE | ARG_RUN},
+    {"--no-fold-skipped", ARG_RUN},   /* the lean -r list is never folded */
     {"-l", ARG_RUN},
     {"--showlocals", ARG_RUN},
     {"--no-showlocals", ARG_RUN},
@@ -51,7 +54,6 @@ static const arg_spec arg_table[] = {
     {"--durations", ARG_VALUE | ARG_RUN},
     {"--durations-min", ARG_VALUE | ARG_RUN},
     {"--color", ARG_VALUE | ARG_RUN},
-    {"--code-highlight", ARG_VALUE | ARG_RUN},
     {"--no-header", ARG_RUN},
     {"--no-summary", ARG_RUN},
     {"--show-capture", ARG_VALUE | ARG_RUN},
@@ -69,8 +71,14 @@ static const arg_spec arg_table[] = {
     {"--setupplan", ARG_RUN},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
+    /* pytest's own reporting: the lean summary has no part that they shape */
     {"--junitxml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--junit-xml", ARG_VALUE | ARG_RUN | ARG_REFUSE},
+    {"--junit-prefix", ARG_VALUE | ARG_REFUSE},
+    {"--pastebin", ARG_VALUE | ARG_REFUSE},
+    {"--force-short-summary", ARG_REFUSE},
+    {"--xfail-tb", ARG_REFUSE},
+    {"--code-highlight", ARG_VALUE | ARG_RUN | ARG_REFUSE},
     {"--pdb", ARG_RUN},
     {"--trace", ARG_RUN},
     {"--pdbcls", ARG_VALUE | ARG_RUN},
@@ -117,7 +125,6 @@ static const arg_spec arg_table[] = {
     {"--log-file-format", ARG_VALUE},
     {"--log-file-date-format", ARG_VALUE},
     {"--log-disable", ARG_VALUE},
-    {"--junit-prefix", ARG_VALUE},
     {"--doctest-report", ARG_VALUE},
     /* pytest-cov.  What and how to measure is the collection's: the zygote
      * chain measures from its lowest level on, so a plain run is never
@@ -135,6 +142,26 @@ static const arg_spec arg_table[] = {
     {"--cov-append", ARG_RUN},
     {"--no-cov-on-fail", ARG_RUN},
 };
+
+/* What a refused option's message tells to run instead: the `pytest --fast`
+ * arguments that do it (the others are pytest-xdist's, see Daemon). */
+static const char *const arg_instead[][2] = {
+    {"--junitxml", "--junitxml=PATH"},
+    {"--junit-xml", "--junit-xml=PATH"},
+    {"--junit-prefix", "--junitxml=PATH --junit-prefix=STR"},
+    {"--pastebin", "--pastebin=MODE"},
+    {"--force-short-summary", "--force-short-summary"},
+    {"--xfail-tb", "--xfail-tb"},
+    {"--code-highlight", "--code-highlight=yes"},
+};
+
+static const char *arg_refusal_instead(const char *name)
+{
+    for (size_t i = 0; i < sizeof arg_instead / sizeof *arg_instead; i++)
+        if (!strcmp(arg_instead[i][0], name))
+            return arg_instead[i][1];
+    return name;
+}
 
 /* "K/N", 1-based: shard K of N.  Returns 0, or -1 for anything else. */
 static int arg_parse_shard(const char *s, int *k, int *n)
@@ -173,6 +200,12 @@ typedef struct arg_split {
     bool full_trace_none; /* --tb=no */
     bool debug;           /* --pdb / --trace: one worker, as a debugger may open at any test */
     int durations;        /* --durations N, -1 when not given */
+    double durations_min; /* --durations-min S, pytest's default 0.005 */
+    int verbosity;        /* -v, -q, --verbosity N */
+    int color;            /* --color: 1 yes, 0 no, -1 auto (the client's terminal) */
+    bool no_header, no_summary;
+    char show_capture[8]; /* --show-capture: no, stdout, stderr, log, all */
+    char report_chars[16];/* -r, as pytest's getreportopt resolves it ("" also: none given) */
     char refused[64];
 } arg_split;
 
@@ -180,6 +213,28 @@ static void arg_split_free(arg_split *s)
 {
     util_strv_free(&s->collect);
     util_strv_free(&s->run);
+}
+
+/* -r: pytest's getreportopt without "w" (the lean summary lists no
+ * warnings): a, A and N replace what came before; F and S are f and s.
+ * "P" (passed tests' output) has no place in the lean summary. */
+static void arg_report_chars(arg_split *s, const char *value)
+{
+    char *out = s->report_chars;
+    size_t n = 0;
+    out[0] = 0;
+    for (const char *c = value; *c; c++) {
+        char ch = *c == 'F' ? 'f' : *c == 'S' ? 's' : *c;
+        const char *set = ch == 'a' || ch == 'A' ? "sxXEf" : ch == 'N' ? "" : NULL;
+        if (set) {
+            n = (size_t)snprintf(out, sizeof s->report_chars, "%s%s", ch == 'A' ? "p" : "", set);
+            continue;
+        }
+        if (strchr("fEsxXp", ch) && !memchr(out, ch, n) && n + 1 < sizeof s->report_chars) {
+            out[n++] = ch;
+            out[n] = 0;
+        }
+    }
 }
 
 /* Note what the daemon itself must know about a per-run option. */
@@ -205,6 +260,24 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->full_trace_none = true;
     else if (!strcmp(name, "--durations") && value)
         s->durations = atoi(value) >= 0 ? atoi(value) : 0;
+    else if (!strcmp(name, "--durations-min") && value)
+        s->durations_min = atof(value) > 0 ? atof(value) : 0;
+    else if (!strcmp(name, "-v") || !strcmp(name, "--verbose"))
+        s->verbosity++;
+    else if (!strcmp(name, "-q") || !strcmp(name, "--quiet"))
+        s->verbosity--;
+    else if (!strcmp(name, "--verbosity") && value)
+        s->verbosity = atoi(value);
+    else if (!strcmp(name, "--color") && value)
+        s->color = !strcmp(value, "yes") ? 1 : !strcmp(value, "no") ? 0 : -1;
+    else if (!strcmp(name, "--no-header"))
+        s->no_header = true;
+    else if (!strcmp(name, "--no-summary"))
+        s->no_summary = true;
+    else if (!strcmp(name, "--show-capture") && value)
+        snprintf(s->show_capture, sizeof s->show_capture, "%s", value);
+    else if ((!strcmp(name, "-r") || !strcmp(name, "--report-chars")) && value)
+        arg_report_chars(s, value);
 }
 
 /* Whether an option this table does not know takes a value: the zygote's
@@ -241,6 +314,9 @@ static int arg_classify(int argc, char **argv, arg_split *s, const pf_value *opt
 {
     bool only_positional = false;
     s->durations = -1;
+    s->durations_min = 0.005;
+    s->color = -1;
+    snprintf(s->show_capture, sizeof s->show_capture, "all");
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (only_positional || a[0] != '-' || !a[1]) {

@@ -87,8 +87,9 @@ static const char cli_usage[] =
     "Everything else goes to pytest.  Selection (-k, -m, paths, node ids,\n"
     "--deselect, --lf, --ff, -x, --maxfail) is applied per run to the cached\n"
     "collection; options that change collection (-p, -o, -c, --rootdir, ...)\n"
-    "re-collect.  Exit codes are pytest's.  For pytest's own reporting\n"
-    "(--junitxml, plugins, -rA ...) use `pytest --fast`.\n";
+    "re-collect.  Exit codes are pytest's.  The summary is lean (-v, -q, -r,\n"
+    "--durations, --show-capture shape it); for pytest's own reporting\n"
+    "(--junitxml, plugins' sections ...) use `pytest --fast`.\n";
 
 static int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int cli_usage_error(const char *fmt, ...)

@@ -142,6 +142,8 @@ typedef struct dmn_run {
     int64_t max_warnings;       /* pytest 9's --max-warnings, -1: none */
     const pf_value *scoped;     /* indices into zygote errors, or NULL = all */
     signed char *severity;      /* per position, -1 = no report yet */
+    unsigned char *cats;        /* per position: a bit for each category it reported */
+    const char **reason;        /* per position, with -r s/x/X or -v: why it skipped or xfailed */
     double *seconds;            /* per position: its reports' durations, summed */
     bool *cut;                  /* per position: a worker may start here (--dist
                                    groups stay on one worker); NULL = anywhere */
@@ -1439,6 +1441,8 @@ static void dmn_run_free(dmn_run *r)
     free(r->workers);
     free(r->sel);
     free(r->severity);
+    free(r->cats);
+    free(r->reason);
     free(r->seconds);
     free(r->cut);
     free(r->failures);
@@ -1536,6 +1540,13 @@ static const char *dmn_str_at(const pf_value *t, size_t i)
                ? t->u.seq.items[i]->u.s.ptr : NULL;
 }
 
+/* --durations-min, or every phase at -vv, as pytest's summary lists them. */
+static double dmn_durations_min(const dmn_run *r)
+{
+    const dmn_conn *c = r->client;
+    return !c ? 0.005 : c->split.verbosity >= 2 ? 0 : c->split.durations_min;
+}
+
 static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const char *outcome,
                              const char *category, double duration, const char *text,
                              const pf_value *sections)
@@ -1543,6 +1554,7 @@ static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const cha
     int cat = dmn_category(category);
     if (cat >= 0) {
         r->counts[cat]++;
+        r->cats[pos] |= (unsigned char)(1u << cat);
         if (cat > r->severity[pos])
             r->severity[pos] = (signed char)cat;
     } else {
@@ -1565,7 +1577,10 @@ static void dmn_count_report(dmn_run *r, size_t pos, const char *when, const cha
         r->failures[r->nfailures++] = (dmn_failure){pos, when, category ? category : "failed",
                                                     text, sections};
     }
-    if (duration >= 0.005 && !isnan(duration)) {
+    if (duration >= dmn_durations_min(r) && !isnan(duration)) {
+        /* a static name: the report's frame need not be kept for it */
+        when = !strcmp(when, "setup") ? "setup" : !strcmp(when, "call") ? "call"
+               : !strcmp(when, "teardown") ? "teardown" : "?";
         size_t k = r->ntop < DMN_TOP_DURATIONS ? r->ntop++ : DMN_TOP_DURATIONS - 1;
         if (k == DMN_TOP_DURATIONS - 1 && r->ntop == DMN_TOP_DURATIONS &&
             r->top[k].seconds >= duration)
@@ -1778,6 +1793,11 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
         }
         dmn_count_report(r, pos, when, outcome, category, duration, text,
                          t->u.seq.items[5]);
+        int cat = dmn_category(category);
+        if (r->reason && !r->reason[pos] && cat >= 1 && cat <= 3) {
+            const char *why = cat == 1 ? text : dmn_str_at(t, 6);   /* skip's longrepr, wasxfail */
+            r->reason[pos] = pf_new_cstr(r->keep, why ? why : "")->u.s.ptr;
+        }
         if (duration > 0 && !isnan(duration))
             r->seconds[pos] += duration;
         if (strcmp(outcome, "passed") || !strcmp(when, "call")) {
@@ -1787,8 +1807,6 @@ static void dmn_worker_done(dmn_run *r, dmn_worker *w, pf_arena *a, const pf_val
             pf_append(r->keep, lf, pf_new_cstr(r->keep, outcome));
             pf_append(r->keep, r->lf, lf);
         }
-        if (duration >= 0.005)
-            *keep_arena = true;
     }
     r->warnings += warnings && pf_is_seq(warnings) ? warnings->u.seq.len : 0;
     if (r->client && r->client->stream) {
@@ -2109,6 +2127,42 @@ static size_t dmn_scoped_errors(const dmn_run *r)
     return n;
 }
 
+/* pytest -v's words for the outcome categories, in dmn_categories' order */
+static const char *const dmn_words[] = {"PASSED", "SKIPPED", "XFAIL", "XPASS", "FAILED", "ERROR"};
+
+static void dmn_short_line(pf_buf *b, bool *head, const char *chars, int cat, const char *id,
+                           const char *why)
+{
+    if (!*head)
+        pf_buf_printf(b, "  SHORT SUMMARY (-r %s):\n", chars);
+    *head = true;
+    pf_buf_printf(b, "    %s %s%s%s\n", dmn_words[cat], id, why && *why ? " - " : "", why ? why : "");
+}
+
+/* -r: per chosen category, in the order of its letters, what reported it:
+ * the collection's errors and skips first, then the tests in selection
+ * order, each on its own line (a skip's or xfail's reason after " - "), as
+ * pytest's short summary with --no-fold-skipped. */
+static void dmn_short_summary(pf_buf *b, dmn_run *r, const char *chars)
+{
+    static const char letters[] = "psxXfE";   /* dmn_categories' order */
+    bool head = false;
+    for (const char *ch = chars; *ch; ch++) {
+        int cat = (int)(strchr(letters, *ch) - letters);
+        const pf_value *list = cat == 5 ? r->z->errors : cat == 1 ? r->z->skips : NULL;
+        size_t base = cat == 1 ? dmn_nerrors(r->z) : 0;
+        for (size_t j = 0; list && pf_is_seq(list) && j < list->u.seq.len; j++) {
+            const pf_value *e = list->u.seq.items[j];
+            if (dmn_error_in_scope(r, base + j) && dmn_str_at(e, 0))
+                dmn_short_line(b, &head, chars, cat, dmn_str_at(e, 0), cat == 1 ? dmn_str_at(e, 2) : NULL);
+        }
+        for (size_t pos = 0; pos < r->nsel; pos++)
+            if (r->cats[pos] & (1u << cat))
+                dmn_short_line(b, &head, chars, cat, r->z->items[r->sel[pos]].nodeid,
+                               r->reason && cat >= 1 && cat <= 3 ? r->reason[pos] : NULL);
+    }
+}
+
 static char *dmn_render(dmn_run *r, int rc)
 {
     dmn_conn *c = r->client;
@@ -2117,14 +2171,30 @@ static char *dmn_render(dmn_run *r, int rc)
     double runwall = r->ready_at ? r->end - r->ready_at : 0;
     double warmup = r->ready_at ? r->ready_at - r->start : wall;
     size_t nerr = dmn_scoped_errors(r);
-    if (!c->brief) {
+    /* -q and --no-header drop the timing box; --no-summary the lists */
+    bool header = !c->brief && !c->split.no_header && c->split.verbosity >= 0;
+    bool lists = !c->split.no_summary;
+    const char *capture = c->split.show_capture;
+    for (size_t pos = 0; c->split.verbosity > 0 && pos < r->nsel; pos++) {
+        /* -v: each test's outcome in selection order, as pytest -v's lines */
+        int cat = r->severity[pos];
+        const char *why = r->reason && cat >= 1 && cat <= 3 ? r->reason[pos] : NULL;
+        if (why && (!strncmp(why, "Skipped: ", 9) || !strncmp(why, "reason: ", 8)))
+            why = strchr(why, ' ') + 1;
+        else if (why && !strcmp(why, "Skipped"))
+            why = NULL;
+        if (cat >= 0)
+            pf_buf_printf(&b, "%s %s%s%s%s\n", r->z->items[r->sel[pos]].nodeid, dmn_words[cat],
+                          why && *why ? " (" : "", why ? why : "", why && *why ? ")" : "");
+    }
+    if (header) {
         pf_buf_printf(&b, "\n%s\n  FORKSERVER DAEMON  —  %dw  —  run #%u (%s)\n%s\n", dmn_rule,
                       r->nworkers, dmn.runs, c->waited ? "cold" : "warm", dmn_rule);
         pf_buf_printf(&b, "  results : ");
         dmn_stats_line(&b, r, nerr, wall);
         pf_buf_printf(&b, "  (n=%zu/%zu)\n", r->done, r->nsel);
     }
-    if (nerr) {
+    if (nerr && lists) {
         pf_buf_printf(&b, "  COLLECT ERRORS (%zu) — files not collected, their tests DID NOT RUN:\n", nerr);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++) {
             if (!dmn_error_in_scope(r, i))
@@ -2143,7 +2213,7 @@ static char *dmn_render(dmn_run *r, int rc)
         maxw = ww > maxw ? ww : maxw;
         minw = (i == 0 || ww < minw) ? ww : minw;
     }
-    if (!c->brief) {
+    if (header) {
         pf_buf_printf(&b, "  warmup  : %6.2fs   (%s)\n", warmup,
                       c->waited ? "waited for a collection, then fork" : "fork; the collection was warm");
         pf_buf_printf(&b, "  RUN     : %6.2fs   ← wall\n", runwall);
@@ -2154,7 +2224,7 @@ static char *dmn_render(dmn_run *r, int rc)
     size_t nfail = 0;
     for (size_t i = 0; i < r->nfailures; i++)
         nfail += dmn_category(r->failures[i].category) >= 4;
-    if (nfail) {
+    if (nfail && lists) {
         pf_buf_printf(&b, "  FAILURES (%zu):\n", nfail);
         for (size_t i = 0; i < r->nfailures; i++) {
             dmn_failure *f = &r->failures[i];
@@ -2171,14 +2241,16 @@ static char *dmn_render(dmn_run *r, int rc)
                 dmn_indent(&b, f->text, "      ");
             for (size_t s = 0; f->sections && pf_is_seq(f->sections) && s < f->sections->u.seq.len; s++) {
                 const pf_value *sec = f->sections->u.seq.items[s];
-                if (dmn_str_at(sec, 0) && dmn_str_at(sec, 1)) {
+                /* --show-capture: as pytest's, a part of the section's name */
+                if (dmn_str_at(sec, 0) && dmn_str_at(sec, 1) && strcmp(capture, "no") &&
+                    (!strcmp(capture, "all") || strstr(dmn_str_at(sec, 0), capture))) {
                     pf_buf_printf(&b, "      ----- %s -----\n", dmn_str_at(sec, 0));
                     dmn_indent(&b, dmn_str_at(sec, 1), "      ");
                 }
             }
         }
     }
-    if (r->counts[3]) {
+    if (r->counts[3] && lists) {
         pf_buf_printf(&b, "  XPASS (%zu) — stale xfail entries (now pass, drop them):\n", r->counts[3]);
         for (size_t pos = 0; pos < r->nsel; pos++)
             if (r->severity[pos] == 3)
@@ -2186,12 +2258,14 @@ static char *dmn_render(dmn_run *r, int rc)
     }
     size_t ntop = c->split.durations > 0 && (size_t)c->split.durations < r->ntop ? (size_t)c->split.durations
                                                                                   : r->ntop;
-    if ((c->full || c->split.durations >= 0) && ntop) {
-        pf_buf_printf(&b, "  DURATIONS (top %zu, ≥5ms — per phase):\n", ntop);
+    if ((c->full || c->split.durations >= 0) && ntop && lists) {
+        pf_buf_printf(&b, "  DURATIONS (top %zu, ≥%gms — per phase):\n", ntop, dmn_durations_min(r) * 1000);
         for (size_t i = 0; i < ntop; i++)
             pf_buf_printf(&b, "    %8.3fs  %-9s%s\n", r->top[i].seconds, r->top[i].when,
                           r->z->items[r->sel[r->top[i].pos]].nodeid);
     }
+    if (lists)
+        dmn_short_summary(&b, r, c->split.report_chars);
     if (r->exit_msg)
         pf_buf_printf(&b, "  !!!!!!!!!! %s !!!!!!!!!!\n", r->exit_msg);
     if (nerr && !c->split.continue_on_errors)
@@ -2199,12 +2273,13 @@ static char *dmn_render(dmn_run *r, int rc)
     if (rc == 6)
         pf_buf_printf(&b, "  Tests pass, but maximum allowed warnings exceeded: %zu > %lld\n", r->warnings,
                       (long long)r->max_warnings);
-    if (!c->brief)
+    if (header)
         pf_buf_printf(&b, "%s\n", dmn_rule);
-    const char *color = !c->color ? "" : rc == 0 || rc == 5 ? "\033[32m" : "\033[31m";
+    bool colored = c->split.color >= 0 ? c->split.color : c->color;   /* --color, else the terminal */
+    const char *color = !colored ? "" : rc == 0 || rc == 5 ? "\033[32m" : "\033[31m";
     pf_buf_printf(&b, "%s= ", color);
     dmn_stats_line(&b, r, nerr, wall);
-    pf_buf_printf(&b, " =%s\n", c->color ? "\033[0m" : "");
+    pf_buf_printf(&b, " =%s\n", colored ? "\033[0m" : "");
     pf_buf_put(&b, "", 1);
     return (char *)b.data;
 }
@@ -2490,6 +2565,9 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->sel = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->sel);
     r->severity = util_alloc(r->nsel ? r->nsel : 1);
     memset(r->severity, -1, r->nsel ? r->nsel : 1);
+    r->cats = util_alloc(r->nsel ? r->nsel : 1);
+    if (c && !c->stream && (strpbrk(c->split.report_chars, "sxX") || c->split.verbosity > 0))
+        r->reason = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->reason);
     r->seconds = util_alloc((r->nsel ? r->nsel : 1) * sizeof *r->seconds);
     size_t n = 0;
     for (size_t i = 0; i < r->nsel; i++) {
@@ -3316,8 +3394,9 @@ static void dmn_request(dmn_conn *c)
         else if (!strcmp(r, "-f") || !strcmp(r, "--looponfail"))
             text = util_fmt("ERROR: %s is pytest-xdist's looponfail: use `pytest-fast --watch`, which re-runs "
                             "the tests a save affects, first", r);
-        else   /* --junitxml */
-            text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r, r);
+        else
+            text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r,
+                            arg_refusal_instead(r));
         dmn_fail_request(c, 4, text);
         free(text);
         return;

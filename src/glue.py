@@ -607,6 +607,14 @@ def _recollect_modules(zyg, session, paths):
     return None
 
 
+def _clear_cache(config):
+    """--cache-clear, per run: what Cache.for_config does as a plain run
+    configures, before --lf, --nf or --sw read the cache."""
+    cache = getattr(config, "cache", None)
+    if cache is not None and config.getoption("cacheclear", False) and cache._cachedir.is_dir():
+        type(cache).clear_cache(cache._cachedir, _ispytest=True)
+
+
 class _Leader:
     """One run: applies its options and selection, forks its workers."""
 
@@ -693,6 +701,7 @@ class _Leader:
         if randomly is not None and hasattr(config.option, "randomly_seed"):
             config.option.randomly_seed = "default"   # the zygote's seed is not this run's
         config._parser.parse_known_args(args, namespace=config.option)
+        _clear_cache(config)
         _setup_show_options(config.option)
         seed_line = _randomly_seed(config, randomly)
         if seed_line and not self.msg.get("stream"):
