@@ -12,12 +12,16 @@ round-robin, every contender on every scenario:
   full_suite     whole make_app suite
   single_test    one test by node id
   edit_test      edit a test file, then run the suite (edit -> result), watcher off/on
-  edit_app       edit an app module (app/services/svc0.py, imported by every svc)
+  edit_app       edit an app module at module level (app/services/svc0.py, imported by
+                 every svc: every test is affected)
+  edit_svc       edit the body of one function of that service (the tests that ran it
+                 are affected)
   watch_save     one `pytest-fast --watch` session: save -> first (affected) result and
-                 -> the rest done, after a test edit and an app edit
+                 -> the rest done, after each kind of edit
   edit_recollect edit a test file, then run just that test: ours with the incremental
                  re-collect (one test module imported again) vs the collected level
-                 rebuilt in full (PYTEST_FAST_INCREMENTAL=0)
+                 rebuilt in full (PYTEST_FAST_INCREMENTAL=0); also the level alone, as
+                 the daemon log times it
   cov_full       whole make_app suite with --cov=app: pytest, pytest -n 2, ours warm
                  (CLI and pytest --fast), and ours warm without coverage (its overhead)
   floor          a one-test project
@@ -337,12 +341,13 @@ class Contender:
     mode: plain | cli | plugin."""
 
     def __init__(self, cid, label, family, mode, workers=None, cold=False, watch=False,
-                 daemon=None, args=(), env=None):
+                 daemon=None, args=(), env=None, prep=None):
         self.id, self.label, self.family, self.mode = cid, label, family, mode
         self.workers, self.cold, self.watch = workers, cold, watch
         self.daemon = daemon            # daemon identity shared e.g. by ours cold + warm
         self.args = tuple(args)         # arguments of this contender alone (ours: --affected too)
-        self.env = dict(env or {})      # ours CLI: variables of this contender alone
+        self.env = dict(env or {})      # ours CLI, plain pytest: variables of this contender alone
+        self.prep = prep                # prep(project) before each of its runs, untimed
         self.status, self.reason = "ok", None
 
     def key(self, proj, workers):
@@ -371,7 +376,7 @@ class Bench:
         key = c.key(proj, w)
         pytest_args = (*pytest_args, *c.args)
         if c.family == "pytest":
-            return [E.py, "-m", "pytest", "-q", *pytest_args], E.env_for(E.venv, None), None, None
+            return [E.py, "-m", "pytest", "-q", *pytest_args], E.env_for(E.venv, None, c.env), None, None
         if c.family == "xdist":
             return ([E.py, "-m", "pytest", "-q", "-n", str(c.workers or w), *pytest_args],
                     E.env_for(E.venv, None), None, None)
@@ -554,6 +559,8 @@ class Bench:
                     continue            # quick: warm only .pyc (plain pytest) and daemons
                 if c.cold:
                     self.stop(key)
+                if c.prep:
+                    c.prep(proj)
                 res = self.run_cmd(argv, env, proj.path, os.path.join(LOGS, sid, rid + ".log"))
                 if key:
                     self.warm.add(key)
@@ -630,6 +637,8 @@ class Bench:
                 res = self.run_cmd(argv, env, proj.path, logp)
                 res["wall"] = time.perf_counter() - t0
                 res["verified"] = edit_seen(marker, kind, n)
+                if c.family == "ours":
+                    res["level"] = last_level(_addr)
                 log("  round %-3d %-34s %8.3fs  rc=%s%s" % (
                     rnd, rid, res["wall"], res["rc"], "" if res["verified"] else "  STALE RESULT"))
                 samples[rid].append(res)
@@ -639,6 +648,11 @@ class Bench:
                 self.finish_row(row, s)
                 row["verified"] = [x["verified"] for x in s]
                 row["stale_results"] = sum(1 for x in s if not x["verified"])
+                levels = [x["level"] for x in s if x.get("level")]
+                if levels:
+                    # the collected level this run waited for: (seconds, path) from the daemon log
+                    row["level_median"] = statistics.median(t for t, _ in levels)
+                    row["level_paths"] = sorted({how for _, how in levels})
         for k in watchers:
             self.stop(k)
         scen = {"id": sid, "title": title, "project": proj.name, "repetitions": reps,
@@ -650,6 +664,7 @@ class Bench:
                         "each edit" % WATCH_PAUSE}
         self.check_outcomes(scen)
         self.results.append(scen)
+        return scen
 
     def watch_save(self, sid, title, proj, c, kinds, reps):
         """Save -> result under `pytest-fast --watch`: one watch session stays up; each
@@ -912,10 +927,30 @@ def make_projects(make_app):
     return projs
 
 
+EDIT_KINDS = ("test", "app", "svc")   # the marker's fields, in this order
+
+
+LEVEL_LINE = re.compile(r"collected zygote ready: .*, ([\d.]+)s, (incremental|full)")
+
+
+def last_level(address):
+    """(seconds, "incremental" | "full") of the last collected level the daemon at
+    address built, from its log; None if it has built none."""
+    text = _read(address[:-5] + ".log" if address.endswith(".sock") else address + ".log") or ""
+    found = LEVEL_LINE.findall(text)
+    return (float(found[-1][0]), found[-1][1]) if found else None
+
+
 def edit_seen(marker, kind, n):
     """Whether the run saw edit n: its edited code wrote the marker."""
     got = (_read(marker) or "").split()
-    return len(got) == 2 and got[0 if kind == "test" else 1] == str(n)
+    return len(got) == len(EDIT_KINDS) and got[EDIT_KINDS.index(kind)] == str(n)
+
+
+# svc0 gains one function at setup; the "svc" edit changes its body only,
+# which is what an edit inside one service is: a module-level change (the
+# "app" edit) affects every importer, a body edit the tests that ran it.
+SVC_MARK = "\n\ndef bench_mark():\n    return %d\n"
 
 
 def write_edit(proj, kind, n, marker):
@@ -925,13 +960,38 @@ def write_edit(proj, kind, n, marker):
         w(tests, "from app.services import svc0\n\nMARK = %d\n\n\n"
                  "def test_bench_edit():\n"
                  "    with open(%r, 'w') as f:\n"
-                 "        f.write('%%s %%s' %% (MARK, getattr(svc0, 'BENCH_EDIT', None)))\n"
+                 "        f.write('%%s %%s %%s' %% (MARK, getattr(svc0, 'BENCH_EDIT', None), svc0.bench_mark()))\n"
                  % (n, marker))
-    if kind == "app":
-        w(svc, _read(svc + ".orig") + "\nBENCH_EDIT = %d\n" % n)
+    # Each kind changes its own line of the current svc0: an edit of one kind
+    # never undoes the other's (that would be a module-level change too).
+    if n == 0:
+        w(svc, _read(svc + ".orig") + SVC_MARK % 0)
+    elif kind == "app":
+        w(svc, re.sub(r"\nBENCH_EDIT = \d+\n", "", _read(svc)) + "\nBENCH_EDIT = %d\n" % n)
+    elif kind == "svc":
+        w(svc, re.sub(r"(def bench_mark\(\):\n    return )\d+", r"\g<1>%d" % n, _read(svc)))
 
 
 # ------------------------------------------------------------------------------- setup
+
+def drop_record(proj):
+    """No --affected record: the next recording run records every test."""
+    try:
+        os.unlink(os.path.join(proj.path, ".pytest_cache", "d", "pytest-fast", "affected.json"))
+    except OSError:
+        pass
+
+
+def ratios_of(scen, pairs):
+    """{name: median(a) / median(b)} for the (name, a, b) whose rows both ran."""
+    med = {r["id"]: r["median"] for r in scen["rows"] if r["status"] == "ok" and r.get("median")}
+    out = {}
+    for name, a, b in pairs:
+        if a in med and b in med:
+            out[name] = round(med[a] / med[b], 3)
+            log("  %-52s %.3f" % (name, out[name]))
+    return out
+
 
 def sh(argv, logpath, env=None, cwd=None, timeout=1800):
     os.makedirs(os.path.dirname(logpath), exist_ok=True)
@@ -1015,7 +1075,8 @@ def header(m):
 
 # ------------------------------------------------------------------------------ output
 
-ORDER = ["full_suite", "cov_full", "single_test", "edit_test", "edit_app", "edit_recollect", "watch_save",
+ORDER = ["full_suite", "cov_full", "single_test", "edit_test", "edit_app", "edit_svc", "edit_recollect",
+         "watch_save",
          "floor", "tp_trivial", "tp_cpu"]
 
 
@@ -1238,8 +1299,14 @@ def main():
     o_cli = C("ours_cli", "ours CLI warm", "ours", "cli")
     o_plug = C("ours_plugin", "ours pytest --fast warm", "ours", "plugin")
     o_watch = C("ours_cli_watch", "ours CLI warm + watcher", "ours", "cli", watch=True)
-    o_rec = C("ours_cli_rec", "ours CLI warm, recording for --affected", "ours", "cli",
-              env={"PYTEST_FAST_RECORD": "1"})
+    rec = {"PYTEST_FAST_RECORD": "1"}
+    o_rec = C("ours_cli_rec", "ours CLI warm, recording (records current)", "ours", "cli", env=rec)
+    o_rec_all = C("ours_cli_rec_all", "ours CLI warm, recording every test (no record)", "ours", "cli",
+                  env=rec, daemon="ours_cli_rec", prep=drop_record)
+    # What any profile function costs the interpreter: a C builtin that does
+    # nothing set around each test, in plain pytest (see bench/noop_profile.py)
+    noprof = C("pytest_noop_profile", "pytest, a do-nothing profile function per test", "pytest", "plain",
+               args=["-p", "noop_profile"], env={"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))})
     o_aff = C("ours_cli_affected", "ours CLI warm --affected", "ours", "cli", args=["--affected"])
 
     projs = make_projects(os.path.abspath(args.make_app))
@@ -1254,10 +1321,15 @@ def main():
     interrupted = False
     try:
         if "full_suite" in wanted:
-            B.timed("full_suite", "Full suite (make_app)", projs["app"],
-                    [(c, None, None) for c in (pytest_, x2, xa, plx, up_cli, up_plug, o_cold, o_cli,
-                                               o_rec, o_plug)],
-                    R, W, note="daemon contenders use --workers %d (nproc)" % nproc)
+            scen = B.timed("full_suite", "Full suite (make_app)", projs["app"],
+                           [(c, None, None) for c in (pytest_, x2, xa, plx, up_cli, up_plug, o_cold, o_cli,
+                                                      o_rec, o_rec_all, o_plug, noprof)],
+                           R, W, note="daemon contenders use --workers %d (nproc)" % nproc)
+            scen["ratios"] = ratios_of(scen, (
+                ("recording overhead, records current (a warm run)", "ours_cli_rec", "ours_cli"),
+                ("recording overhead, every test recorded (first run)", "ours_cli_rec_all", "ours_cli"),
+                ("a do-nothing profile function, plain pytest (the floor before 3.12)",
+                 "pytest_noop_profile", "pytest")))
         if "cov_full" in wanted:
             cov = ("--cov=app",)
             entries = [C("pytest", "pytest --cov", "pytest", "plain", args=cov),
@@ -1291,22 +1363,30 @@ def main():
                     [(c, None, None) for c in (pytest_, x2, up1, up_plug, o_cli, o_plug)],
                     R, W, pytest_args=(SINGLE_NODEID,), note="node id %s" % SINGLE_NODEID)
         for kind, sid, title in (("test", "edit_test", "Edit → result: test file"),
-                                 ("app", "edit_app", "Edit → result: app module")):
+                                 ("app", "edit_app", "Edit → result: app module, module level"),
+                                 ("svc", "edit_svc", "Edit → result: one service's function body")):
             if sid in wanted:
                 B.edit(sid, title, projs["app_edit"], kind,
                        [pytest_, plx, up_cli, up_watch, o_cli, o_watch, o_aff], args.edit_reps)
         if "watch_save" in wanted:
             B.watch_save("watch_save", "Save → result under --watch", projs["app_edit"],
-                         C("ours_watch", "ours --watch", "ours", "cli"), ("test", "app"), args.edit_reps)
+                         C("ours_watch", "ours --watch", "ours", "cli"), EDIT_KINDS, args.edit_reps)
         if "edit_recollect" in wanted:
             # -k: the run is one test, so the wall is mostly the re-collect
             only = ("-k", "test_bench_edit")
-            B.edit("edit_recollect", "Edit → result: test file, incremental vs full re-collect",
-                   projs["app_edit"], "test",
-                   [C("ours_cli_inc", "ours CLI warm, incremental re-collect", "ours", "cli",
-                      args=only),
-                    C("ours_cli_full", "ours CLI warm, full re-collect", "ours", "cli",
-                      args=only, env={"PYTEST_FAST_INCREMENTAL": "0"})], args.edit_reps)
+            scen = B.edit("edit_recollect", "Edit → result: test file, incremental vs full re-collect",
+                          projs["app_edit"], "test",
+                          [C("ours_cli_inc", "ours CLI warm, incremental re-collect", "ours", "cli",
+                             args=only),
+                           C("ours_cli_full", "ours CLI warm, full re-collect", "ours", "cli",
+                             args=only, env={"PYTEST_FAST_INCREMENTAL": "0"})], args.edit_reps)
+            scen["ratios"] = ratios_of(scen, (("edit + run, incremental / full", "ours_cli_inc", "ours_cli_full"),))
+            lv = {r["id"]: r.get("level_median") for r in scen["rows"]}
+            if lv.get("ours_cli_inc") and lv.get("ours_cli_full"):
+                scen["ratios"]["the collected level alone, incremental / full"] = round(
+                    lv["ours_cli_inc"] / lv["ours_cli_full"], 3)
+                log("  %-52s %.3f" % ("the collected level alone, incremental / full",
+                                      scen["ratios"]["the collected level alone, incremental / full"]))
         B.stop_all()                     # edits invalidated the app_edit daemons anyway
         if "floor" in wanted:
             B.timed("floor", "Overhead floor (1-test project)", projs["one"],
