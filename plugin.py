@@ -602,7 +602,10 @@ class Controller:
 
     def _report(self, data: dict[str, Any]) -> Any:
         status = data.pop("pf_teststatus", None)
+        text_repr = data.pop("pf_text_repr", False)
         rep = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        if text_repr and isinstance(rep.longrepr, str):
+            rep.longrepr = _TextRepr(rep.longrepr)
         context = data.get("_subtest.context")
         if isinstance(context, dict) and hasattr(rep, "context"):
             # pytest 9's SubtestContext repr()s its kwargs again as it is
@@ -747,6 +750,21 @@ class Controller:
                         f"(see its log; `pytest-fast --status`)",
                         returncode=rc if rc not in (0, 1) else pytest.ExitCode.INTERNAL_ERROR)
         return True
+
+
+class _TextRepr:
+    """The text of a longrepr that had no crash line (a fixture lookup
+    error): not a str, so that the short summary adds no message to its
+    line, as for the object it was."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def toterminal(self, out: Any) -> None:
+        out.line(self.text)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _warning_class(name: str) -> type[Warning]:

@@ -678,6 +678,7 @@ class _Leader:
             config.option.randomly_seed = "default"   # the zygote's seed is not this run's
         config._parser.parse_known_args(args, namespace=config.option)
         _setup_show_options(config.option)
+        _log_formatter(config)
         seed_line = _randomly_seed(config, randomly)
         if seed_line and not self.msg.get("stream"):
             sys.stdout.write(seed_line + "\n")   # the controller prints its own header
@@ -1334,6 +1335,20 @@ def _node_within(nodeid, above):
     return not above or nodeid == above or nodeid.startswith((above + "/", above + "::"))
 
 
+def _log_formatter(config):
+    """--color is per run: the captured log lines' formatter colours their
+    level names (pytest makes it at configure, for the zygote's terminal)."""
+    from _pytest.logging import get_option_ini
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    if plugin is None or not hasattr(plugin, "_create_formatter"):
+        return
+    plugin.formatter = plugin._create_formatter(get_option_ini(config, "log_format"),
+                                                get_option_ini(config, "log_date_format"),
+                                                get_option_ini(config, "log_auto_indent"))
+    for handler in (plugin.caplog_handler, plugin.report_handler):
+        handler.setFormatter(plugin.formatter)
+
+
 def _setup_show_options(opt):
     """What setupplan's and setuponly's pytest_cmdline_main do, which ran
     in the zygote, before this run's options."""
@@ -1831,6 +1846,9 @@ class _Worker:
             # What this test process's plugins and conftests say, for the
             # `pytest --fast` controller, which imports no conftest.
             data["pf_teststatus"] = _plain(tuple(status))
+            if hasattr(report.longrepr, "toterminal") and not hasattr(report.longrepr, "reprcrash"):
+                # serialized as its text (a fixture lookup error): no crash message
+                data["pf_text_repr"] = True
             if self.live_log is not None and self.live_log.records.get(report.when):
                 data["pf_live_log"] = self.live_log.records.pop(report.when)
             self.reports.append((report.when, report.outcome, category, report.duration,
