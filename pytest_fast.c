@@ -5477,6 +5477,8 @@ static const char zyg_glue[] =
     "        return out.getvalue()\n"
     "    if not (showfixtures or per_test):\n"
     "        reporter = config.pluginmanager.get_plugin(\"terminalreporter\")\n"
+    "        if reporter is None:   # -p no:terminal\n"
+    "            return None\n"
     "        saved, reporter._tw = reporter._tw, tw\n"
     "        try:\n"
     "            reporter._printcollecteditems(items)\n"

@@ -1266,6 +1266,8 @@ def _info_text(config, session, items, paths):
         return out.getvalue()
     if not (showfixtures or per_test):
         reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:   # -p no:terminal
+            return None
         saved, reporter._tw = reporter._tw, tw
         try:
             reporter._printcollecteditems(items)
