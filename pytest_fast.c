@@ -10277,17 +10277,20 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i))
                 pf_buf_printf(&b, "ERROR %s\n", dmn_str_at(r->z->errors->u.seq.items[i], 0));
-        if (c->split.info)
+        if (c->split.info && nerr)   /* as pytest's: its errors, else no tests ran; exit code 0 */
+            pf_buf_printf(&b, "\n%zu error%s", nerr, nerr == 1 ? "" : "s");
+        else if (c->split.info)
             pf_buf_printf(&b, "\nno tests ran");
-        else
+        else {
             pf_buf_printf(&b, "\n%zu test%s collected", r->nsel, r->nsel == 1 ? "" : "s");
-        if (r->deselected && !c->split.info)
-            pf_buf_printf(&b, ", %zu deselected", r->deselected);
-        if (nerr)
-            pf_buf_printf(&b, ", %zu error%s", nerr, nerr == 1 ? "" : "s");
+            if (r->deselected)
+                pf_buf_printf(&b, ", %zu deselected", r->deselected);
+            if (nerr)
+                pf_buf_printf(&b, ", %zu error%s", nerr, nerr == 1 ? "" : "s");
+        }
         pf_buf_printf(&b, " in %.2fs\n", util_now() - r->start);
         pf_buf_put(&b, "", 1);
-        int rc = nerr ? 2 : r->nsel || c->split.info ? 0 : 5;
+        int rc = c->split.info ? 0 : nerr ? 2 : r->nsel ? 0 : 5;
         r->coverage = false;   /* no coverage report for the lean --collect-only listing */
         dmn_finish_leader(r, rc);
         util_close(&r->leader_fd);

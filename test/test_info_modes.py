@@ -173,6 +173,21 @@ def test_fixtures_follow_the_path_arguments(project):
     assert shown[5] == {"root_fx", "b_fx", "b_module_fx", "a_fx", "other_fx"}
 
 
+def test_fixtures_with_a_collection_error(project):
+    project.write("tests/test_ok.py", "import pytest\n\n@pytest.fixture\ndef fx():\n    pass\n\n"
+                                      "def test_ok(fx):\n    pass\n")
+    project.write("tests/test_broken.py", "import no_such_module\n")
+    for args in (("--fixtures-per-test",), ("--fixtures", "tests")):
+        oracle = project.pytest(*args)
+        ours = fast(project, *args)
+        assert ours.rc == oracle.rc == 0, (args, ours, oracle)   # pytest lists them all the same
+        assert norm(ours.out) == norm(oracle.out), (args, ours, oracle)
+        cli = project.fast(*args)
+        assert cli.rc == 0, (args, cli)
+        assert norm(cli.out)[-1] == "1 error in T", cli
+        assert "ERROR tests/test_broken.py" in norm(cli.out), cli
+
+
 def test_cache_show_is_read_when_asked(project):
     project.write("tests/test_a.py", "def test_ok():\n    pass\n\ndef test_no():\n    assert FLAG\n\nFLAG = 0\n")
     # a run first: pytest 7's --cache-show writes cache/stepwise itself
