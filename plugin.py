@@ -90,6 +90,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
                                     "add --fast (or run pytest-fast --affected)")
         return
     _refuse_unsupported(early_config, ns)
+    if _plain_in_process(early_config, ns):
+        return
     timeout = _timeout(ns.fast_timeout)
     shard = shard_spec(ns.fast_shard, os.environ)
     daemon = Daemon.ensure(early_config, ns)
@@ -115,6 +117,21 @@ def _refuse_unsupported(config: pytest.Config, ns: argparse.Namespace) -> None:
     if getattr(ns, "looponfail", False):
         raise pytest.UsageError("pytest-xdist's -f/--looponfail would loop inside the daemon: "
                                 "use `pytest-fast --watch`, which re-runs the tests a save affects, first")
+
+
+def _plain_in_process(config: pytest.Config, ns: argparse.Namespace) -> bool:
+    """--cache-show and --markers collect nothing, and --debug and
+    --trace-config trace this process's own start-up and collection: those
+    run as plain pytest, here, conftests included, without the daemon."""
+    if getattr(ns, "help", False):
+        return False
+    traced = [flag for flag, on in (("--debug", getattr(ns, "debug", None) not in (None, False)),
+                                    ("--trace-config", getattr(ns, "traceconfig", False))) if on]
+    if traced:   # said at the end: pytest captures this start-up's output
+        note = (f"pytest-fast: {traced[0]} traces pytest's own start-up and collection: "
+                "plain pytest ran this, in this process, without the daemon\n")
+        config.add_cleanup(lambda: print(note, end="", file=sys.stderr))
+    return bool(traced) or getattr(ns, "cacheshow", None) not in (None, False) or bool(getattr(ns, "markers", False))
 
 
 def _timeout(given: str | None) -> float:
@@ -424,10 +441,34 @@ class Controller:
         self.shard = shard
         self.pool = 0   # the selection before --fast-shard / --fast-affected took their part
         self.summary_calls: list[Any] = []   # the conftests' pytest_terminal_summary output
+        self.text: str | None = None   # what the daemon's leader rendered (see glue.py's _info_text)
 
     def pytest_report_header(self) -> list[str]:
         """What the conftests (imported by the daemon, not here) add."""
         return self.header
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_cmdline_main(self, config: pytest.Config) -> Any:
+        """--fixtures, --fixtures-per-test: pytest's own listing, rendered
+        by the daemon's leader (where the conftests and modules are), in
+        a session like the one pytest runs for them."""
+        opt = config.option
+        if not (opt.showfixtures or opt.show_fixtures_per_test) or opt.help or opt.version:
+            return None
+        from _pytest.main import wrap_session
+        return wrap_session(config, self._show)
+
+    def _show(self, config: pytest.Config, session: pytest.Session) -> None:
+        self.pytest_collection(session)   # pytest calls perform_collect(), not the hook
+        try:
+            for msg in self.daemon.frames():
+                if msg.get("op") == "done":
+                    break
+        except DaemonGone as exc:
+            pytest.exit(str(exc), returncode=pytest.ExitCode.INTERNAL_ERROR)
+        self.daemon.close()
+        sys.stdout.write(self.text or "")
+        sys.stdout.flush()
 
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
@@ -497,6 +538,11 @@ class Controller:
             self._warning(data)
         items: list[pytest.Item] = [_remote_item(session, *loc) for loc in reply["items"]]
         self.pool = int(reply.get("pool", 0))
+        self.text = reply.get("text")
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if self.text is not None and reporter is not None and config.option.collectonly:
+            # --collect-only: pytest's tree of the daemon's nodes, as it rendered it
+            reporter._printcollecteditems = lambda items: reporter._tw.write(self.text)
         self._collected(session, items, int(reply["deselected"]), reply.get("stepwise"))
         return True
 
@@ -556,7 +602,10 @@ class Controller:
 
     def _report(self, data: dict[str, Any]) -> Any:
         status = data.pop("pf_teststatus", None)
+        text_repr = data.pop("pf_text_repr", False)
         rep = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        if text_repr and isinstance(rep.longrepr, str):
+            rep.longrepr = _TextRepr(rep.longrepr)
         context = data.get("_subtest.context")
         if isinstance(context, dict) and hasattr(rep, "context"):
             # pytest 9's SubtestContext repr()s its kwargs again as it is
@@ -701,6 +750,21 @@ class Controller:
                         f"(see its log; `pytest-fast --status`)",
                         returncode=rc if rc not in (0, 1) else pytest.ExitCode.INTERNAL_ERROR)
         return True
+
+
+class _TextRepr:
+    """The text of a longrepr that had no crash line (a fixture lookup
+    error): not a str, so that the short summary adds no message to its
+    line, as for the object it was."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def toterminal(self, out: Any) -> None:
+        out.line(self.text)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _warning_class(name: str) -> type[Warning]:

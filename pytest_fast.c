@@ -3446,6 +3446,15 @@ static const arg_spec arg_table[] = {
     {"--setuponly", ARG_RUN},
     {"--setup-plan", ARG_RUN},
     {"--setupplan", ARG_RUN},
+    /* What pytest prints instead of running tests: the leader renders it
+     * on the run's selection, with the conftests and modules collected. */
+    {"--fixtures", ARG_RUN},
+    {"--funcargs", ARG_RUN},
+    {"--fixtures-per-test", ARG_RUN},
+    {"--cache-show", ARG_OPTVALUE | ARG_RUN},
+    /* They trace pytest's own start-up and collection, which the daemon did. */
+    {"--debug", ARG_OPTVALUE | ARG_RUN | ARG_REFUSE},
+    {"--trace-config", ARG_RUN | ARG_REFUSE},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
     /* pytest's own reporting: the lean summary has no part that they shape */
@@ -3572,6 +3581,7 @@ typedef struct arg_split {
     int maxfail;          /* 0 = no limit */
     int stepwise;         /* --sw: stop at this many failures (2: --sw-skip), 0 = off */
     bool collect_only;
+    bool info;            /* --fixtures, --fixtures-per-test, --cache-show: the leader's text, no tests */
     bool continue_on_errors;
     bool affected;        /* --fast-affected: selecting nothing is a success */
     bool full_trace_none; /* --tb=no */
@@ -3627,6 +3637,9 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->stepwise = s->stepwise ? s->stepwise : 1;
     else if (!strcmp(name, "--collect-only") || !strcmp(name, "--co"))
         s->collect_only = true;
+    else if (!strcmp(name, "--fixtures") || !strcmp(name, "--funcargs") ||
+             !strcmp(name, "--fixtures-per-test") || !strcmp(name, "--cache-show"))
+        s->collect_only = s->info = true;
     else if (!strcmp(name, "--fast-affected"))
         s->affected = true;
     else if (!strcmp(name, "--continue-on-collection-errors"))
@@ -4943,7 +4956,13 @@ static const char zyg_glue[] =
     "        except Exception as exc:\n"
     "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
     "            os._exit(0)\n"
-    "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected,\n"
+    "        try:\n"
+    "            text = _info_text(self.config, self.session, [self.session.items[i] for i in selected],\n"
+    "                              self.config.option.file_or_dir or [])\n"
+    "        except Exception as exc:\n"
+    "            _send(self.fd, {\"op\": \"usage\", \"message\": _usage_message(exc)})\n"
+    "            os._exit(0)\n"
+    "        _send(self.fd, {\"op\": \"selected\", \"indices\": selected, \"deselected\": deselected, \"text\": text,\n"
     "                        \"stepwise\": self.stepwise_seen(),\n"
     "                        \"pool\": len(self.pool), \"watch_list\": self.watch_list(),\n"
     "                        \"max_warnings\": _max_warnings(self.config),\n"
@@ -4990,6 +5009,7 @@ static const char zyg_glue[] =
     "        config._parser.parse_known_args(args, namespace=config.option)\n"
     "        _clear_cache(config)\n"
     "        _setup_show_options(config.option)\n"
+    "        _log_formatter(config)\n"
     "        seed_line = _randomly_seed(config, randomly)\n"
     "        if seed_line and not self.msg.get(\"stream\"):\n"
     "            sys.stdout.write(seed_line + \"\\n\")   # the controller prints its own header\n"
@@ -5569,6 +5589,120 @@ static const char zyg_glue[] =
     "    return line if isinstance(line, str) else None\n"
     "\n"
     "\n"
+    "def _info_text(config, session, items, paths):\n"
+    "    \"\"\"What pytest prints for --collect-only (the tree), --fixtures,\n"
+    "    --fixtures-per-test or --cache-show, with this run's options and\n"
+    "    selection; None for a run of tests.  Rendered here, where the collected\n"
+    "    nodes and the conftests' fixtures live, as pytest's own code renders\n"
+    "    it, for a terminal like the client's (its stdout is ours).\"\"\"\n"
+    "    import _pytest.config\n"
+    "    opt = config.option\n"
+    "    showfixtures = getattr(opt, \"showfixtures\", False)\n"
+    "    per_test = getattr(opt, \"show_fixtures_per_test\", False)\n"
+    "    cacheshow = getattr(opt, \"cacheshow\", False)\n"
+    "    if not (opt.collectonly or showfixtures or per_test or cacheshow) or getattr(opt, \"help\", False):\n"
+    "        return None\n"
+    "    out = io.StringIO()\n"
+    "    tw = _pytest.config.create_terminal_writer(config, out)\n"
+    "    client = _pytest.config.create_terminal_writer(config)\n"
+    "    tw.hasmarkup, tw.fullwidth = client.hasmarkup, client.fullwidth\n"
+    "    if hasattr(client, \"code_highlight\"):\n"
+    "        tw.code_highlight = client.code_highlight\n"
+    "    if cacheshow:\n"
+    "        from _pytest import cacheprovider\n"
+    "        saved, sys.stdout = sys.stdout, out   # it writes to a TerminalWriter() of its own\n"
+    "        try:\n"
+    "            cacheprovider.cacheshow(config, session)\n"
+    "        finally:\n"
+    "            sys.stdout = saved\n"
+    "        return out.getvalue()\n"
+    "    if not (showfixtures or per_test):\n"
+    "        reporter = config.pluginmanager.get_plugin(\"terminalreporter\")\n"
+    "        if reporter is None:   # -p no:terminal\n"
+    "            return None\n"
+    "        saved, reporter._tw = reporter._tw, tw\n"
+    "        try:\n"
+    "            reporter._printcollecteditems(items)\n"
+    "        finally:\n"
+    "            reporter._tw = saved\n"
+    "        return out.getvalue()\n"
+    "    from _pytest import fixtures, python\n"
+    "    name = \"_show_fixtures_per_test\" if per_test else \"_showfixtures_main\"\n"
+    "    show = getattr(fixtures, name, None) or getattr(python, name)\n"
+    "    fm = session._fixturemanager\n"
+    "    undo = []\n"
+    "    if not per_test:\n"
+    "        undo = _fixtures_under(fm, _arg_nodeids(config, paths))\n"
+    "    saved_items, session.items = session.items, list(items)\n"
+    "    session.perform_collect = lambda *a, **k: session.items   # collected already\n"
+    "    saved_writer = _pytest.config.create_terminal_writer\n"
+    "    _pytest.config.create_terminal_writer = lambda *a, **k: tw\n"
+    "    try:\n"
+    "        show(config, session)\n"
+    "    finally:\n"
+    "        _pytest.config.create_terminal_writer = saved_writer\n"
+    "        del session.perform_collect\n"
+    "        session.items = saved_items\n"
+    "        for restore in undo:\n"
+    "            restore()\n"
+    "    return out.getvalue()\n"
+    "\n"
+    "\n"
+    "def _arg_nodeids(config, paths):\n"
+    "    \"\"\"The node ids the path arguments name (\"\" for the rootdir), None when\n"
+    "    one lies outside it.\"\"\"\n"
+    "    ids = []\n"
+    "    root = str(config.rootpath)\n"
+    "    for arg in paths:\n"
+    "        strpath, sep, rest = str(arg).partition(\"::\")\n"
+    "        rel = os.path.relpath(os.path.abspath(strpath), root)\n"
+    "        if rel == os.pardir or rel.startswith(os.pardir + os.sep):\n"
+    "            return None\n"
+    "        rel = \"\" if rel == os.curdir else rel.replace(os.sep, \"/\")\n"
+    "        ids.append(rel + sep + rest)\n"
+    "    return ids\n"
+    "\n"
+    "\n"
+    "def _fixtures_under(fm, ids):\n"
+    "    \"\"\"--fixtures PATH: plain pytest loads only the conftests along the\n"
+    "    path and imports only the modules under it, so it shows the fixtures\n"
+    "    of plugins, of the rootdir and of the nodes above or below a path\n"
+    "    argument.  Hide the others; returns how to undo that.\"\"\"\n"
+    "    if not ids:\n"
+    "        return []\n"
+    "\n"
+    "    def shown(fixturedef):\n"
+    "        base = getattr(fixturedef, \"baseid\", \"\") or \"\"\n"
+    "        return not base or any(_node_within(base, i) or _node_within(i, base) for i in ids)\n"
+    "\n"
+    "    if hasattr(fm, \"_get_all_fixture_defs\"):   # pytest 9\n"
+    "        every = fm._get_all_fixture_defs\n"
+    "        fm._get_all_fixture_defs = lambda: [d for d in every() if shown(d)]\n"
+    "        return [lambda: delattr(fm, \"_get_all_fixture_defs\")]\n"
+    "    saved = fm._arg2fixturedefs\n"
+    "    fm._arg2fixturedefs = {name: [d for d in defs if shown(d)] for name, defs in saved.items()}\n"
+    "    return [lambda: setattr(fm, \"_arg2fixturedefs\", saved)]\n"
+    "\n"
+    "\n"
+    "def _node_within(nodeid, above):\n"
+    "    \"\"\"Whether nodeid is the node `above` or under it.\"\"\"\n"
+    "    return not above or nodeid == above or nodeid.startswith((above + \"/\", above + \"::\"))\n"
+    "\n"
+    "\n"
+    "def _log_formatter(config):\n"
+    "    \"\"\"--color is per run: the captured log lines' formatter colours their\n"
+    "    level names (pytest makes it at configure, for the zygote's terminal).\"\"\"\n"
+    "    from _pytest.logging import get_option_ini\n"
+    "    plugin = config.pluginmanager.get_plugin(\"logging-plugin\")\n"
+    "    if plugin is None or not hasattr(plugin, \"_create_formatter\"):\n"
+    "        return\n"
+    "    plugin.formatter = plugin._create_formatter(get_option_ini(config, \"log_format\"),\n"
+    "                                                get_option_ini(config, \"log_date_format\"),\n"
+    "                                                get_option_ini(config, \"log_auto_indent\"))\n"
+    "    for handler in (plugin.caplog_handler, plugin.report_handler):\n"
+    "        handler.setFormatter(plugin.formatter)\n"
+    "\n"
+    "\n"
     "def _setup_show_options(opt):\n"
     "    \"\"\"What setupplan's and setuponly's pytest_cmdline_main do, which ran\n"
     "    in the zygote, before this run's options.\"\"\"\n"
@@ -5661,6 +5795,12 @@ static const char zyg_glue[] =
     "                if id(item) not in seen:\n"
     "                    seen.add(id(item))\n"
     "                    chosen.append(item)\n"
+    "                elif getattr(config.option, \"keepduplicates\", False):\n"
+    "                    from _pytest.config import UsageError\n"
+    "                    raise UsageError(\n"
+    "                        \"--keep-duplicates: %s names %s again, which pytest would then run more than \"\n"
+    "                        \"once; pytest-fast runs each test once: run plain `python -m pytest \"\n"
+    "                        \"--keep-duplicates` for that\" % (arg, item.nodeid))\n"
     "        for i, epath in enumerate(error_paths):\n"
     "            if epath == path or (isdir and epath.startswith(path.rstrip(os.sep) + os.sep)):\n"
     "                scoped.add(i)\n"
@@ -6073,6 +6213,9 @@ static const char zyg_glue[] =
     "            # What this test process's plugins and conftests say, for the\n"
     "            # `pytest --fast` controller, which imports no conftest.\n"
     "            data[\"pf_teststatus\"] = _plain(tuple(status))\n"
+    "            if hasattr(report.longrepr, \"toterminal\") and not hasattr(report.longrepr, \"reprcrash\"):\n"
+    "                # serialized as its text (a fixture lookup error): no crash message\n"
+    "                data[\"pf_text_repr\"] = True\n"
     "            if self.live_log is not None and self.live_log.records.get(report.when):\n"
     "                data[\"pf_live_log\"] = self.live_log.records.pop(report.when)\n"
     "            self.reports.append((report.when, report.outcome, category, report.duration,\n"
@@ -10369,6 +10512,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     const pf_value *cov = pf_dict_get(msg, "coverage");
     r->coverage = cov && cov->kind == PF_BOOL && cov->u.b;
     size_t nerr = dmn_scoped_errors(r);
+    const char *text = pf_dict_str(msg, "text");
     if (c && c->stream) {
         pf_arena *a = pf_arena_new(0);
         pf_value *d = util_msg(a, "collected");
@@ -10402,6 +10546,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         const pf_value *warns = pf_dict_get(r->z->ready, "warnings");
         util_set(a, d, "warnings", warns ? (pf_value *)warns : pf_new_container(a, PF_LIST));
         util_set(a, d, "cold", pf_new_bool(a, c->waited));
+        if (text)
+            util_set(a, d, "text", pf_new_cstr(a, text));
         dmn_send(c, d);
         pf_arena_free(a);
     }
@@ -10409,19 +10555,28 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->counts[1] += dmn_scoped_skips(r, NULL, NULL);   /* pytest counts them as skipped */
     if (c && c->split.collect_only && !c->stream) {
         pf_buf b = {0};
-        for (size_t i = 0; i < r->nsel; i++)
-            pf_buf_printf(&b, "%s\n", r->z->items[r->sel[i]].nodeid);
+        if (text)   /* pytest's own listing (the tree), its fixtures, its cache */
+            pf_buf_put(&b, text, strlen(text));
+        else
+            for (size_t i = 0; i < r->nsel; i++)
+                pf_buf_printf(&b, "%s\n", r->z->items[r->sel[i]].nodeid);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i))
                 pf_buf_printf(&b, "ERROR %s\n", dmn_str_at(r->z->errors->u.seq.items[i], 0));
-        pf_buf_printf(&b, "\n%zu test%s collected", r->nsel, r->nsel == 1 ? "" : "s");
-        if (r->deselected)
-            pf_buf_printf(&b, ", %zu deselected", r->deselected);
-        if (nerr)
-            pf_buf_printf(&b, ", %zu error%s", nerr, nerr == 1 ? "" : "s");
+        if (c->split.info && nerr)   /* as pytest's: its errors, else no tests ran; exit code 0 */
+            pf_buf_printf(&b, "\n%zu error%s", nerr, nerr == 1 ? "" : "s");
+        else if (c->split.info)
+            pf_buf_printf(&b, "\nno tests ran");
+        else {
+            pf_buf_printf(&b, "\n%zu test%s collected", r->nsel, r->nsel == 1 ? "" : "s");
+            if (r->deselected)
+                pf_buf_printf(&b, ", %zu deselected", r->deselected);
+            if (nerr)
+                pf_buf_printf(&b, ", %zu error%s", nerr, nerr == 1 ? "" : "s");
+        }
         pf_buf_printf(&b, " in %.2fs\n", util_now() - r->start);
         pf_buf_put(&b, "", 1);
-        int rc = nerr ? 2 : r->nsel ? 0 : 5;
+        int rc = c->split.info ? 0 : nerr ? 2 : r->nsel ? 0 : 5;
         r->coverage = false;   /* no coverage report for the lean --collect-only listing */
         dmn_finish_leader(r, rc);
         util_close(&r->leader_fd);
@@ -11173,6 +11328,9 @@ static void dmn_request(dmn_conn *c)
         else if (!strcmp(r, "-f") || !strcmp(r, "--looponfail"))
             text = util_fmt("ERROR: %s is pytest-xdist's looponfail: use `pytest-fast --watch`, which re-runs "
                             "the tests a save affects, first", r);
+        else if (!strcmp(r, "--debug") || !strcmp(r, "--trace-config"))
+            text = util_fmt("ERROR: %s traces pytest's own start-up and collection, which the daemon did "
+                            "earlier: use `pytest --fast %s` (plain pytest runs it, without the daemon)", r, r);
         else
             text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r,
                             arg_refusal_instead(r));

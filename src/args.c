@@ -69,6 +69,15 @@ static const arg_spec arg_table[] = {
     {"--setuponly", ARG_RUN},
     {"--setup-plan", ARG_RUN},
     {"--setupplan", ARG_RUN},
+    /* What pytest prints instead of running tests: the leader renders it
+     * on the run's selection, with the conftests and modules collected. */
+    {"--fixtures", ARG_RUN},
+    {"--funcargs", ARG_RUN},
+    {"--fixtures-per-test", ARG_RUN},
+    {"--cache-show", ARG_OPTVALUE | ARG_RUN},
+    /* They trace pytest's own start-up and collection, which the daemon did. */
+    {"--debug", ARG_OPTVALUE | ARG_RUN | ARG_REFUSE},
+    {"--trace-config", ARG_RUN | ARG_REFUSE},
     {"--fast-affected", ARG_RUN},      /* the CLI's --affected, the plugin's own name */
     {"--fast-exclude", ARG_VALUE | ARG_RUN},   /* --watch: =PATH, tests not to run again */
     /* pytest's own reporting: the lean summary has no part that they shape */
@@ -195,6 +204,7 @@ typedef struct arg_split {
     int maxfail;          /* 0 = no limit */
     int stepwise;         /* --sw: stop at this many failures (2: --sw-skip), 0 = off */
     bool collect_only;
+    bool info;            /* --fixtures, --fixtures-per-test, --cache-show: the leader's text, no tests */
     bool continue_on_errors;
     bool affected;        /* --fast-affected: selecting nothing is a success */
     bool full_trace_none; /* --tb=no */
@@ -250,6 +260,9 @@ static void arg_note(arg_split *s, const char *name, const char *value)
         s->stepwise = s->stepwise ? s->stepwise : 1;
     else if (!strcmp(name, "--collect-only") || !strcmp(name, "--co"))
         s->collect_only = true;
+    else if (!strcmp(name, "--fixtures") || !strcmp(name, "--funcargs") ||
+             !strcmp(name, "--fixtures-per-test") || !strcmp(name, "--cache-show"))
+        s->collect_only = s->info = true;
     else if (!strcmp(name, "--fast-affected"))
         s->affected = true;
     else if (!strcmp(name, "--continue-on-collection-errors"))

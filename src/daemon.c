@@ -2590,6 +2590,7 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     const pf_value *cov = pf_dict_get(msg, "coverage");
     r->coverage = cov && cov->kind == PF_BOOL && cov->u.b;
     size_t nerr = dmn_scoped_errors(r);
+    const char *text = pf_dict_str(msg, "text");
     if (c && c->stream) {
         pf_arena *a = pf_arena_new(0);
         pf_value *d = util_msg(a, "collected");
@@ -2623,6 +2624,8 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
         const pf_value *warns = pf_dict_get(r->z->ready, "warnings");
         util_set(a, d, "warnings", warns ? (pf_value *)warns : pf_new_container(a, PF_LIST));
         util_set(a, d, "cold", pf_new_bool(a, c->waited));
+        if (text)
+            util_set(a, d, "text", pf_new_cstr(a, text));
         dmn_send(c, d);
         pf_arena_free(a);
     }
@@ -2630,19 +2633,28 @@ static void dmn_run_selected(dmn_run *r, const pf_value *msg)
     r->counts[1] += dmn_scoped_skips(r, NULL, NULL);   /* pytest counts them as skipped */
     if (c && c->split.collect_only && !c->stream) {
         pf_buf b = {0};
-        for (size_t i = 0; i < r->nsel; i++)
-            pf_buf_printf(&b, "%s\n", r->z->items[r->sel[i]].nodeid);
+        if (text)   /* pytest's own listing (the tree), its fixtures, its cache */
+            pf_buf_put(&b, text, strlen(text));
+        else
+            for (size_t i = 0; i < r->nsel; i++)
+                pf_buf_printf(&b, "%s\n", r->z->items[r->sel[i]].nodeid);
         for (size_t i = 0; i < dmn_nerrors(r->z); i++)
             if (dmn_error_in_scope(r, i))
                 pf_buf_printf(&b, "ERROR %s\n", dmn_str_at(r->z->errors->u.seq.items[i], 0));
-        pf_buf_printf(&b, "\n%zu test%s collected", r->nsel, r->nsel == 1 ? "" : "s");
-        if (r->deselected)
-            pf_buf_printf(&b, ", %zu deselected", r->deselected);
-        if (nerr)
-            pf_buf_printf(&b, ", %zu error%s", nerr, nerr == 1 ? "" : "s");
+        if (c->split.info && nerr)   /* as pytest's: its errors, else no tests ran; exit code 0 */
+            pf_buf_printf(&b, "\n%zu error%s", nerr, nerr == 1 ? "" : "s");
+        else if (c->split.info)
+            pf_buf_printf(&b, "\nno tests ran");
+        else {
+            pf_buf_printf(&b, "\n%zu test%s collected", r->nsel, r->nsel == 1 ? "" : "s");
+            if (r->deselected)
+                pf_buf_printf(&b, ", %zu deselected", r->deselected);
+            if (nerr)
+                pf_buf_printf(&b, ", %zu error%s", nerr, nerr == 1 ? "" : "s");
+        }
         pf_buf_printf(&b, " in %.2fs\n", util_now() - r->start);
         pf_buf_put(&b, "", 1);
-        int rc = nerr ? 2 : r->nsel ? 0 : 5;
+        int rc = c->split.info ? 0 : nerr ? 2 : r->nsel ? 0 : 5;
         r->coverage = false;   /* no coverage report for the lean --collect-only listing */
         dmn_finish_leader(r, rc);
         util_close(&r->leader_fd);
@@ -3394,6 +3406,9 @@ static void dmn_request(dmn_conn *c)
         else if (!strcmp(r, "-f") || !strcmp(r, "--looponfail"))
             text = util_fmt("ERROR: %s is pytest-xdist's looponfail: use `pytest-fast --watch`, which re-runs "
                             "the tests a save affects, first", r);
+        else if (!strcmp(r, "--debug") || !strcmp(r, "--trace-config"))
+            text = util_fmt("ERROR: %s traces pytest's own start-up and collection, which the daemon did "
+                            "earlier: use `pytest --fast %s` (plain pytest runs it, without the daemon)", r, r);
         else
             text = util_fmt("ERROR: %s needs pytest's own reporting: use `pytest --fast %s`", r,
                             arg_refusal_instead(r));

@@ -667,7 +667,13 @@ class _Leader:
         except Exception as exc:
             _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
             os._exit(0)
-        _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected,
+        try:
+            text = _info_text(self.config, self.session, [self.session.items[i] for i in selected],
+                              self.config.option.file_or_dir or [])
+        except Exception as exc:
+            _send(self.fd, {"op": "usage", "message": _usage_message(exc)})
+            os._exit(0)
+        _send(self.fd, {"op": "selected", "indices": selected, "deselected": deselected, "text": text,
                         "stepwise": self.stepwise_seen(),
                         "pool": len(self.pool), "watch_list": self.watch_list(),
                         "max_warnings": _max_warnings(self.config),
@@ -714,6 +720,7 @@ class _Leader:
         config._parser.parse_known_args(args, namespace=config.option)
         _clear_cache(config)
         _setup_show_options(config.option)
+        _log_formatter(config)
         seed_line = _randomly_seed(config, randomly)
         if seed_line and not self.msg.get("stream"):
             sys.stdout.write(seed_line + "\n")   # the controller prints its own header
@@ -1293,6 +1300,120 @@ def _randomly_seed(config, module):
     return line if isinstance(line, str) else None
 
 
+def _info_text(config, session, items, paths):
+    """What pytest prints for --collect-only (the tree), --fixtures,
+    --fixtures-per-test or --cache-show, with this run's options and
+    selection; None for a run of tests.  Rendered here, where the collected
+    nodes and the conftests' fixtures live, as pytest's own code renders
+    it, for a terminal like the client's (its stdout is ours)."""
+    import _pytest.config
+    opt = config.option
+    showfixtures = getattr(opt, "showfixtures", False)
+    per_test = getattr(opt, "show_fixtures_per_test", False)
+    cacheshow = getattr(opt, "cacheshow", False)
+    if not (opt.collectonly or showfixtures or per_test or cacheshow) or getattr(opt, "help", False):
+        return None
+    out = io.StringIO()
+    tw = _pytest.config.create_terminal_writer(config, out)
+    client = _pytest.config.create_terminal_writer(config)
+    tw.hasmarkup, tw.fullwidth = client.hasmarkup, client.fullwidth
+    if hasattr(client, "code_highlight"):
+        tw.code_highlight = client.code_highlight
+    if cacheshow:
+        from _pytest import cacheprovider
+        saved, sys.stdout = sys.stdout, out   # it writes to a TerminalWriter() of its own
+        try:
+            cacheprovider.cacheshow(config, session)
+        finally:
+            sys.stdout = saved
+        return out.getvalue()
+    if not (showfixtures or per_test):
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:   # -p no:terminal
+            return None
+        saved, reporter._tw = reporter._tw, tw
+        try:
+            reporter._printcollecteditems(items)
+        finally:
+            reporter._tw = saved
+        return out.getvalue()
+    from _pytest import fixtures, python
+    name = "_show_fixtures_per_test" if per_test else "_showfixtures_main"
+    show = getattr(fixtures, name, None) or getattr(python, name)
+    fm = session._fixturemanager
+    undo = []
+    if not per_test:
+        undo = _fixtures_under(fm, _arg_nodeids(config, paths))
+    saved_items, session.items = session.items, list(items)
+    session.perform_collect = lambda *a, **k: session.items   # collected already
+    saved_writer = _pytest.config.create_terminal_writer
+    _pytest.config.create_terminal_writer = lambda *a, **k: tw
+    try:
+        show(config, session)
+    finally:
+        _pytest.config.create_terminal_writer = saved_writer
+        del session.perform_collect
+        session.items = saved_items
+        for restore in undo:
+            restore()
+    return out.getvalue()
+
+
+def _arg_nodeids(config, paths):
+    """The node ids the path arguments name ("" for the rootdir), None when
+    one lies outside it."""
+    ids = []
+    root = str(config.rootpath)
+    for arg in paths:
+        strpath, sep, rest = str(arg).partition("::")
+        rel = os.path.relpath(os.path.abspath(strpath), root)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            return None
+        rel = "" if rel == os.curdir else rel.replace(os.sep, "/")
+        ids.append(rel + sep + rest)
+    return ids
+
+
+def _fixtures_under(fm, ids):
+    """--fixtures PATH: plain pytest loads only the conftests along the
+    path and imports only the modules under it, so it shows the fixtures
+    of plugins, of the rootdir and of the nodes above or below a path
+    argument.  Hide the others; returns how to undo that."""
+    if not ids:
+        return []
+
+    def shown(fixturedef):
+        base = getattr(fixturedef, "baseid", "") or ""
+        return not base or any(_node_within(base, i) or _node_within(i, base) for i in ids)
+
+    if hasattr(fm, "_get_all_fixture_defs"):   # pytest 9
+        every = fm._get_all_fixture_defs
+        fm._get_all_fixture_defs = lambda: [d for d in every() if shown(d)]
+        return [lambda: delattr(fm, "_get_all_fixture_defs")]
+    saved = fm._arg2fixturedefs
+    fm._arg2fixturedefs = {name: [d for d in defs if shown(d)] for name, defs in saved.items()}
+    return [lambda: setattr(fm, "_arg2fixturedefs", saved)]
+
+
+def _node_within(nodeid, above):
+    """Whether nodeid is the node `above` or under it."""
+    return not above or nodeid == above or nodeid.startswith((above + "/", above + "::"))
+
+
+def _log_formatter(config):
+    """--color is per run: the captured log lines' formatter colours their
+    level names (pytest makes it at configure, for the zygote's terminal)."""
+    from _pytest.logging import get_option_ini
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    if plugin is None or not hasattr(plugin, "_create_formatter"):
+        return
+    plugin.formatter = plugin._create_formatter(get_option_ini(config, "log_format"),
+                                                get_option_ini(config, "log_date_format"),
+                                                get_option_ini(config, "log_auto_indent"))
+    for handler in (plugin.caplog_handler, plugin.report_handler):
+        handler.setFormatter(plugin.formatter)
+
+
 def _setup_show_options(opt):
     """What setupplan's and setuponly's pytest_cmdline_main do, which ran
     in the zygote, before this run's options."""
@@ -1385,6 +1506,12 @@ def _select_by_args(config, items, args, error_paths):
                 if id(item) not in seen:
                     seen.add(id(item))
                     chosen.append(item)
+                elif getattr(config.option, "keepduplicates", False):
+                    from _pytest.config import UsageError
+                    raise UsageError(
+                        "--keep-duplicates: %s names %s again, which pytest would then run more than "
+                        "once; pytest-fast runs each test once: run plain `python -m pytest "
+                        "--keep-duplicates` for that" % (arg, item.nodeid))
         for i, epath in enumerate(error_paths):
             if epath == path or (isdir and epath.startswith(path.rstrip(os.sep) + os.sep)):
                 scoped.add(i)
@@ -1797,6 +1924,9 @@ class _Worker:
             # What this test process's plugins and conftests say, for the
             # `pytest --fast` controller, which imports no conftest.
             data["pf_teststatus"] = _plain(tuple(status))
+            if hasattr(report.longrepr, "toterminal") and not hasattr(report.longrepr, "reprcrash"):
+                # serialized as its text (a fixture lookup error): no crash message
+                data["pf_text_repr"] = True
             if self.live_log is not None and self.live_log.records.get(report.when):
                 data["pf_live_log"] = self.live_log.records.pop(report.when)
             self.reports.append((report.when, report.outcome, category, report.duration,
