@@ -4990,6 +4990,12 @@ static const char zyg_glue[] =
     "                self.finish(req)\n"
     "                if req.get(\"coverage\") is not None:\n"
     "                    self.finish_coverage(req[\"coverage\"])\n"
+    "                # The client may go on: what it runs next reads .pytest_cache,\n"
+    "                # while the --affected record is read by this daemon's next\n"
+    "                # runs only, which start once this process is gone.\n"
+    "                _send(self.fd, {\"op\": \"cached\"})\n"
+    "                _release_stdio()   # a pipe the client's output goes to ends with the client\n"
+    "                self.record_dependencies_or_say(req)\n"
     "                os._exit(0)\n"
     "\n"
     "    def select(self, args, collected_order=None):\n"
@@ -5160,11 +5166,6 @@ static const char zyg_glue[] =
     "            return\n"
     "        _record_durations(config, req.get(\"durations\") or {}, self.msg.get(\"shard\"), self.pool,\n"
     "                          self.msg[\"cwd\"] if self.msg.get(\"store_durations\") else None)\n"
-    "        try:\n"
-    "            self.record_dependencies(req)\n"
-    "        except Exception as exc:   # the record is a convenience: lastfailed is not\n"
-    "            sys.stderr.write(\"pytest-fast: could not record this run's dependencies (%r); \"\n"
-    "                             \"--affected will run every test\\n\" % (exc,))\n"
     "        if not req.get(\"lastfailed\", True):\n"
     "            return   # pytest --fast: the controller's own plugins keep lastfailed\n"
     "        self.finish_stepwise(req)\n"
@@ -5212,6 +5213,15 @@ static const char zyg_glue[] =
     "            sw.pytest_runtest_logreport(\n"
     "                TestReport(nodeid, (nodeid.split(\"::\")[0], None, nodeid), {}, outcome, None, when))\n"
     "        sw.pytest_sessionfinish()\n"
+    "\n"
+    "    def record_dependencies_or_say(self, req):\n"
+    "        \"\"\"The record is a convenience, lastfailed is not: a failure goes to\n"
+    "        the daemon's log (the client has its reply), and the next --affected\n"
+    "        run, finding the record older than its files, runs more, never less.\"\"\"\n"
+    "        try:\n"
+    "            self.record_dependencies(req)\n"
+    "        except Exception as exc:\n"
+    "            _send(self.fd, {\"op\": \"log\", \"text\": \"could not record run dependencies for --affected: %r\" % (exc,)})\n"
     "\n"
     "    def record_dependencies(self, req):\n"
     "        \"\"\"Merge what this run's workers recorded into the --affected record.\"\"\"\n"
@@ -5264,8 +5274,7 @@ static const char zyg_glue[] =
     "            _write_lines(os.path.join(folder, WATCH_LIST),\n"
     "                         sorted(os.path.join(root, rel) for rel in record[\"files\"] if not rel.endswith(\".py\")))\n"
     "        except OSError as exc:\n"
-    "            sys.stderr.write(\"pytest-fast: cannot write %s (%s); --affected will run every test\\n\"\n"
-    "                             % (path, exc))\n"
+    "            _send(self.fd, {\"op\": \"log\", \"text\": \"cannot write %s (%s): --affected runs more\" % (path, exc)})\n"
     "\n"
     "\n"
     "AFFECTED_ARG = \"--fast-affected\"   # the CLI's --affected; the daemon passes it per run\n"
@@ -5859,6 +5868,13 @@ static const char zyg_glue[] =
     "        for fd in fds:\n"
     "            if fd > 2:\n"
     "                os.close(fd)\n"
+    "\n"
+    "\n"
+    "def _release_stdio():\n"
+    "    null = os.open(os.devnull, os.O_RDWR)\n"
+    "    for fd in (0, 1, 2):\n"
+    "        os.dup2(null, fd)\n"
+    "    os.close(null)\n"
     "\n"
     "\n"
     "class _Worker:\n"
@@ -6981,6 +6997,11 @@ static const char zyg_affected[] =
     "        tree = ast.parse(source)\n"
     "    except (SyntaxError, ValueError):\n"
     "        return None\n"
+    "    return _hollow_hash(tree)\n"
+    "\n"
+    "\n"
+    "def _hollow_hash(tree: ast.AST) -> str:\n"
+    "    \"\"\"skeleton()'s hash of a parsed module (which it empties).\"\"\"\n"
     "    return _sha(ast.dump(_Hollow().visit(tree)).encode())\n"
     "\n"
     "\n"
@@ -7018,7 +7039,6 @@ static const char zyg_affected[] =
     "        return None\n"
     "    fp: dict = {\"stat\": [st.st_mtime_ns, st.st_size], \"sha\": _sha(data), \"skel\": None, \"imports\": []}\n"
     "    if rel.endswith(\".py\"):\n"
-    "        fp[\"skel\"] = skeleton(data)\n"
     "        try:\n"
     "            tree = ast.parse(data)\n"
     "        except (SyntaxError, ValueError):\n"
@@ -7026,6 +7046,7 @@ static const char zyg_affected[] =
     "        name = names.get(rel, \"\")\n"
     "        package = name if rel.endswith(\"__init__.py\") else name.rpartition(\".\")[0]\n"
     "        fp[\"imports\"] = sorted({modules[n] for n in _imported_names(tree, package) if n in modules} - {rel})\n"
+    "        fp[\"skel\"] = _hollow_hash(tree)   # last: it empties the tree's functions\n"
     "    return fp\n"
     "\n"
     "\n"
@@ -8078,7 +8099,8 @@ typedef struct dmn_run {
     int tty_owner;              /* the worker whose debugger has the terminal, -1 */
     bool tty_acked;             /* ... and the front end made way for it */
     bool finishing;             /* the leader is updating .pytest_cache */
-    bool replied;               /* --watch: the client has its reply before that update */
+    bool cached;                /* the leader updated .pytest_cache (the --affected record follows) */
+    bool replied;               /* the client has its reply (--watch: before that update) */
     int reply_rc;               /* the exit code the reply carried */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
@@ -8183,6 +8205,8 @@ static struct {
     dmn_run *run;
     unsigned runs;
     bool stopping;
+    bool stop_after_run;        /* a stop came while a replied run's leader still records */
+    dmn_conn *stop_client;      /* who asked, told "bye" then (NULL: it hung up) */
 } dmn;
 
 /* ---------------------------------------------------------------- replies */
@@ -8245,6 +8269,8 @@ static void dmn_conn_free(dmn_conn *c)
 
 static void dmn_conn_drop(dmn_conn *c)
 {
+    if (c == dmn.stop_client)
+        dmn.stop_client = NULL;
     for (int i = 0; i < dmn.nconns; i++)
         if (dmn.conns[i] == c) {
             dmn.conns[i] = dmn.conns[--dmn.nconns];
@@ -8463,6 +8489,7 @@ static void dmn_record_watch(dmn_zygote *z)
 /* ----------------------------------------------------------------- zygote */
 
 static void dmn_run_next(void);
+static void dmn_reply_and_stop(dmn_conn *c, const char *op, const char *why);
 
 static void dmn_ident_free(dmn_ident *id)
 {
@@ -10397,10 +10424,11 @@ static int dmn_run_reply(dmn_run *r)
 
 /* The run is over: the leader updates the cache, then the client gets its
  * reply, so that what it runs next (`pytest --lf`, the next shard) reads
- * the update.  Under --watch the reply goes first: what the client runs
- * next comes through this daemon, which starts no run before this one's
- * leader is done.  Called again when the leader has exited (its EOF), or
- * from the loop until DMN_FINISH_WAIT has passed. */
+ * the update; the leader's --affected record comes after the reply, as
+ * only this daemon's runs read it, and the next starts when the leader is
+ * gone.  Under --watch the reply goes first: what that client runs next
+ * comes through this daemon too.  Called again when the leader has said
+ * "cached" or exited (its EOF), or from the loop until DMN_FINISH_WAIT. */
 static void dmn_run_end(dmn_run *r)
 {
     if (!r->finishing) {
@@ -10425,7 +10453,7 @@ static void dmn_run_end(dmn_run *r)
                                DMN_COV_WAIT);
     }
     if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT) {
-        if (r->client && r->client->brief)
+        if (r->client && (r->client->brief || r->cached))
             dmn_run_reply(r);
         return;
     }
@@ -10444,6 +10472,15 @@ static void dmn_run_end(dmn_run *r)
     dmn_run_free(r);
     dmn.run = NULL;
     dmn.last_activity = dmn.last_run = util_now();
+    if (dmn.stop_after_run) {
+        dmn_conn *asked = dmn.stop_client;
+        dmn.stop_client = NULL;
+        if (asked)
+            dmn_reply_and_stop(asked, "bye", "stop requested");
+        else
+            dmn.stopping = true;
+        return;
+    }
     if (discard)
     {
         dmn.cur = dmn.prev = NULL;   /* --start-method spawn: nothing stays warm */
@@ -10632,6 +10669,17 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
     }
     if (!strcmp(op, "terminal_summary")) {
         r->terminal_summary = pf_dict_get(msg, "calls");   /* decoded into r->keep */
+        return;
+    }
+    if (!strcmp(op, "cached")) {
+        r->cached = true;    /* the client may go on; the leader still records */
+        if (r->finishing && !r->cov_wait)
+            dmn_run_reply(r);
+        return;
+    }
+    if (!strcmp(op, "log")) {
+        const char *text = pf_dict_str(msg, "text");
+        util_log("run #%u: %s", dmn.runs, text ? text : "?");
         return;
     }
     if (!strcmp(op, "usage")) {
@@ -11257,6 +11305,14 @@ static void dmn_request(dmn_conn *c)
         return;
     }
     if (!strcmp(op, "stop")) {
+        if (dmn.run && dmn.run->replied) {
+            /* Its client has its reply; the leader still writes the
+             * --affected record, which a kill now would lose. */
+            util_log("stop requested: after run #%u's leader is done", dmn.runs);
+            dmn.stop_after_run = true;
+            dmn.stop_client = c;
+            return;
+        }
         dmn_reply_and_stop(c, "bye", "stop requested");
         return;
     }

@@ -60,6 +60,11 @@ def skeleton(source: bytes) -> str | None:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return None
+    return _hollow_hash(tree)
+
+
+def _hollow_hash(tree: ast.AST) -> str:
+    """skeleton()'s hash of a parsed module (which it empties)."""
     return _sha(ast.dump(_Hollow().visit(tree)).encode())
 
 
@@ -97,7 +102,6 @@ def fingerprint(root: str, rel: str, modules: dict[str, str], names: dict[str, s
         return None
     fp: dict = {"stat": [st.st_mtime_ns, st.st_size], "sha": _sha(data), "skel": None, "imports": []}
     if rel.endswith(".py"):
-        fp["skel"] = skeleton(data)
         try:
             tree = ast.parse(data)
         except (SyntaxError, ValueError):
@@ -105,6 +109,7 @@ def fingerprint(root: str, rel: str, modules: dict[str, str], names: dict[str, s
         name = names.get(rel, "")
         package = name if rel.endswith("__init__.py") else name.rpartition(".")[0]
         fp["imports"] = sorted({modules[n] for n in _imported_names(tree, package) if n in modules} - {rel})
+        fp["skel"] = _hollow_hash(tree)   # last: it empties the tree's functions
     return fp
 
 

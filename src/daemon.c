@@ -156,7 +156,8 @@ typedef struct dmn_run {
     int tty_owner;              /* the worker whose debugger has the terminal, -1 */
     bool tty_acked;             /* ... and the front end made way for it */
     bool finishing;             /* the leader is updating .pytest_cache */
-    bool replied;               /* --watch: the client has its reply before that update */
+    bool cached;                /* the leader updated .pytest_cache (the --affected record follows) */
+    bool replied;               /* the client has its reply (--watch: before that update) */
     int reply_rc;               /* the exit code the reply carried */
     double finish_since;        /* since when the reply waits for that */
     int exit_rc;                /* pytest.exit() / internal error, or -1 */
@@ -261,6 +262,8 @@ static struct {
     dmn_run *run;
     unsigned runs;
     bool stopping;
+    bool stop_after_run;        /* a stop came while a replied run's leader still records */
+    dmn_conn *stop_client;      /* who asked, told "bye" then (NULL: it hung up) */
 } dmn;
 
 /* ---------------------------------------------------------------- replies */
@@ -323,6 +326,8 @@ static void dmn_conn_free(dmn_conn *c)
 
 static void dmn_conn_drop(dmn_conn *c)
 {
+    if (c == dmn.stop_client)
+        dmn.stop_client = NULL;
     for (int i = 0; i < dmn.nconns; i++)
         if (dmn.conns[i] == c) {
             dmn.conns[i] = dmn.conns[--dmn.nconns];
@@ -541,6 +546,7 @@ static void dmn_record_watch(dmn_zygote *z)
 /* ----------------------------------------------------------------- zygote */
 
 static void dmn_run_next(void);
+static void dmn_reply_and_stop(dmn_conn *c, const char *op, const char *why);
 
 static void dmn_ident_free(dmn_ident *id)
 {
@@ -2475,10 +2481,11 @@ static int dmn_run_reply(dmn_run *r)
 
 /* The run is over: the leader updates the cache, then the client gets its
  * reply, so that what it runs next (`pytest --lf`, the next shard) reads
- * the update.  Under --watch the reply goes first: what the client runs
- * next comes through this daemon, which starts no run before this one's
- * leader is done.  Called again when the leader has exited (its EOF), or
- * from the loop until DMN_FINISH_WAIT has passed. */
+ * the update; the leader's --affected record comes after the reply, as
+ * only this daemon's runs read it, and the next starts when the leader is
+ * gone.  Under --watch the reply goes first: what that client runs next
+ * comes through this daemon too.  Called again when the leader has said
+ * "cached" or exited (its EOF), or from the loop until DMN_FINISH_WAIT. */
 static void dmn_run_end(dmn_run *r)
 {
     if (!r->finishing) {
@@ -2503,7 +2510,7 @@ static void dmn_run_end(dmn_run *r)
                                DMN_COV_WAIT);
     }
     if (r->leader_fd >= 0 && util_now() - r->finish_since < DMN_FINISH_WAIT) {
-        if (r->client && r->client->brief)
+        if (r->client && (r->client->brief || r->cached))
             dmn_run_reply(r);
         return;
     }
@@ -2522,6 +2529,15 @@ static void dmn_run_end(dmn_run *r)
     dmn_run_free(r);
     dmn.run = NULL;
     dmn.last_activity = dmn.last_run = util_now();
+    if (dmn.stop_after_run) {
+        dmn_conn *asked = dmn.stop_client;
+        dmn.stop_client = NULL;
+        if (asked)
+            dmn_reply_and_stop(asked, "bye", "stop requested");
+        else
+            dmn.stopping = true;
+        return;
+    }
     if (discard)
     {
         dmn.cur = dmn.prev = NULL;   /* --start-method spawn: nothing stays warm */
@@ -2710,6 +2726,17 @@ static void dmn_leader_frame(dmn_run *r, const pf_value *msg)
     }
     if (!strcmp(op, "terminal_summary")) {
         r->terminal_summary = pf_dict_get(msg, "calls");   /* decoded into r->keep */
+        return;
+    }
+    if (!strcmp(op, "cached")) {
+        r->cached = true;    /* the client may go on; the leader still records */
+        if (r->finishing && !r->cov_wait)
+            dmn_run_reply(r);
+        return;
+    }
+    if (!strcmp(op, "log")) {
+        const char *text = pf_dict_str(msg, "text");
+        util_log("run #%u: %s", dmn.runs, text ? text : "?");
         return;
     }
     if (!strcmp(op, "usage")) {
@@ -3335,6 +3362,14 @@ static void dmn_request(dmn_conn *c)
         return;
     }
     if (!strcmp(op, "stop")) {
+        if (dmn.run && dmn.run->replied) {
+            /* Its client has its reply; the leader still writes the
+             * --affected record, which a kill now would lose. */
+            util_log("stop requested: after run #%u's leader is done", dmn.runs);
+            dmn.stop_after_run = true;
+            dmn.stop_client = c;
+            return;
+        }
         dmn_reply_and_stop(c, "bye", "stop requested");
         return;
     }

@@ -701,6 +701,12 @@ class _Leader:
                 self.finish(req)
                 if req.get("coverage") is not None:
                     self.finish_coverage(req["coverage"])
+                # The client may go on: what it runs next reads .pytest_cache,
+                # while the --affected record is read by this daemon's next
+                # runs only, which start once this process is gone.
+                _send(self.fd, {"op": "cached"})
+                _release_stdio()   # a pipe the client's output goes to ends with the client
+                self.record_dependencies_or_say(req)
                 os._exit(0)
 
     def select(self, args, collected_order=None):
@@ -871,11 +877,6 @@ class _Leader:
             return
         _record_durations(config, req.get("durations") or {}, self.msg.get("shard"), self.pool,
                           self.msg["cwd"] if self.msg.get("store_durations") else None)
-        try:
-            self.record_dependencies(req)
-        except Exception as exc:   # the record is a convenience: lastfailed is not
-            sys.stderr.write("pytest-fast: could not record this run's dependencies (%r); "
-                             "--affected will run every test\n" % (exc,))
         if not req.get("lastfailed", True):
             return   # pytest --fast: the controller's own plugins keep lastfailed
         self.finish_stepwise(req)
@@ -923,6 +924,15 @@ class _Leader:
             sw.pytest_runtest_logreport(
                 TestReport(nodeid, (nodeid.split("::")[0], None, nodeid), {}, outcome, None, when))
         sw.pytest_sessionfinish()
+
+    def record_dependencies_or_say(self, req):
+        """The record is a convenience, lastfailed is not: a failure goes to
+        the daemon's log (the client has its reply), and the next --affected
+        run, finding the record older than its files, runs more, never less."""
+        try:
+            self.record_dependencies(req)
+        except Exception as exc:
+            _send(self.fd, {"op": "log", "text": "could not record run dependencies for --affected: %r" % (exc,)})
 
     def record_dependencies(self, req):
         """Merge what this run's workers recorded into the --affected record."""
@@ -975,8 +985,7 @@ class _Leader:
             _write_lines(os.path.join(folder, WATCH_LIST),
                          sorted(os.path.join(root, rel) for rel in record["files"] if not rel.endswith(".py")))
         except OSError as exc:
-            sys.stderr.write("pytest-fast: cannot write %s (%s); --affected will run every test\n"
-                             % (path, exc))
+            _send(self.fd, {"op": "log", "text": "cannot write %s (%s): --affected runs more" % (path, exc)})
 
 
 AFFECTED_ARG = "--fast-affected"   # the CLI's --affected; the daemon passes it per run
@@ -1570,6 +1579,13 @@ def _adopt_stdio(fds):
         for fd in fds:
             if fd > 2:
                 os.close(fd)
+
+
+def _release_stdio():
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 class _Worker:
