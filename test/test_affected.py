@@ -257,8 +257,9 @@ def test_the_record_survives_a_daemon_restart(project):
 def test_a_recording_run_records_only_the_tests_whose_record_is_out_of_date(project, tmp_path):
     """A test whose record is current is not recorded again (its record
     stands: that is what makes a recording run as cheap as a plain one),
-    and a session fixture a current test sets up still counts for the
-    recorded tests that use it."""
+    a session fixture a current test sets up still counts for the recorded
+    tests that use it, and code a current test ran is seen again when a
+    later test is recorded (3.12+: the events are restarted)."""
     count = tmp_path / "count"      # outside the project: no dependency
     project.write("tests/conftest.py", """
         from pathlib import Path
@@ -271,27 +272,41 @@ def test_a_recording_run_records_only_the_tests_whose_record_is_out_of_date(proj
     project.write("tests/shared.txt", "s\n")
     project.write("tests/one.txt", "1\n")
     project.write("tests/two.txt", "2\n")
+    project.write("tests/helper.py", "def compute():\n    return 1\n")
+    project.write("tests/test_0.py", "def test_0():\n    pass\n")
+    calls = "import helper\n\ndef test_%s():\n    assert helper.compute() == 1\n"
+    project.write("tests/test_c.py", calls % "c")
+    project.write("tests/test_d.py", calls % "d")
     project.write("tests/test_a.py", f"""
         from pathlib import Path
+        import helper
         COUNT = Path({str(count)!r})
 
         def test_a(shared):
+            assert helper.compute() == 1
             n = int(COUNT.read_text()) + 1 if COUNT.exists() else 1
             COUNT.write_text(str(n))
             # what it reads depends on the run, not on any file
             Path(__file__).with_name("one.txt" if n == 1 else "two.txt").read_text()
         """)
-    test_b = 'def test_b(shared):\n    assert shared == "s\\n"\n'
+    test_b = 'import helper\n\ndef test_b(shared):\n    assert shared == "s\\n" and helper.compute() == 1\n'
     project.write("tests/test_b.py", test_b)
     rec = {"PYTEST_FAST_RECORD": "1"}
     r = project.fast("--workers", "1", env=rec)
-    assert r.rc == 0 and len(r.dump) == 2, r
+    assert r.rc == 0 and len(r.dump) == 5, r
+    # out of date: test_0, test_b, test_d; current: test_a (sets up the
+    # session fixture), test_c (runs helper while nothing is recorded)
+    project.write("tests/test_0.py", "def test_0():\n    pass\n    # edited\n")
     project.write("tests/test_b.py", test_b + "    # edited\n")
+    project.write("tests/test_d.py", calls % "d" + "    # edited\n")
     r = project.fast("--workers", "1", env=rec)
     assert r.rc == 0 and count.read_text() == "2", r    # test_a ran, read two.txt, was not recorded
     assert _affected_run(project)[1] == set()
     project.write("tests/one.txt", "one\n")
     assert _affected_run(project)[1] == {"tests/test_a.py::test_a"}
+    project.write("tests/helper.py", "def compute():\n    return 2 - 1\n")
+    assert _affected_run(project)[1] == {"tests/test_a.py::test_a", "tests/test_b.py::test_b",
+                                         "tests/test_c.py::test_c", "tests/test_d.py::test_d"}
     project.write("tests/shared.txt", "S\n")
     r, chosen = _affected_run(project)
     assert chosen == {"tests/test_a.py::test_a", "tests/test_b.py::test_b"}, r
