@@ -129,17 +129,24 @@ def _plain_body(out, after=r"^(collecting \.\.\. )?collected "):
     return lines[start:end]
 
 
+def _three_ways(project, args):
+    """Plain pytest, `pytest --fast` (its lines must be plain pytest's) and
+    the CLI, each exiting 0: (the oracle's run, the CLI's)."""
+    oracle = project.pytest(*args)
+    ours = fast(project, *args)
+    assert ours.rc == oracle.rc == 0, (args, ours, oracle)
+    assert norm(ours.out) == norm(oracle.out), (args, ours, oracle)
+    cli = project.fast(*args)
+    assert cli.rc == 0, (args, cli)
+    return oracle, cli
+
+
 def test_collect_only_prints_pytests_tree(project):
     _siblings(project)
     cases = [("--co",), ("--co", "-v"), ("--collect-only", "-q"), ("--co", "-qq"),
              ("--co", "-v", "a"), ("--co", "a/sub/test_sub.py::TestD", "b"), ("--co", "-k", "c or b")]
     for args in cases:
-        oracle = project.pytest(*args)
-        ours = fast(project, *args)
-        assert ours.rc == oracle.rc == 0, (args, ours, oracle)
-        assert norm(ours.out) == norm(oracle.out), (args, ours, oracle)
-        cli = project.fast(*args)
-        assert cli.rc == 0, (args, cli)
+        oracle, cli = _three_ways(project, args)
         if "-q" in args or "-qq" in args:
             continue   # pytest's own quiet listing: no header to strip
         tree = _plain_body(oracle.out)
@@ -158,12 +165,7 @@ def test_fixtures_follow_the_path_arguments(project):
              ("--fixtures-per-test", "a/sub/test_sub.py::TestD::test_d", "a/other")]
     shown = []
     for args in cases:
-        oracle = project.pytest(*args)
-        ours = fast(project, *args)
-        assert ours.rc == oracle.rc == 0, (args, ours, oracle)
-        assert norm(ours.out) == norm(oracle.out), (args, ours, oracle)
-        cli = project.fast(*args)
-        assert cli.rc == 0, (args, cli)
+        oracle, cli = _three_ways(project, args)
         assert _cli_body(cli.out) == _plain_body(oracle.out), (args, cli, oracle)
         shown.append(set(re.findall(r"^(\w+_fx)\b", oracle.out, re.M)))
     # the cases do differ: a path hides its siblings' conftests and modules
@@ -178,12 +180,7 @@ def test_fixtures_with_a_collection_error(project):
                                       "def test_ok(fx):\n    pass\n")
     project.write("tests/test_broken.py", "import no_such_module\n")
     for args in (("--fixtures-per-test",), ("--fixtures", "tests")):
-        oracle = project.pytest(*args)
-        ours = fast(project, *args)
-        assert ours.rc == oracle.rc == 0, (args, ours, oracle)   # pytest lists them all the same
-        assert norm(ours.out) == norm(oracle.out), (args, ours, oracle)
-        cli = project.fast(*args)
-        assert cli.rc == 0, (args, cli)
+        _, cli = _three_ways(project, args)   # exit 0: pytest lists them all the same
         assert norm(cli.out)[-1] == "1 error in T", cli
         assert "ERROR tests/test_broken.py" in norm(cli.out), cli
 
@@ -196,12 +193,7 @@ def test_cache_show_is_read_when_asked(project):
         if step:   # test_no passes now: it leaves cache/lastfailed
             project.write("tests/test_a.py", (project.path / "tests/test_a.py").read_text().replace("0", "1"))
             project.pytest("-q")
-        oracle = project.pytest("--cache-show")
-        ours = fast(project, "--cache-show")
-        assert ours.rc == oracle.rc == 0, (ours, oracle)
-        assert norm(ours.out) == norm(oracle.out), (ours, oracle)
-        cli = project.fast("--cache-show")
-        assert cli.rc == 0, cli
+        oracle, cli = _three_ways(project, ("--cache-show",))
         assert _cli_body(cli.out) == ["cachedir: %s" % (project.path / ".pytest_cache"),
                                       *_plain_body(oracle.out, after="cachedir: /")], (cli, oracle)
         assert ("'tests/test_a.py::test_no': True" in oracle.out) == (step == 0), oracle
