@@ -137,7 +137,7 @@ check_amalgamation() {
 lint() {  # lint PYTHON
     local py=$1
     "$py" -m ruff check --quiet "$ROOT"
-    "$py" -m mypy --config-file "$ROOT/pyproject.toml" "$ROOT/plugin.py" "$ROOT/src/glue.py" "$ROOT/src/affected.py" "$ROOT/src/amalgamate.py"
+    "$py" -m mypy --config-file "$ROOT/pyproject.toml" "$ROOT/plugin.py" "$ROOT/src/glue.py" "$ROOT/src/affected.py" "$ROOT/src/hotswap.py" "$ROOT/src/amalgamate.py"
     say "lint: ruff and mypy clean"
 }
 

@@ -76,7 +76,10 @@ typedef struct dmn_zygote {
     bool threads_told;          /* collected level: its first run heard of lost threads */
     bool incremental;           /* collected level: forked from the full collection
                                    (its parent) with only the changed test modules
-                                   collected again */
+                                   collected again and the function bodies edited in
+                                   app modules swapped in */
+    bool patched;               /* ... some of those in files the project level
+                                   imported: its watch list speaks for that level too */
     char how[256];              /* collected level: "full (why)" or "incremental (...)" */
     char rootdir[PATH_MAX];
 } dmn_zygote;
@@ -248,6 +251,7 @@ static struct {
     bool cov_relayered;         /* the last chain was rebuilt for coverage settings */
     bool warmup_tainted;        /* a project level's warm-up raised or warned: no more */
     bool incremental_off;       /* PYTEST_FAST_INCREMENTAL=0 in the last request */
+    int boot_from;              /* the lowest level the boot builds, unless incremental */
     char boot_why[PF_ERRLEN];   /* why the collected level is being built in full */
     util_strv plan[3];          /* preload lists: site, project; then how pytest rewrites */
     char plan_key[65];
@@ -1004,6 +1008,9 @@ static void dmn_zygote_ready(dmn_zygote *z, pf_arena *a, const pf_value *msg)
     z->nwarnings = w && pf_is_seq(w) ? w->u.seq.len : 0;
     const char *root = pf_dict_str(msg, "rootdir");
     snprintf(z->rootdir, sizeof z->rootdir, "%s", root ? root : z->id.cwd);
+    const char *how = pf_dict_str(msg, "how");
+    if (how)
+        snprintf(z->how, sizeof z->how, "%s", how);
     dmn_record_watch(z);
     util_log("collected zygote ready: %zu items, %zu collection errors, %zu watched paths, %.2fs, %s",
              z->nitems, z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0,
@@ -1017,9 +1024,18 @@ static size_t dmn_nerrors(const dmn_zygote *z)
 
 /* Lowest stale level of z's chain (checking from the bottom), or -1.  The
  * full collection an incremental one was forked from is stale by design:
- * z's own watch list speaks for the collected level. */
+ * z's own watch list speaks for the collected level, and for the project
+ * level too when z swapped in edits to files that level imported. */
 static int dmn_chain_stale(dmn_zygote *z, char *why, size_t len)
 {
+    if (z->patched) {
+        if (!dmn_stale(z, why, len))
+            return -1;
+        dmn_zygote *site = dmn_level_node(z, L_SITE);
+        char below[PF_ERRLEN];
+        /* else the project level's: it runs the code from before the swap */
+        return site && dmn_stale(site, below, sizeof below) ? L_SITE : L_PROJECT;
+    }
     dmn_zygote *chain[3];
     int n = 0;
     for (dmn_zygote *p = z; p && n < 3; p = p->parent)
@@ -1075,13 +1091,19 @@ static void dmn_boot_advance(void)
         dmn_node_gc();
 }
 
-/* The changed files since the full collection `base` and since `cur` (an
- * incremental one built on it), when all are test modules to import
- * again: true with their paths in `files`; else false, and why. */
-static bool dmn_incremental_files(dmn_zygote *base, dmn_zygote *cur, util_strv *files, char *why, size_t len)
+/* The changed files since the project level `project` (NULL: it is
+ * current), the full collection `base` and `cur` (an incremental one built
+ * on it), when all are Python modules that an incremental re-collect may
+ * import again or swap function bodies in: true with their paths in
+ * `files`, and *patched when some belong to the project level; else
+ * false, and why. */
+static bool dmn_incremental_files(dmn_zygote *project, dmn_zygote *base, dmn_zygote *cur, util_strv *files,
+                                  bool *patched, char *why, size_t len)
 {
-    dmn_zygote *nodes[2] = {base, cur};
-    for (int k = 0; k < (cur == base ? 1 : 2); k++)
+    dmn_zygote *nodes[3] = {base, cur, project};
+    for (int k = 0; k < 3; k++) {
+        if (!nodes[k] || (k == 1 && cur == base))
+            continue;
         for (size_t i = 0; i < nodes[k]->nwatch; i++) {
             dmn_watch *w = &nodes[k]->watch[i];
             dmn_watch now = *w;
@@ -1112,15 +1134,20 @@ static bool dmn_incremental_files(dmn_zygote *base, dmn_zygote *cur, util_strv *
                 have = !strcmp(files->v[j], w->path);
             if (!have)
                 util_strv_push(files, w->path);
+            *patched |= nodes[k] == project;
         }
+    }
     if (!files->n)
-        snprintf(why, len, "no test module changed");
+        snprintf(why, len, "no module changed");
     return files->n > 0;
 }
 
 /* Ask the full collection `base` to fork a child that imports `files`
- * again and becomes the next collected zygote ("refused" if it cannot). */
-static dmn_zygote *dmn_fork_recollect(dmn_zygote *base, const util_strv *files)
+ * again, or swaps their edited function bodies in, and becomes the next
+ * collected zygote ("refused" if it cannot).  With `project_now` (the
+ * project level's watch list as it was before the changes were looked
+ * for), the child also answers for that level's files: it takes the list. */
+static dmn_zygote *dmn_fork_recollect(dmn_zygote *project_now, dmn_zygote *base, const util_strv *files)
 {
     pf_arena *a = pf_arena_new(0);
     pf_value *msg = util_msg(a, "fork");
@@ -1131,16 +1158,24 @@ static dmn_zygote *dmn_fork_recollect(dmn_zygote *base, const util_strv *files)
     if (!z)
         return NULL;
     z->incremental = true;
+    z->patched = project_now != NULL;
+    if (project_now) {
+        z->watch = project_now->watch;
+        z->nwatch = project_now->nwatch;
+        project_now->watch = NULL;
+        project_now->nwatch = 0;
+    }
     snprintf(z->how, sizeof z->how, "incremental (%zu module%s)", files->n, files->n == 1 ? "" : "s");
-    util_log("re-collecting incrementally from the collected zygote %d: %zu test module%s",
+    util_log("re-collecting incrementally from the collected zygote %d: %zu changed module%s",
              (int)base->pid, files->n, files->n == 1 ? "" : "s");
     return z;
 }
 
-/* Only test modules changed under the current collection: fork the
- * incremental re-collect as the collected level being built.  Otherwise
- * the level is built in full, and dmn.boot_why says why. */
-static void dmn_try_incremental(void)
+/* Only Python modules changed under the current collection (the
+ * project level's too, when `from` is that level): fork the incremental
+ * re-collect as the collected level being built.  Otherwise the levels
+ * from `from` up are built in full, and dmn.boot_why says why. */
+static void dmn_try_incremental(int from)
 {
     dmn_zygote *cur = dmn.cur;
     if (dmn.incremental_off) {
@@ -1153,33 +1188,53 @@ static void dmn_try_incremental(void)
     dmn_zygote *base = cur->incremental ? cur->parent : cur;
     if (!base || base->state != Z_READY || base->fd < 0 || dmn_ident_differs(&base->id, &dmn.boot_id))
         return;
-    /* It must stand on the levels this boot reuses. */
+    /* It must stand on the levels this boot reuses, and on the project
+     * level that it may answer for. */
+    dmn_zygote *project = from == L_PROJECT ? dmn_level_node(base, L_PROJECT) : NULL;
+    if (from == L_PROJECT && (!project || project->state != Z_READY || project->fd < 0))
+        return;
     for (dmn_zygote *p = base->parent; p; p = p->parent)
-        if (!dmn.boot_from_layers || dmn.bchain[p->level] != p)
+        if (!dmn.boot_from_layers || (dmn.bchain[p->level] != p && p != project))
             return;
     if (!base->parent && dmn.boot_from_layers)
         return;
+    /* The project level's files as they are before looking for changes: an
+     * edit after this is one the child may not have seen. */
+    dmn_zygote before = {0};
+    for (size_t i = 0; project && i < project->nwatch; i++)
+        dmn_watch_add(&before, project->watch[i].path, project->watch[i].dir);
     util_strv files = {0};
     char why[PF_ERRLEN];
-    bool ok = dmn_incremental_files(base, cur, &files, why, sizeof why);
-    dmn_zygote *z = ok ? dmn_fork_recollect(base, &files) : NULL;
+    bool patched = false;
+    bool ok = dmn_incremental_files(project, base, cur, &files, &patched, why, sizeof why) &&
+              (patched || from == L_COLLECTED);
+    dmn_zygote *z = ok ? dmn_fork_recollect(patched ? &before : NULL, base, &files) : NULL;
     util_strv_free(&files);
-    if (!ok)
+    for (size_t i = 0; i < before.nwatch; i++)
+        free(before.watch[i].path);
+    free(before.watch);
+    if (!ok && from == L_COLLECTED)
         snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
     if (z)
         dmn.bchain[L_COLLECTED] = z;
+    if (z && project)
+        dmn.bchain[L_PROJECT] = project;   /* reused after all; dropped again if z refuses */
 }
 
-/* The incremental re-collect could not splice (or died): build the level
- * in full instead; the attempt does not count as a boot. */
+/* The incremental re-collect could not splice or swap (or died): build
+ * the levels in full instead (the project level too, when it changed);
+ * the attempt does not count as a boot. */
 static void dmn_recollect_refused(dmn_zygote *z, const char *why)
 {
     util_log("incremental re-collect refused (%s): re-collecting in full", why);
     snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
     dmn.level_boots[L_COLLECTED]--;
     bool building = dmn.bchain[L_COLLECTED] == z;
-    if (building)
+    if (building) {
         dmn.bchain[L_COLLECTED] = NULL;
+        if (dmn.boot_from < L_COLLECTED)
+            dmn.bchain[L_PROJECT] = NULL;
+    }
     dmn_node_kill(z);
     if (building)
         dmn_boot_advance();
@@ -1207,8 +1262,9 @@ static void dmn_boot_start(const dmn_ident *id, int from, const char *why)
             dmn.bchain[l] = chain[l];
         }
     }
-    if (from == L_COLLECTED)
-        dmn_try_incremental();
+    dmn.boot_from = from;
+    if (from >= L_PROJECT)
+        dmn_try_incremental(from);
     dmn_boot_advance();
 }
 

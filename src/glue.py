@@ -20,6 +20,7 @@ import time
 
 import _pytest_fast as _c
 import _pytest_fast_affected as _affected
+import _pytest_fast_hotswap as _hotswap
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
 # The environment and working directory this zygote was started with: what
@@ -105,6 +106,9 @@ class _Zygote:
         self.collected = []
         self.modules = {}
         self.module_start = {}
+        # A fork that swapped function bodies in: (how many, the files).
+        self.swapped = None
+        self.how = None
 
     def pytest_collection_modifyitems(self, items):
         # The order before any plugin's modifyitems: each run's start from
@@ -203,7 +207,11 @@ class _Zygote:
             "errors": self.collect_errors,
             "skips": self.collect_skips,
             "warnings": self.warnings,
-            "files": _imported_files(exclude=_PRELOADED) + _cov_watched() + self.unimported_files(rootdir),
+            "files": _imported_files(exclude=_PRELOADED) + _cov_watched() + self.unimported_files(rootdir)
+            # a module whose import raised (a syntax error in an app module a
+            # test module imports) is in no list: while collecting fails,
+            # any edit in the project may fix it
+            + (_project_files() if self.collect_errors else []),
             "dirs": _collection_dirs(config, session),
             "rootdir": rootdir,
             "inifile": str(config.inipath) if getattr(config, "inipath", None) else None,
@@ -212,6 +220,7 @@ class _Zygote:
             "preload": _plan(config, cov),
             "threads": _threads(),
             "relayer": _COV_STALE,
+            "how": self.how,
         })
         self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}
         self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]
@@ -224,6 +233,8 @@ class _Zygote:
         # of every module imported (0.1-0.2 s on make_app, per worker).
         _world_fixed(config)
         inspect.getmodule(_world_fixed.__code__)
+        _ran_watch(False)
+        _hotswap.keep_sources(_module_files_outside())
         gc.collect()
         gc.freeze()
 
@@ -496,13 +507,101 @@ def _drop_fixtures(fm, olds):
 
 
 def _recollect(zyg, session, paths):
-    """Re-import the changed test modules `paths` and splice their items
-    into the collection; None when done, else why not (the caller exits and
-    the daemon re-collects in full)."""
+    """Bring the collection up to the changed files `paths`: swap in the
+    function bodies edited in app modules, then import the changed test
+    modules again and splice their items in.  None when done, else why not
+    (the caller exits and the daemon re-collects in full)."""
     try:
-        return _recollect_modules(zyg, session, paths)
+        tests = [p for p in paths if _realpath(p) in zyg.modules]
+        apps = [p for p in paths if _realpath(p) not in zyg.modules]
+        why = _swap(zyg, session, apps) if apps else None
+        if why is None and tests:
+            why = _recollect_modules(zyg, session, tests)
+        if why is None and zyg.swapped:
+            n, files = zyg.swapped
+            zyg.how = "incremental (%s%d function bod%s swapped in %s)" % (
+                "%d module%s; " % (len(tests), "" if len(tests) == 1 else "s") if tests else "",
+                n, "y" if n == 1 else "ies", ", ".join(files[:3]) + (", ..." if len(files) > 3 else ""))
+        return why
     except BaseException as exc:
         return ("the incremental re-collect raised %s: %s" % (type(exc).__name__, exc))[:300]
+
+
+def _swap(zyg, session, paths):
+    """Swap in the function bodies edited in the app modules `paths`
+    (hotswap.py); None when done, else why not."""
+    import linecache
+    if _COV is not None:
+        return "coverage is measured from the lowest level"
+    root = str(session.config.rootpath)
+    try:
+        n = _hotswap.swap([_realpath(p) for p in paths], _module_files_outside(), _compiler(session.config),
+                          _c.ran, root)
+    except _hotswap.Refused as exc:
+        return str(exc)[:300]
+    linecache.checkcache()
+    zyg.swapped = (n, [os.path.relpath(_realpath(p), root) for p in paths])
+    return None
+
+
+def _compiler(config):
+    """A module's code from its source, as its import made it: pytest's
+    assertion rewriter for the modules it rewrites, else what importlib
+    does."""
+    import ast
+    import importlib.machinery
+
+    from _pytest.assertion.rewrite import AssertionRewritingHook, rewrite_asserts
+
+    def compile_module(mod, real, source):
+        spec = getattr(mod, "__spec__", None)
+        loader = getattr(spec, "loader", None)
+        origin = getattr(spec, "origin", None) or _module_file(mod)
+        if isinstance(loader, AssertionRewritingHook):
+            tree = ast.parse(source, filename=origin)
+            rewrite_asserts(tree, source, origin, config)
+            return compile(tree, origin, "exec", dont_inherit=True)
+        if isinstance(loader, importlib.machinery.SourceFileLoader):
+            return compile(source, origin, "exec", dont_inherit=True)
+        raise _hotswap.Refused("%s was not imported from its source" % os.path.relpath(real, str(config.rootpath)))
+    return compile_module
+
+
+def _module_files_outside():
+    """Module files outside the standard library and site-packages, to
+    their module (None: two modules import one file)."""
+    skip = _stdlib_dirs() + tuple(d + os.sep for d in _site_dirs())
+    out = {}
+    for mod in list(sys.modules.values()):
+        f = _module_file(mod)
+        if not f or not f.endswith(".py"):
+            continue
+        f = _realpath(f)
+        if not f.startswith(skip):
+            out[f] = mod if out.get(f, mod) is mod else None
+    return out
+
+
+# sys.monitoring's OPTIMIZER_ID, which no tool here claims: the --affected
+# recorder takes 3 or 4, coverage 1, debuggers 0 and profilers 2.
+_RAN_TOOL = 5
+
+
+def _ran_watch(on):
+    """3.12+: note what starts while the levels import and collect, for
+    ran() (see zygote.c); taken tool id: ran() then says everything ran."""
+    mon = getattr(sys, "monitoring", None)
+    if mon is None:
+        return
+    if on and mon.get_tool(_RAN_TOOL) is None:
+        mon.use_tool_id(_RAN_TOOL, "pytest-fast import")
+        _c.ran_watch(mon.DISABLE)
+        mon.register_callback(_RAN_TOOL, mon.events.PY_START, _c.ran_start)
+        mon.set_events(_RAN_TOOL, mon.events.PY_START)
+    elif not on and mon.get_tool(_RAN_TOOL) == "pytest-fast import":
+        mon.set_events(_RAN_TOOL, 0)
+        mon.register_callback(_RAN_TOOL, mon.events.PY_START, None)
+        mon.free_tool_id(_RAN_TOOL)
 
 
 def _recollect_modules(zyg, session, paths):
@@ -2058,6 +2157,7 @@ def main(fd, args):
     level = plan["level"] if isinstance(plan, dict) else 2
     # What `python -m pytest` does: the working directory is importable.
     sys.path.insert(0, os.getcwd())
+    _ran_watch(True)
     while level < 2:
         # A site or project zygote: preload, report, then wait to be forked
         # into the level above.
@@ -2068,6 +2168,7 @@ def main(fd, args):
         tainted = level == 1 and _warm_up(plan.get("warmup", True))
         if level == 1:
             _cov_warm_parse()
+            _hotswap.keep_sources(_module_files_outside())
         _freeze_level()
         _send(fd, {"op": "level", "level": level, "files": _module_files(new), "failed": failed,
                    "tainted": tainted, "threads": _threads(),

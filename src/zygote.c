@@ -23,6 +23,12 @@ static const char zyg_affected[] =
 #include "affected.py"
 ;
 
+/* hotswap.py, the same way: function bodies edited in app modules,
+ * swapped into a fork of the collection. */
+static const char zyg_hotswap[] =
+#include "hotswap.py"
+;
+
 static int zyg_sigpipe[2] = {-1, -1};
 static pid_t zyg_sigpipe_owner;       /* the process that made the pipe */
 static pid_t zyg_children[4096];
@@ -442,6 +448,66 @@ static PyObject *zyg_py_calls_stop(PyObject *self, PyObject *args)
     return seen;
 }
 
+/* Whether a function's code ran in this process or in the levels it was
+ * forked from, for the hot swap (hotswap.py): a body edit to a function
+ * that ran while the zygote imported and collected needs that import
+ * again.  Before 3.12 the interpreter's per-code warm-up counter says so at
+ * no cost (it starts at 0, or at -8 on 3.11, and moves at every start).
+ * 3.12+ keeps no such counter: ran_watch() takes a sys.monitoring
+ * PY_START callback, in C, that notes each code object once and disables
+ * itself there.  Owned by the zygote levels; forks inherit it. */
+#if PY_VERSION_HEX >= 0x030C0000
+static PyObject *zyg_ran;           /* set of the addresses of code that started */
+static PyObject *zyg_ran_disable;   /* sys.monitoring.DISABLE */
+
+static PyObject *zyg_py_ran_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs < 1 || !zyg_ran || !zyg_ran_disable)
+        Py_RETURN_NONE;
+    PyObject *key = PyLong_FromVoidPtr(args[0]);
+    int rc = key ? PySet_Add(zyg_ran, key) : -1;
+    Py_XDECREF(key);
+    if (rc < 0)
+        return NULL;
+    Py_INCREF(zyg_ran_disable);
+    return zyg_ran_disable;
+}
+
+static PyObject *zyg_py_ran_watch(PyObject *self, PyObject *disable)
+{
+    (void)self;
+    if (!zyg_ran && !(zyg_ran = PySet_New(NULL)))
+        return NULL;
+    Py_INCREF(disable);
+    Py_XSETREF(zyg_ran_disable, disable);
+    Py_RETURN_NONE;
+}
+#endif
+
+static PyObject *zyg_py_ran(PyObject *self, PyObject *code)
+{
+    (void)self;
+    if (!PyCode_Check(code)) {
+        PyErr_SetString(PyExc_TypeError, "ran() takes a code object");
+        return NULL;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!zyg_ran)
+        Py_RETURN_TRUE;   /* nothing watched: anything may have run */
+    PyObject *key = PyLong_FromVoidPtr(code);
+    int in = key ? PySet_Contains(zyg_ran, key) : -1;
+    Py_XDECREF(key);
+    if (in < 0)
+        return NULL;
+    return PyBool_FromLong(in);
+#elif PY_VERSION_HEX >= 0x030B0000
+    return PyBool_FromLong(((PyCodeObject *)code)->co_warmup != -8);
+#else
+    return PyBool_FromLong(((PyCodeObject *)code)->co_opcache_flag != 0);
+#endif
+}
+
 /* The files opened for reading since opens_start(), for --affected: a C
  * audit hook, because CPython calls audit hooks for every audited event
  * (sys._getframe, compile, ...) and a Python one cost make_app's warm
@@ -524,6 +590,12 @@ static PyMethodDef zyg_methods[] = {
      "mon_start(code, offset): the PY_START callback"},
     {"opens_start", zyg_py_opens_start, METH_NOARGS, "opens_start(): record files opened to read"},
     {"opens_stop", zyg_py_opens_stop, METH_NOARGS, "opens_stop() -> set of the files opened"},
+    {"ran", zyg_py_ran, METH_O, "ran(code) -> whether that code started here or in a level below"},
+#if PY_VERSION_HEX >= 0x030C0000
+    {"ran_watch", zyg_py_ran_watch, METH_O, "ran_watch(DISABLE): ran_start notes what starts (3.12+)"},
+    {"ran_start", (PyCFunction)(void (*)(void))zyg_py_ran_start, METH_FASTCALL,
+     "ran_start(code, offset): the PY_START callback of ran_watch"},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
@@ -594,6 +666,10 @@ static int zyg_main(int fd, const char *python, int argc, char **argv)
     }
     PyObject *code = Py_CompileString(zyg_affected, "<pytest-fast affected>", Py_file_input);
     PyObject *mod = code ? PyImport_ExecCodeModule("_pytest_fast_affected", code) : NULL;
+    Py_XDECREF(code);
+    Py_XDECREF(mod);
+    code = mod ? Py_CompileString(zyg_hotswap, "<pytest-fast hotswap>", Py_file_input) : NULL;
+    mod = code ? PyImport_ExecCodeModule("_pytest_fast_hotswap", code) : NULL;
     Py_XDECREF(code);
     Py_XDECREF(mod);
     code = mod ? Py_CompileString(zyg_glue, "<pytest-fast glue>", Py_file_input) : NULL;

@@ -54,7 +54,7 @@ XDIST = "pytest-xdist==3.8.0"  # pytest>=7.0, Python>=3.9: fits every combinatio
 SUITE = ["test/test_engine.py", "test/test_plugin.py", "test/test_edit_loop.py", "test/test_affected.py",
          "test/test_watch.py", "test/test_run_options.py", "test/test_debugger.py", "test/test_live_log.py",
          "test/test_controller_hooks.py", "test/test_incremental.py", "test/test_options_table.py",
-         "test/test_cli_report.py", "test/test_info_modes.py"]
+         "test/test_cli_report.py", "test/test_info_modes.py", "test/test_hotswap.py"]
 
 # The smoke subset (-k, so names match as substrings): cold/warm parity,
 # reporting, the venv rule and usage errors through the CLI; through the
@@ -85,6 +85,10 @@ SMOKE = [
     "test_a_save_runs_the_affected_tests_first_then_the_rest",
     # the incremental re-collect: splicing leans on pytest's collection internals
     "test_incremental_edits_match_plain_pytest",
+    # the hot swap: what ran at import comes from CPython's internals (or
+    # sys.monitoring on 3.12+), code from pytest's assertion rewriter
+    "test_body_edits_are_swapped_in_and_match_plain_pytest",
+    "test_what_the_swap_cannot_make_equal_recollects_in_full",
 ]
 
 PROBE = r"""
