@@ -1312,6 +1312,12 @@ static void dmn_zygote_frame(dmn_zygote *z)
     const char *op = pf_dict_str(msg, "op");
     int64_t pid = 0;
     pf_dict_int(msg, "pid", &pid);
+    /* A booting collected level flushed what pytest printed before this
+     * frame, into the tree's shared pipe: take it now, while it is still
+     * the boot's output, not at the pipe's turn in the poll loop. */
+    dmn_zygote *root = dmn_root(z);
+    if (z->state == Z_BOOTING && z->level == L_COLLECTED && root->out >= 0)
+        dmn_zygote_output(root);
     if (op && !strcmp(op, "level") && z->state == Z_BOOTING && z->level < L_COLLECTED) {
         z->arena = a;
         z->ready = msg;
