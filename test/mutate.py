@@ -25,6 +25,7 @@ import ast
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,7 @@ class Report:
     checks: int = 0
     ratios: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    swapped: int = 0   # edits whose re-collect swapped function bodies in
 
     @property
     def mean_ratio(self) -> float:
@@ -211,6 +213,13 @@ class Harness:
         out = p.stdout + p.stderr
         return (json.loads(dump.read_text()) if dump.exists() else {}), out, p.returncode
 
+    def recollect_path(self) -> str:
+        """How the last re-collect went, as --status says."""
+        p = subprocess.run([self.binary, "--address", self.address, "--status"], env=self.env,
+                           capture_output=True, text=True, timeout=60)
+        m = re.search(r"^collected: (.*)$", p.stdout, re.M)
+        return m.group(1) if m else "?"
+
     def stop(self) -> None:
         subprocess.run([self.binary, "--address", self.address, "--stop"], env=self.env,
                        capture_output=True, timeout=60)
@@ -250,6 +259,8 @@ class Harness:
             try:
                 mutated = self.oracle()
                 self.check(report, f"edit {i} {kind} {edit.where}", baseline, mutated)
+                path = self.recollect_path()
+                report.swapped += "swapped" in path
             finally:
                 edit.revert()
             # a test that did not run under the edit (a broken import stops
@@ -257,7 +268,7 @@ class Harness:
             self.check(report, f"revert {i} {kind} {edit.where}", {**baseline, **mutated[0]},
                        (baseline, base_rc))
             log(f"mutate: {i:3d} {kind:9} {edit.where}: selected {report.ratios[-2]:.1%}, "
-                f"after revert {report.ratios[-1]:.1%}")
+                f"after revert {report.ratios[-1]:.1%}; re-collect: {path}")
         return report
 
 
@@ -315,7 +326,7 @@ def main() -> int:
     finally:
         harness.stop()
     print(f"mutate: {report.edits} edits, {report.checks} checks, {len(report.failures)} failures, "
-          f"mean selection {report.mean_ratio:.1%}")
+          f"mean selection {report.mean_ratio:.1%}, {report.swapped} swapped in without a re-import")
     for f in report.failures:
         print("FAIL", f)
     return 1 if report.failures else 0
