@@ -1012,7 +1012,7 @@ static void dmn_zygote_ready(dmn_zygote *z, pf_arena *a, const pf_value *msg)
     if (how)
         snprintf(z->how, sizeof z->how, "%s", how);
     dmn_record_watch(z);
-    util_log("collected zygote ready: %zu items, %zu collection errors, %zu watched paths, %.2fs, %s",
+    util_log("collected zygote ready: %zu items, %zu collection errors, %zu watched paths, %.3fs, %s",
              z->nitems, z->errors && pf_is_seq(z->errors) ? z->errors->u.seq.len : 0,
              z->nwatch, z->boot_wall, z->how);
 }

@@ -109,6 +109,10 @@ class _Zygote:
         # A fork that swapped function bodies in: (how many, the files).
         self.swapped = None
         self.how = None
+        # What the full collection reported that an incremental re-collect
+        # cannot change (no conftest, ini or directory listing changed):
+        # the collection's directories and the option table.
+        self.unchanged = None
 
     def pytest_collection_modifyitems(self, items):
         # The order before any plugin's modifyitems: each run's start from
@@ -201,6 +205,10 @@ class _Zygote:
         for item in items:
             fspath, lineno, domain = item.location
             locs.append((item.nodeid, fspath, lineno, domain))
+        forked = self.unchanged is not None
+        if not forked:
+            self.unchanged = (_collection_dirs(config, session), _option_table(config))
+        dirs, options = self.unchanged
         _send(self.fd, {
             "op": "ready",
             "items": locs,
@@ -212,10 +220,10 @@ class _Zygote:
             # test module imports) is in no list: while collecting fails,
             # any edit in the project may fix it
             + (_project_files() if self.collect_errors else []),
-            "dirs": _collection_dirs(config, session),
+            "dirs": dirs,
             "rootdir": rootdir,
             "inifile": str(config.inipath) if getattr(config, "inipath", None) else None,
-            "options": _option_table(config),
+            "options": options,
             "header": self.header,
             "preload": _plan(config, cov),
             "threads": _threads(),
@@ -233,8 +241,9 @@ class _Zygote:
         # of every module imported (0.1-0.2 s on make_app, per worker).
         _world_fixed(config)
         inspect.getmodule(_world_fixed.__code__)
-        _ran_watch(False)
-        _hotswap.keep_sources(_module_files_outside())
+        if not forked:
+            _ran_watch(False)
+            _hotswap.keep_sources(_module_files_outside())
         gc.collect()
         gc.freeze()
 
@@ -2402,23 +2411,37 @@ def _plan(config, cov=()):
         patterns = ["test_*.py", "*_test.py"]
     rewrite = _rewrite_settings(config)
     marked = _marked_names(rewrite)
-    site, project = [], []
-    for name, mod in list(sys.modules.items()):
+
+    def kind(name, mod):
         if name in ("__main__", "__mp_main__") or name.startswith("_pytest_fast"):
-            continue
-        if isinstance(getattr(mod, "__loader__", None), AssertionRewritingHook) and not _is_marked(name, marked):
-            continue   # rewritten as a test module, a conftest or a file named on the command line
+            return None
+        namespace = getattr(mod, "__dict__", None)
+        loader = namespace.get("__loader__") if isinstance(namespace, dict) else None
+        if isinstance(loader, AssertionRewritingHook) and not _is_marked(name, marked):
+            return None   # rewritten as a test module, a conftest or a file named on the command line
         f = _module_file(mod)
         if not f:
-            site.append(name)
-            continue
+            return "site"
         f = _realpath(f)
         base = os.path.basename(f)
         if f.startswith(site_dirs) or f.startswith(std):
-            site.append(name)
-        elif base != "conftest.py" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):
-            project.append(name)
-    return {"site": site, "project": project, "rewrite": rewrite + list(cov)}
+            return "site"
+        if base != "conftest.py" and not any(fnmatch.fnmatch(base, pat) for pat in patterns):
+            return "project"
+        return None
+
+    out: dict = {"site": [], "project": [], None: []}
+    for name, mod in list(sys.modules.items()):
+        known = _PLAN_KINDS.get(name)
+        if known is None or known[0] is not mod:
+            known = _PLAN_KINDS[name] = (mod, kind(name, mod))
+        out[known[1]].append(name)
+    return {"site": out["site"], "project": out["project"], "rewrite": rewrite + list(cov)}
+
+
+# Module name -> (the module, what _plan made of it): an incremental
+# re-collect asks again only of the modules it imported.
+_PLAN_KINDS: dict = {}
 
 
 _NORECURSE = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}",
