@@ -72,8 +72,19 @@ FILES = {
 
         PENDING = numbers()
     """,
+    "app/fixtures.py": """
+        import pytest
+
+
+        @pytest.fixture
+        def limit():
+            assert 1 + 1 == 2
+            return 3
+    """,
     "tests/conftest.py": """
         import pytest
+
+        pytest_plugins = ["app.fixtures"]
 
 
         @pytest.fixture
@@ -106,6 +117,10 @@ FILES = {
             assert next(m.PENDING) == 1
 
 
+        def test_limit(limit):
+            assert limit == 3
+
+
         def test_boom():
             m.boom()
 
@@ -117,6 +132,11 @@ FILES = {
 }
 
 SWAPPED = "incremental (%s function bod%s swapped in app/svc.py)"
+
+
+def explained(out):
+    """The lines of pytest's explanation of a failed assert."""
+    return [line.strip() for line in out.splitlines() if line.strip().startswith("E ")]
 
 
 def where(out):
@@ -149,6 +169,13 @@ def test_body_edits_are_swapped_in_and_match_plain_pytest(project):
     assert check(project, None, "full").startswith("full (tests/conftest.py changed")
     edit(project, "app/svc.py", "return 8", "return 7")
     assert check(project, None, "incremental") == SWAPPED % (1, "y")
+    # a fixture in a plugin module, which pytest rewrites: the failing
+    # assert's explanation is pytest's
+    edit(project, "app/fixtures.py", "1 + 1 == 2", "1 + 1 == 3")
+    how = check(project, None, "incremental (2 function bodies swapped in app/")
+    assert "app/fixtures.py" in how and "app/svc.py" in how, how
+    fast, plain = project.fast("-k", "limit"), project.pytest("-k", "limit")
+    assert "assert (1 + 1) == 3" in plain.out and explained(fast.out) == explained(plain.out), (fast, plain)
 
 
 def test_what_the_swap_cannot_make_equal_recollects_in_full(project):
