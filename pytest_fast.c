@@ -8154,22 +8154,27 @@ static PyObject *zyg_py_calls_stop(PyObject *self, PyObject *args)
  * again.  Before 3.12 the interpreter's per-code warm-up counter says so at
  * no cost (it starts at 0, or at -8 on 3.11, and moves at every start).
  * 3.12+ keeps no such counter: ran_watch() takes a sys.monitoring
- * PY_START callback, in C, that notes each code object once and disables
- * itself there.  Owned by the zygote levels; forks inherit it. */
+ * PY_START callback, in C, that notes each function's code once and
+ * disables itself there.  It keeps the code alive: an address alone would
+ * be reused by code made later (the levels compile and free much), which
+ * would then seem to have run.  Owned by the zygote levels; forks inherit
+ * it. */
 #if PY_VERSION_HEX >= 0x030C0000
-static PyObject *zyg_ran;           /* set of the addresses of code that started */
+static PyObject *zyg_ran;           /* code address -> that code, for what started */
 static PyObject *zyg_ran_disable;   /* sys.monitoring.DISABLE */
 
 static PyObject *zyg_py_ran_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs < 1 || !zyg_ran || !zyg_ran_disable)
+    if (nargs < 1 || !zyg_ran || !zyg_ran_disable || !PyCode_Check(args[0]))
         Py_RETURN_NONE;
-    PyObject *key = PyLong_FromVoidPtr(args[0]);
-    int rc = key ? PySet_Add(zyg_ran, key) : -1;
-    Py_XDECREF(key);
-    if (rc < 0)
-        return NULL;
+    if (((PyCodeObject *)args[0])->co_flags & CO_NEWLOCALS) {   /* a function's, not a module's */
+        PyObject *key = PyLong_FromVoidPtr(args[0]);
+        int rc = key ? PyDict_SetItem(zyg_ran, key, args[0]) : -1;
+        Py_XDECREF(key);
+        if (rc < 0)
+            return NULL;
+    }
     Py_INCREF(zyg_ran_disable);
     return zyg_ran_disable;
 }
@@ -8177,7 +8182,7 @@ static PyObject *zyg_py_ran_start(PyObject *self, PyObject *const *args, Py_ssiz
 static PyObject *zyg_py_ran_watch(PyObject *self, PyObject *disable)
 {
     (void)self;
-    if (!zyg_ran && !(zyg_ran = PySet_New(NULL)))
+    if (!zyg_ran && !(zyg_ran = PyDict_New()))
         return NULL;
     Py_INCREF(disable);
     Py_XSETREF(zyg_ran_disable, disable);
@@ -8196,11 +8201,11 @@ static PyObject *zyg_py_ran(PyObject *self, PyObject *code)
     if (!zyg_ran)
         Py_RETURN_TRUE;   /* nothing watched: anything may have run */
     PyObject *key = PyLong_FromVoidPtr(code);
-    int in = key ? PySet_Contains(zyg_ran, key) : -1;
+    PyObject *seen = key ? PyDict_GetItemWithError(zyg_ran, key) : NULL;
     Py_XDECREF(key);
-    if (in < 0)
+    if (!seen && PyErr_Occurred())
         return NULL;
-    return PyBool_FromLong(in);
+    return PyBool_FromLong(seen == code);
 #elif PY_VERSION_HEX >= 0x030B0000
     return PyBool_FromLong(((PyCodeObject *)code)->co_warmup != -8);
 #else
@@ -9839,8 +9844,11 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
             return;
         pf_reader_reset(&z->rd);
     }
-    if (!z->parent && z->out >= 0)
-        dmn_zygote_output(z);
+    /* Its last words are in its tree's pipe: take them while they are
+     * still the boot's output. */
+    dmn_zygote *root = dmn_root(z);
+    if (root->out >= 0)
+        dmn_zygote_output(root);
     if (z->state == Z_BOOTING && z->incremental) {
         z->pid = 0;   /* reaped: a kill now could hit a process that reuses the pid */
         dmn_recollect_refused(z, WIFSIGNALED(status) ? "the incremental re-collect was killed"

@@ -1443,8 +1443,11 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
             return;
         pf_reader_reset(&z->rd);
     }
-    if (!z->parent && z->out >= 0)
-        dmn_zygote_output(z);
+    /* Its last words are in its tree's pipe: take them while they are
+     * still the boot's output. */
+    dmn_zygote *root = dmn_root(z);
+    if (root->out >= 0)
+        dmn_zygote_output(root);
     if (z->state == Z_BOOTING && z->incremental) {
         z->pid = 0;   /* reaped: a kill now could hit a process that reuses the pid */
         dmn_recollect_refused(z, WIFSIGNALED(status) ? "the incremental re-collect was killed"

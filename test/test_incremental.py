@@ -79,7 +79,7 @@ def check(project, env, expect, *args):
     took the path `expect` starts with."""
     r = project.fast(*args, env=env)
     oracle = project.pytest(*args)
-    assert r.dump == oracle.dump and r.rc == oracle.rc, (r, oracle)
+    assert r.dump == oracle.dump and r.rc == oracle.rc, (r, oracle, project.log()[-4000:])
     co = project.fast("--collect-only", "-q", *args, env=env, dump=False)
     oco = project.pytest("--collect-only", "-q", *args)
     assert ids(co.out) == ids(oco.out), (co, oco)
