@@ -9014,6 +9014,15 @@ static bool dmn_is_ancestor(const dmn_zygote *anc, const dmn_zygote *z)
     return false;
 }
 
+static void dmn_watch_clear(dmn_zygote *z)
+{
+    for (size_t i = 0; i < z->nwatch; i++)
+        free(z->watch[i].path);
+    free(z->watch);
+    z->watch = NULL;
+    z->nwatch = 0;
+}
+
 static void dmn_node_free(dmn_zygote *z)
 {
     util_close(&z->fd);
@@ -9022,9 +9031,7 @@ static void dmn_node_free(dmn_zygote *z)
     pf_buf_free(&z->output);
     pf_arena_free(z->arena);
     free(z->items);
-    for (size_t i = 0; i < z->nwatch; i++)
-        free(z->watch[i].path);
-    free(z->watch);
+    dmn_watch_clear(z);
     dmn_ident_free(&z->id);
     memset(z, 0, sizeof *z);
     z->fd = z->out = -1;
@@ -9611,9 +9618,7 @@ static void dmn_try_incremental(int from)
               (patched || from == L_COLLECTED);
     dmn_zygote *z = ok ? dmn_fork_recollect(patched ? &before : NULL, base, &files) : NULL;
     util_strv_free(&files);
-    for (size_t i = 0; i < before.nwatch; i++)
-        free(before.watch[i].path);
-    free(before.watch);
+    dmn_watch_clear(&before);
     if (!ok && from == L_COLLECTED)
         snprintf(dmn.boot_why, sizeof dmn.boot_why, "%s", why);
     if (z)
