@@ -52,6 +52,8 @@ typedef struct dmn_ident {
 
 typedef struct dmn_zygote {
     int state;                  /* Z_DOWN: a free slot */
+    uint64_t gen;               /* which use of the slot: a frame's handler may free
+                                   the node and a new one take its slot */
     int level;
     struct dmn_zygote *parent;  /* forked from; NULL for the exec'ed root */
     pid_t pid;
@@ -247,6 +249,7 @@ static struct {
     dmn_ident boot_id;
     dmn_zygote *bchain[3];      /* the tree being built, by level */
     unsigned level_boots[3];
+    uint64_t node_gen;          /* the last dmn_zygote.gen handed out */
     bool layers_broken;
     bool cov_relayered;         /* the last chain was rebuilt for coverage settings */
     bool warmup_tainted;        /* a project level's warm-up raised or warned: no more */
@@ -689,6 +692,7 @@ static dmn_zygote *dmn_node_new(int level, dmn_zygote *parent, const dmn_ident *
         z->level = level;
         z->parent = parent;
         z->state = Z_BOOTING;
+        z->gen = ++dmn.node_gen;
         z->boot_start = util_now();
         dmn_ident_copy(&z->id, id);
         dmn.level_boots[level]++;
@@ -1411,11 +1415,12 @@ static void dmn_zygote_frame(dmn_zygote *z)
 
 static void dmn_zygote_read(dmn_zygote *z)
 {
+    uint64_t gen = z->gen;
     for (;;) {
         int st = pf_reader_feed(&z->rd, z->fd);
         if (st == PF_READ_FRAME) {
             dmn_zygote_frame(z);
-            if (z->state == Z_DOWN)
+            if (z->state == Z_DOWN || z->gen != gen)
                 return;
             pf_reader_reset(&z->rd);
             continue;
@@ -1437,6 +1442,9 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
 {
     if (z->state == Z_DOWN)
         return;
+    /* Its last frames may end it (an incremental re-collect that refused),
+     * and the boot that follows may take its slot: never go on with that. */
+    uint64_t gen = z->gen;
     while (z->fd >= 0) {
         int st = pf_reader_feed(&z->rd, z->fd);
         if (st != PF_READ_FRAME) {
@@ -1444,7 +1452,7 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
             break;
         }
         dmn_zygote_frame(z);
-        if (z->state == Z_DOWN)
+        if (z->state == Z_DOWN || z->gen != gen)
             return;
         pf_reader_reset(&z->rd);
     }
