@@ -207,7 +207,8 @@ def affected(record: dict | None, world: str, root: str, tests: dict[str, str]) 
 
 def update(record: dict | None, world: str, root: str, ran: dict[str, dict], project: Iterable[str],
            modules: dict[str, str], started_ns: int) -> dict:
-    """The record after a run: ran maps each test that ran to
+    """The record after a run, a new one (the given record is left as it
+    was, for the caller to compare with): ran maps each test that ran to
     {"module", "deps", "failed"} (deps None: not recorded, because its
     record was current: the recorded deps stand); project lists the project files the
     collection imported; modules maps module names to those files.  A file
@@ -215,6 +216,7 @@ def update(record: dict | None, world: str, root: str, ran: dict[str, dict], pro
     the tests that ran against its older content are selected again."""
     if record is None or record["world"] != world:
         record = {"format": FORMAT, "world": world, "files": {}, "tests": {}}
+    tests = dict(record["tests"])
     names = {rel: name for name, rel in modules.items()}
     ran = {nodeid: rec if rec["deps"] is not None
            else dict(rec, deps=record["tests"].get(nodeid, {}).get("deps", []))
@@ -249,15 +251,14 @@ def update(record: dict | None, world: str, root: str, ran: dict[str, dict], pro
         module_level = {rel for rel in replaced
                         if rel not in files or old[rel].get("skel") != files[rel].get("skel")}
         imported = _importers(old, module_level)
-        for nodeid, rec in record["tests"].items():
+        for nodeid, rec in tests.items():
             if nodeid not in ran and (rec.get("module") in imported or not replaced.isdisjoint(rec["deps"])
                                       or not imported.isdisjoint(rec["deps"])):
-                rec["stale"] = True
+                tests[nodeid] = dict(rec, stale=True)
     for nodeid, rec in ran.items():
-        record["tests"][nodeid] = {"module": rec["module"], "deps": sorted(rec["deps"]),
-                                   "failed": bool(rec["failed"]), "stale": False}
-    record["files"] = files
-    return record
+        tests[nodeid] = {"module": rec["module"], "deps": sorted(rec["deps"]),
+                         "failed": bool(rec["failed"]), "stale": False}
+    return {"format": FORMAT, "world": world, "files": files, "tests": tests}
 
 
 # -------------------------------------------------------------- recording
@@ -268,7 +269,10 @@ class Recorder:
     sys.monitoring (3.12+): PY_START, disabled for good at the first call of
     code outside the project, kept for the project's own functions (far
     fewer calls; re-arming every code object per test cost make_app 70 %
-    of a warm run); with native, the callback is its mon_start, in C.
+    of a warm run).  Once on, the events stay on between recorded tests:
+    each switch makes every function run afterwards instrumented again,
+    which cost more than a C call per call of a project function.  With
+    native, the callback is its mon_start, in C.
     Before 3.12 native, when given, is the zygote's C profile function
     (calls_start, calls_here, calls_stop: one set insertion per call);
     without it, a global trace function that asks for no line events,
@@ -283,7 +287,6 @@ class Recorder:
         self.rel: dict[str, str | None] = {}
         self.active = False
         self.tool: int | None = None
-        self.armed = False   # sys.monitoring: whether the tool's PY_START events are on
         self.chained: Any = None
         if native is None:
             sys.addaudithook(self._audit)   # the zygote's is in C: far cheaper
@@ -329,16 +332,12 @@ class Recorder:
     def start(self) -> None:
         self.seen = set()
         self.active = True
-        if self.tool is not None and not self.armed:
-            sys.monitoring.set_events(self.tool, sys.monitoring.events.PY_START)  # type: ignore[attr-defined]
-            self.armed = True
         if self.native is not None:
             self.native.opens_start()
         mon = getattr(sys, "monitoring", None)
         if self.native is not None:
             if mon is not None and self.tool is None:
                 self.tool = self._use_tool(mon, self.native.mon_start)
-                self.armed = self.tool is not None
                 if self.tool is not None:
                     self.native.mon_setup(lambda filename: self.relative(filename) is not None, mon.DISABLE)
             self.native.calls_start()
@@ -353,7 +352,6 @@ class Recorder:
             return
         if self.tool is None:
             self.tool = self._use_tool(mon, self._on_start)
-            self.armed = self.tool is not None
 
     @staticmethod
     def _use_tool(mon: Any, callback: Any) -> int | None:
@@ -366,14 +364,6 @@ class Recorder:
                 return tool
         return None
 
-    def idle(self) -> None:
-        """Until the next start: no cost for what runs meanwhile.  The
-        sys.monitoring events stay on across tests (a stop), because
-        switching them costs the re-instrumentation of every function run
-        afterwards; a run of tests that are not recorded is worth that."""
-        if self.tool is not None and self.armed:
-            sys.monitoring.set_events(self.tool, 0)  # type: ignore[attr-defined]
-            self.armed = False
     def stop(self) -> set[str]:
         """The project files seen since start, relative to the root."""
         self.active = False
