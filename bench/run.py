@@ -651,8 +651,11 @@ class Bench:
                 levels = [x["level"] for x in s if x.get("level")]
                 if levels:
                     # the collected level this run waited for: (seconds, path) from the daemon log
-                    row["level_median"] = statistics.median(t for t, _ in levels)
-                    row["level_paths"] = sorted({how for _, how in levels})
+                    row["level_median"] = statistics.median(t for t, _, _ in levels)
+                    row["level_paths"] = sorted({how for _, how, _ in levels})
+                    hooks = [h for _, _, h in levels if h is not None]
+                    if hooks:
+                        row["hooks_median"] = statistics.median(hooks)
         for k in watchers:
             self.stop(k)
         scen = {"id": sid, "title": title, "project": proj.name, "repetitions": reps,
@@ -930,15 +933,20 @@ def make_projects(make_app):
 EDIT_KINDS = ("test", "app", "svc")   # the marker's fields, in this order
 
 
-LEVEL_LINE = re.compile(r"collected zygote ready: .*, ([\d.]+)s, (incremental|full)")
+LEVEL_LINE = re.compile(r"collected zygote ready: .*, ([\d.]+)s, (incremental|full)"
+                        r"(?:.*; pytest's collection hooks ([\d.]+)s)?")
 
 
 def last_level(address):
-    """(seconds, "incremental" | "full") of the last collected level the daemon at
-    address built, from its log; None if it has built none."""
+    """(seconds, "incremental" | "full", seconds of pytest's own collection
+    hooks in it or None) of the last collected level the daemon at address
+    built, from its log; None if it has built none."""
     text = _read(address[:-5] + ".log" if address.endswith(".sock") else address + ".log") or ""
     found = LEVEL_LINE.findall(text)
-    return (float(found[-1][0]), found[-1][1]) if found else None
+    if not found:
+        return None
+    secs, how, hooks = found[-1]
+    return float(secs), how, float(hooks) if hooks else None
 
 
 def edit_seen(marker, kind, n):
@@ -1381,12 +1389,17 @@ def main():
                            C("ours_cli_full", "ours CLI warm, full re-collect", "ours", "cli",
                              args=only, env={"PYTEST_FAST_INCREMENTAL": "0"})], args.edit_reps)
             scen["ratios"] = ratios_of(scen, (("edit + run, incremental / full", "ours_cli_inc", "ours_cli_full"),))
-            lv = {r["id"]: r.get("level_median") for r in scen["rows"]}
-            if lv.get("ours_cli_inc") and lv.get("ours_cli_full"):
-                scen["ratios"]["the collected level alone, incremental / full"] = round(
-                    lv["ours_cli_inc"] / lv["ours_cli_full"], 3)
-                log("  %-52s %.3f" % ("the collected level alone, incremental / full",
-                                      scen["ratios"]["the collected level alone, incremental / full"]))
+            rows = {r["id"]: r for r in scen["rows"]}
+            inc, full = (rows.get(k, {}).get("level_median") for k in ("ours_cli_inc", "ours_cli_full"))
+            hooks = rows.get("ours_cli_inc", {}).get("hooks_median")
+            # The floor: pytest's own hooks inside the incremental level
+            # (importing and collecting the module, modifyitems over every
+            # item), which any re-collect of that module runs.
+            for name, part in (("the collected level alone, incremental / full", inc),
+                               ("  its floor: pytest's collection hooks in it / full", hooks)):
+                if part and full:
+                    scen["ratios"][name.strip()] = round(part / full, 3)
+                    log("  %-52s %.3f" % (name, part / full))
         B.stop_all()                     # edits invalidated the app_edit daemons anyway
         if "floor" in wanted:
             B.timed("floor", "Overhead floor (1-test project)", projs["one"],

@@ -109,10 +109,22 @@ class _Zygote:
         # A fork that swapped function bodies in: (how many, the files).
         self.swapped = None
         self.how = None
+        # ... and the seconds of it that were pytest's own collection hooks
+        # (importing and collecting the changed modules, modifyitems): the
+        # floor under an incremental re-collect, which the bench shows.
+        self.hooks_s = None
         # What the full collection reported that an incremental re-collect
         # cannot change (no conftest, ini or directory listing changed):
         # the collection's directories and the option table.
         self.unchanged = None
+        # The full collection's walks of sys.modules, for its incremental
+        # re-collects: a fork that walks every module copies the page of
+        # each (4-5 ms of make_app's 23 ms re-collect, per walk).  The
+        # names it had and their files; its preload plan; what each
+        # project module holds of other modules.
+        self.imported = None
+        self.plan = None
+        self.refs = None
 
     def pytest_collection_modifyitems(self, items):
         # The order before any plugin's modifyitems: each run's start from
@@ -189,6 +201,27 @@ class _Zygote:
                 _Leader(session, msg, fds).lead(self)
                 return True
 
+    def new_modules(self):
+        """The modules imported since the full collection: an incremental
+        re-collect's new imports (the test modules it imported again keep
+        their names, their files and their place in no plan)."""
+        names = self.imported[0]
+        return [name for name in sys.modules if name not in names]
+
+    def imported_files(self):
+        """_imported_files(exclude=_PRELOADED) as it is now."""
+        new = self.new_modules()
+        files = self.imported[1]
+        return sorted(set(files).union(_imported_files(only=new))) if new else files
+
+    def preload_plan(self, config, cov):
+        """_plan(config, cov) as it is now."""
+        new = self.new_modules()
+        if not new:
+            return self.plan
+        more = _plan(config, cov, only=new)
+        return dict(self.plan, site=self.plan["site"] + more["site"], project=self.plan["project"] + more["project"])
+
     def unimported_files(self, rootdir):
         """The files that failed to collect or skipped at module level: a
         module whose import raised is not in sys.modules, yet editing it
@@ -208,6 +241,9 @@ class _Zygote:
         forked = self.unchanged is not None
         if not forked:
             self.unchanged = (_collection_dirs(config, session), _option_table(config))
+            self.imported = (set(sys.modules), _imported_files(exclude=_PRELOADED))
+            self.plan = _plan(config, cov)
+            self.refs = _module_refs(rootdir)
         dirs, options = self.unchanged
         _send(self.fd, {
             "op": "ready",
@@ -215,7 +251,7 @@ class _Zygote:
             "errors": self.collect_errors,
             "skips": self.collect_skips,
             "warnings": self.warnings,
-            "files": _imported_files(exclude=_PRELOADED) + _cov_watched() + self.unimported_files(rootdir)
+            "files": self.imported_files() + _cov_watched() + self.unimported_files(rootdir)
             # a module whose import raised (a syntax error in an app module a
             # test module imports) is in no list: while collecting fails,
             # any edit in the project may fix it
@@ -225,10 +261,11 @@ class _Zygote:
             "inifile": str(config.inipath) if getattr(config, "inipath", None) else None,
             "options": options,
             "header": self.header,
-            "preload": _plan(config, cov),
+            "preload": self.preload_plan(config, cov),
             "threads": _threads(),
             "relayer": _COV_STALE,
             "how": self.how,
+            "hooks_s": self.hooks_s,
         })
         self.env_set = {k: v for k, v in os.environ.items() if _BOOT_ENV.get(k) != v}
         self.env_unset = [k for k in _BOOT_ENV if k not in os.environ]
@@ -383,11 +420,14 @@ def _realpath(path):
     return real
 
 
-def _imported_files(exclude=()):
+def _imported_files(exclude=(), only=None):
+    """The files of the modules imported (or of the modules named `only`),
+    but the standard library's."""
     skip = _stdlib_dirs()
     site = tuple(os.path.realpath(p) + os.sep for p in sys.path if "site-packages" in p or "dist-packages" in p)
     files = set()
-    for name, mod in list(sys.modules.items()):
+    items = list(sys.modules.items()) if only is None else [(n, sys.modules[n]) for n in only if n in sys.modules]
+    for name, mod in items:
         if name in exclude:
             continue
         f = _module_file(mod)
@@ -614,6 +654,34 @@ def _ran_watch(on):
         mon.free_tool_id(_RAN_TOOL)
 
 
+def _module_refs(root):
+    """What the project's modules hold of other modules: {id(module) or
+    module name: [(holder's name, holder's file)]} for the modules they
+    hold and the classes and functions they hold that other modules
+    define.  A test module that another module holds from cannot be
+    imported again alone."""
+    import types
+    roots = (root + os.sep, os.path.realpath(root) + os.sep)
+    refs: dict = {}
+    for name, mod in list(sys.modules.items()):
+        if name in _PRELOADED:
+            continue
+        f = _module_file(mod)
+        if f is None or not f.startswith(roots):
+            continue
+        for value in list(getattr(mod, "__dict__", {}).values()):
+            if isinstance(value, types.ModuleType):
+                key = id(value)
+            elif isinstance(value, (type, types.FunctionType)):
+                key = getattr(value, "__module__", None)
+                if key == name or not isinstance(key, str):
+                    continue
+            else:
+                continue
+            refs.setdefault(key, []).append((name, f))
+    return refs
+
+
 def _recollect_modules(zyg, session, paths):
     import importlib
     import linecache
@@ -644,19 +712,11 @@ def _recollect_modules(zyg, session, paths):
         if any(os.path.realpath(str(w.get("filename") or "")) == real for w in zyg.warnings):
             return "%s warned when it was collected" % rel
         olds.append((old, mod, real))
-    changed = {id(mod) for _, mod, _ in olds if mod is not None}
     names = {mod.__name__ for _, mod, _ in olds if mod is not None}
-    roots = (root + os.sep, os.path.realpath(root) + os.sep)
-    for name, mod in list(sys.modules.items()):
-        if name in names or name in _PRELOADED:
-            continue
-        f = _module_file(mod)
-        if f is None or not f.startswith(roots):
-            continue
-        for value in list(getattr(mod, "__dict__", {}).values()):
-            if id(value) in changed or (isinstance(value, (type, types.FunctionType))
-                                        and getattr(value, "__module__", None) in names):
-                return "%s imports from a changed test module" % os.path.relpath(f, root)
+    keys = [id(mod) for _, mod, _ in olds if mod is not None] + sorted(names)
+    holders = sorted(h for key in keys for h in zyg.refs.get(key, ()) if h[0] not in names)
+    if holders:
+        return "%s imports from a changed test module" % os.path.relpath(holders[0][1], root)
 
     pre = zyg.collected
     spans = []
@@ -682,6 +742,7 @@ def _recollect_modules(zyg, session, paths):
 
     from _pytest.warnings import catch_warnings_for_item
     news = []
+    started = time.perf_counter()
     with catch_warnings_for_item(config, ihook=config.hook, when="collect", item=None):
         for old, _, real in olds:
             got = list(session.gethookproxy(old.path).pytest_collect_file(file_path=old.path, parent=old.parent))
@@ -691,6 +752,7 @@ def _recollect_modules(zyg, session, paths):
             items = list(session.genitems(got[0]))
             del zyg.collected[first:]
             news.append((got[0], items))
+    hooks_s = time.perf_counter() - started
     if hasattr(session, "_collection_cache"):
         session._collection_cache = {}
     if len(zyg.collect_errors) != nerrors:
@@ -720,8 +782,10 @@ def _recollect_modules(zyg, session, paths):
 
     session.items = list(pre)
     hook = config.hook
+    started = time.perf_counter()
     hook.pytest_collection_modifyitems(session=session, config=config, items=session.items)
     hook.pytest_collection_finish(session=session)
+    zyg.hooks_s = hooks_s + time.perf_counter() - started
     session.testscollected = len(session.items)
     session.testsfailed = max(0, session.testsfailed - len(removed))
     return None
@@ -2438,10 +2502,11 @@ def _site_dirs():
                    if p and os.path.isdir(p) and p.rstrip(os.sep).endswith(("site-packages", "dist-packages"))})
 
 
-def _plan(config, cov=()):
-    """The modules this collection imported, in first-import order, split
-    into what the site and project levels may preload next time.  Test
-    modules and conftests stay with the collection: pytest imports them."""
+def _plan(config, cov=(), only=None):
+    """The modules this collection imported (or those named `only`), in
+    first-import order, split into what the site and project levels may
+    preload next time.  Test modules and conftests stay with the
+    collection: pytest imports them."""
     import fnmatch
 
     from _pytest.assertion.rewrite import AssertionRewritingHook
@@ -2473,17 +2538,10 @@ def _plan(config, cov=()):
         return None
 
     out: dict = {"site": [], "project": [], None: []}
-    for name, mod in list(sys.modules.items()):
-        known = _PLAN_KINDS.get(name)
-        if known is None or known[0] is not mod:
-            known = _PLAN_KINDS[name] = (mod, kind(name, mod))
-        out[known[1]].append(name)
+    items = list(sys.modules.items()) if only is None else [(n, sys.modules[n]) for n in only if n in sys.modules]
+    for name, mod in items:
+        out[kind(name, mod)].append(name)
     return {"site": out["site"], "project": out["project"], "rewrite": rewrite + list(cov)}
-
-
-# Module name -> (the module, what _plan made of it): an incremental
-# re-collect asks again only of the modules it imported.
-_PLAN_KINDS: dict = {}
 
 
 _NORECURSE = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}",
