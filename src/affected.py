@@ -12,7 +12,9 @@ project files it imports.  A later ``--affected`` run selects a test when
   since it last ran (its record is then "stale");
 * a file it ran or opened changed;
 * a Python file changed outside function bodies (a module-level constant, a
-  class attribute, a decorator, a signature) and the test's module, or a
+  class attribute, a decorator, a signature), or inside the body of a
+  function that ran while the collection imported and collected (``X =
+  compute()``: its result is module state), and the test's module, or a
   file whose code the test ran (a conftest's fixture, an app module),
   imports it, directly or through other project modules;
 * the world changed: the interpreter, the installed packages, the ini file,
@@ -31,10 +33,10 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-FORMAT = "pytest-fast-affected 1"
+FORMAT = "pytest-fast-affected 2"
 
 
 # ------------------------------------------------------------------ files
@@ -54,18 +56,34 @@ class _Hollow(ast.NodeTransformer):
     visit_AsyncFunctionDef = _hollow
 
 
-def skeleton(source: bytes) -> str | None:
-    """Hash of the module with its function bodies emptied (None: no parse)."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return None
-    return _hollow_hash(tree)
-
-
 def _hollow_hash(tree: ast.AST) -> str:
-    """skeleton()'s hash of a parsed module (which it empties)."""
+    """The hash of a parsed module's skeleton: the module with its function
+    bodies emptied (which it does to the tree)."""
     return _sha(ast.dump(_Hollow().visit(tree)).encode())
+
+
+class _Bodies(ast.NodeVisitor):
+    """The hash of each body of the functions outside function bodies, by
+    qualified name (as co_qualname says it; definitions that share a name
+    hash together)."""
+
+    def __init__(self, tree: ast.AST) -> None:
+        self.bodies: dict[str, str] = {}
+        self.prefix = ""
+        self.visit(tree)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        outer, self.prefix = self.prefix, self.prefix + node.name + "."
+        for stmt in node.body:
+            self.visit(stmt)
+        self.prefix = outer
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        name = self.prefix + node.name
+        body = ast.dump(ast.Module(body=node.body, type_ignores=[]))
+        self.bodies[name] = _sha((self.bodies.get(name, "") + body).encode())
+
+    visit_AsyncFunctionDef = visit_FunctionDef
 
 
 def _imported_names(tree: ast.AST, package: str) -> Iterable[str]:
@@ -100,7 +118,8 @@ def fingerprint(root: str, rel: str, modules: dict[str, str], names: dict[str, s
             data = f.read()
     except OSError:
         return None
-    fp: dict = {"stat": [st.st_mtime_ns, st.st_size], "sha": _sha(data), "skel": None, "imports": []}
+    fp: dict = {"stat": [st.st_mtime_ns, st.st_size], "sha": _sha(data), "skel": None, "imports": [],
+                "bodies": {}}
     if rel.endswith(".py"):
         try:
             tree = ast.parse(data)
@@ -109,14 +128,17 @@ def fingerprint(root: str, rel: str, modules: dict[str, str], names: dict[str, s
         name = names.get(rel, "")
         package = name if rel.endswith("__init__.py") else name.rpartition(".")[0]
         fp["imports"] = sorted({modules[n] for n in _imported_names(tree, package) if n in modules} - {rel})
+        fp["bodies"] = _Bodies(tree).bodies
         fp["skel"] = _hollow_hash(tree)   # last: it empties the tree's functions
     return fp
 
 
-def _changes(root: str, files: dict[str, dict]) -> dict[str, str]:
+def _changes(root: str, files: dict[str, dict]) -> tuple[dict[str, str], dict[str, set[str]]]:
     """Files changed since recorded: 'module' (outside function bodies, or
-    gone), 'body' (inside function bodies only) or 'data'."""
+    gone), 'body' (inside function bodies only) or 'data'; and for the
+    'body' ones, the qualified names of the functions whose bodies changed."""
     changed = {}
+    bodies: dict[str, set[str]] = {}
     for rel, fp in files.items():
         path = os.path.join(root, rel)
         try:
@@ -136,10 +158,20 @@ def _changes(root: str, files: dict[str, dict]) -> dict[str, str]:
             continue
         if not rel.endswith(".py"):
             changed[rel] = "data"
-        else:
-            skel = skeleton(data)
-            changed[rel] = "body" if skel is not None and skel == fp.get("skel") else "module"
-    return changed
+            continue
+        try:
+            tree = ast.parse(data)
+        except (SyntaxError, ValueError):
+            changed[rel] = "module"
+            continue
+        now = _Bodies(tree).bodies
+        if _hollow_hash(tree) != fp.get("skel"):
+            changed[rel] = "module"
+            continue
+        changed[rel] = "body"
+        was = fp.get("bodies") or {}
+        bodies[rel] = {name for name in set(was) | set(now) if was.get(name) != now.get(name)}
+    return changed, bodies
 
 
 def _importers(files: dict[str, dict], targets: Iterable[str]) -> set[str]:
@@ -183,15 +215,22 @@ def save(path: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def affected(record: dict | None, world: str, root: str, tests: dict[str, str]) -> tuple[set[str], str]:
+def affected(record: dict | None, world: str, root: str, tests: dict[str, str],
+             ran_at_import: Callable[[str, set[str]], bool] | None = None) -> tuple[set[str], str]:
     """Of tests ({nodeid: module file, relative to root}), those an edit
-    since their last run could change, and why, in a few words."""
+    since their last run could change, and why, in a few words.
+    ran_at_import(file, qualified names) says whether one of those
+    functions of that file ran while the collection imported and collected;
+    an edit inside its body then counts as one outside function bodies."""
     if record is None:
         return set(tests), "every test: no usable record of earlier runs"
     if record["world"] != world:
         return set(tests), "every test: the interpreter, packages, ini file, conftests or plugins changed"
     files = record["files"]
-    changed = _changes(root, files)
+    changed, bodies = _changes(root, files)
+    for rel, names in bodies.items():
+        if ran_at_import is not None and ran_at_import(rel, names):
+            changed[rel] = "module"
     touched = set(changed)
     imported = _importers(files, [rel for rel, how in changed.items() if how == "module"])
     chosen = set()

@@ -981,7 +981,26 @@ class _Leader:
         path = _affected_record(self.config)
         record = _affected.load(path) if path else None
         tests = {item.nodeid: _rel_module(item, root) for item in items}
-        return _affected.affected(record, self.world, root, tests)
+        return _affected.affected(record, self.world, root, tests, self.ran_at_import)
+
+    def ran_at_import(self, rel, names):
+        """Whether one of the functions `names` of the project file `rel`
+        ran while the collection imported and collected (the zygote's
+        ran(), as for the hot swap).  A function it cannot find may have:
+        yes.  A file the collection did not import ran nothing."""
+        for name, file in _collected_project_modules(_affected_root(self.config)).items():
+            mod = sys.modules.get(name) if file == rel else None
+            filename = _module_file(mod) if mod is not None else None
+            if filename is None:
+                continue
+            for qualname in names:
+                try:
+                    functions = _hotswap._resolve(mod, qualname, filename)
+                except _hotswap.Refused:
+                    return True
+                if not functions or any(_c.ran(f.__code__) for f in functions):
+                    return True
+        return False
 
     def select_affected(self, items):
         """--affected: only what an edit since the last run could change."""

@@ -4,6 +4,7 @@ The selection logic (src/affected.py) is plain Python and is tested here
 directly; the end-to-end tests drive both front ends against plain pytest,
 and a quick mutation run on make_app checks that random edits are never
 missed (test/mutate.py runs the full one)."""
+import ast
 import importlib.util
 import json
 import os
@@ -32,16 +33,36 @@ affected = _load_affected()
 # ------------------------------------------------------------- the logic
 
 def test_skeleton_ignores_function_bodies_only():
+    def skeleton(source):
+        return affected._hollow_hash(ast.parse(source))
+
     base = b"X = 1\n\n@deco(2)\ndef f(a=1):\n    return a + 1\n"
-    assert affected.skeleton(base) == affected.skeleton(base.replace(b"a + 1", b"a + 2"))
-    assert affected.skeleton(base) != affected.skeleton(base.replace(b"X = 1", b"X = 2"))
-    assert affected.skeleton(base) != affected.skeleton(base.replace(b"deco(2)", b"deco(3)"))
-    assert affected.skeleton(base) != affected.skeleton(base.replace(b"a=1", b"a=2"))
-    assert affected.skeleton(b"def (:") is None
+    assert skeleton(base) == skeleton(base.replace(b"a + 1", b"a + 2"))
+    assert skeleton(base) != skeleton(base.replace(b"X = 1", b"X = 2"))
+    assert skeleton(base) != skeleton(base.replace(b"deco(2)", b"deco(3)"))
+    assert skeleton(base) != skeleton(base.replace(b"a=1", b"a=2"))
+
+
+def test_a_body_edit_names_the_functions_whose_bodies_changed(tmp_path):
+    source = ("def f():\n    return 1\n\n\nclass C:\n    def m(self):\n        def inner():\n"
+              "            return 2\n        return inner()\n\n\nasync def g():\n    pass\n")
+    (tmp_path / "m.py").write_text(source)
+    files = {"m.py": affected.fingerprint(str(tmp_path), "m.py", {}, {})}
+    assert sorted(files["m.py"]["bodies"]) == ["C.m", "f", "g"]
+    for old, new, how, names in (("return 1", "return 3", "body", {"f"}),
+                                 ("return 2", "return 4", "body", {"C.m"}),
+                                 ("return 1", "\n\n    return 1", "body", set()),   # lines only
+                                 ("pass", "return 5", "body", {"g"}),
+                                 ("def f():", "def f(x=1):", "module", None),
+                                 ("return 1", "return (", "module", None)):
+        (tmp_path / "m.py").write_text(source.replace(old, new))
+        changed, bodies = affected._changes(str(tmp_path), files)
+        assert changed == {"m.py": how}, (old, new)
+        assert bodies.get("m.py") == names, (old, new)
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"format": "other"}',
-                                  '{"format": "pytest-fast-affected 1", "world": "w", "files": {}, '
+                                  '{"format": "pytest-fast-affected 2", "world": "w", "files": {}, '
                                   '"tests": {"t": {"deps": 3}}}'])
 def test_a_corrupt_or_foreign_record_is_no_record(tmp_path, text):
     path = tmp_path / "affected.json"
@@ -224,6 +245,39 @@ def test_cli_selects_what_each_kind_of_edit_can_change(project):
     project.write("tests/test_data.py", _src("tests/test_data.py") + "\ndef test_new():\n    pass\n")
     r, chosen = _affected_run(project, "-k", "new or first")
     assert chosen == {"tests/test_data.py::test_new", "tests/test_names.py::test_first"}, r
+
+
+def test_a_body_edit_of_a_function_that_ran_at_import_selects_every_importer(project):
+    """X = compute() makes compute()'s body module state: a test that only
+    reads X runs none of its code, yet its outcome follows the edit."""
+    project.write("app/__init__.py", "")
+    project.write("app/svc.py", """
+        def compute():
+            return 10
+
+
+        LIMIT = compute()
+
+
+        def used():
+            return 1
+        """)
+    project.write("tests/test_limit.py", "from app import svc\n\ndef test_limit():\n    assert svc.LIMIT == 10\n")
+    project.write("tests/test_used.py", "from app import svc\n\ndef test_used():\n    assert svc.used() == 1\n")
+    project.write("tests/test_other.py", "def test_other():\n    pass\n")
+    assert len(_affected_run(project)[1]) == 3
+    # a body that did not run at import: the tests that ran it
+    project.write("app/svc.py", (project.path / "app" / "svc.py").read_text().replace("return 1\n", "return 2\n"))
+    r, chosen = _affected_run(project)
+    assert chosen == {"tests/test_used.py::test_used"} and r.rc == 1, r
+    project.write("app/svc.py", (project.path / "app" / "svc.py").read_text().replace("return 2\n", "return 1\n"))
+    assert _affected_run(project)[1] == {"tests/test_used.py::test_used"}
+    # compute() ran at import: every importer, as for a module-level edit
+    project.write("app/svc.py", (project.path / "app" / "svc.py").read_text().replace("return 10", "return 11"))
+    r, chosen = _affected_run(project)
+    assert chosen == {"tests/test_limit.py::test_limit", "tests/test_used.py::test_used"}, r
+    oracle = project.pytest()
+    assert r.dump == {n: oracle.dump[n] for n in chosen} and r.dump["tests/test_limit.py::test_limit"] == "failed"
 
 
 def test_conftest_edit_or_a_corrupt_record_runs_everything(project):
