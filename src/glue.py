@@ -569,9 +569,12 @@ def _recollect(zyg, session, paths):
             why = _recollect_modules(zyg, session, tests)
         if why is None and zyg.swapped:
             n, files = zyg.swapped
-            zyg.how = "incremental (%s%d function bod%s swapped in %s)" % (
+            where = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+            zyg.how = "incremental (%s%s)" % (
                 "%d module%s; " % (len(tests), "" if len(tests) == 1 else "s") if tests else "",
-                n, "y" if n == 1 else "ies", ", ".join(files[:3]) + (", ..." if len(files) > 3 else ""))
+                # an edit reverted: the file is new to the project level, not to the collection
+                "%d function bod%s swapped in %s" % (n, "y" if n == 1 else "ies", where) if n
+                else "%s as the collection imported" % where)
         return why
     except BaseException as exc:
         return ("the incremental re-collect raised %s: %s" % (type(exc).__name__, exc))[:300]

@@ -169,6 +169,11 @@ def test_body_edits_are_swapped_in_and_match_plain_pytest(project):
     assert check(project, None, "full").startswith("full (tests/conftest.py changed")
     edit(project, "app/svc.py", "return 8", "return 7")
     assert check(project, None, "incremental") == SWAPPED % (1, "y")
+    # reverted: as the full collection imported it, nothing to swap
+    edit(project, "app/svc.py", "return 7", "return 8")
+    assert check(project, None, "incremental") == "incremental (app/svc.py as the collection imported)"
+    edit(project, "app/svc.py", "return 8", "return 7")
+    assert check(project, None, "incremental") == SWAPPED % (1, "y")
     # a fixture in a plugin module, which pytest rewrites: the failing
     # assert's explanation is pytest's
     edit(project, "app/fixtures.py", "1 + 1 == 2", "1 + 1 == 3")
