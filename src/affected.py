@@ -62,17 +62,23 @@ def _hollow_hash(tree: ast.AST) -> str:
     return _sha(ast.dump(_Hollow().visit(tree)).encode())
 
 
-class _Bodies(ast.NodeVisitor):
-    """The hash of each body of the functions outside function bodies, by
-    qualified name (as co_qualname says it; definitions that share a name
-    hash together)."""
+class _Defs(ast.NodeVisitor):
+    """The functions outside function bodies, by qualified name (as
+    co_qualname says it): the hash of each one's body (definitions that
+    share a name hash together) and their docstrings in source order; and
+    the positions of the lambdas outside function bodies.  The hot swap
+    reads all three."""
 
     def __init__(self, tree: ast.AST) -> None:
         self.bodies: dict[str, str] = {}
+        self.docs: dict[str, list[str | None]] = {}
+        self.lambdas: list[tuple[int, int]] = []
         self.prefix = ""
         self.visit(tree)
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        for d in node.decorator_list + node.bases + [k.value for k in node.keywords]:
+            self.visit(d)
         outer, self.prefix = self.prefix, self.prefix + node.name + "."
         for stmt in node.body:
             self.visit(stmt)
@@ -82,8 +88,15 @@ class _Bodies(ast.NodeVisitor):
         name = self.prefix + node.name
         body = ast.dump(ast.Module(body=node.body, type_ignores=[]))
         self.bodies[name] = _sha((self.bodies.get(name, "") + body).encode())
+        self.docs.setdefault(name, []).append(ast.get_docstring(node, clean=False))
+        for d in node.decorator_list + node.args.defaults + [d for d in node.args.kw_defaults if d]:
+            self.visit(d)
 
     visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self.lambdas.append((node.lineno, node.col_offset))
+        self.generic_visit(node)
 
 
 def _imported_names(tree: ast.AST, package: str) -> Iterable[str]:
@@ -128,7 +141,7 @@ def fingerprint(root: str, rel: str, modules: dict[str, str], names: dict[str, s
         name = names.get(rel, "")
         package = name if rel.endswith("__init__.py") else name.rpartition(".")[0]
         fp["imports"] = sorted({modules[n] for n in _imported_names(tree, package) if n in modules} - {rel})
-        fp["bodies"] = _Bodies(tree).bodies
+        fp["bodies"] = _Defs(tree).bodies
         fp["skel"] = _hollow_hash(tree)   # last: it empties the tree's functions
     return fp
 
@@ -164,7 +177,7 @@ def _changes(root: str, files: dict[str, dict]) -> tuple[dict[str, str], dict[st
         except (SyntaxError, ValueError):
             changed[rel] = "module"
             continue
-        now = _Bodies(tree).bodies
+        now = _Defs(tree).bodies
         if _hollow_hash(tree) != fp.get("skel"):
             changed[rel] = "module"
             continue

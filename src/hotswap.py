@@ -77,36 +77,6 @@ def _functions(co: types.CodeType, prefix: str = "") -> dict[str, list[types.Cod
     return out
 
 
-class _Defs(ast.NodeVisitor):
-    """Docstrings of the functions outside function bodies, by qualified
-    name in source order; positions of the lambdas outside them."""
-
-    def __init__(self, tree: ast.AST) -> None:
-        self.docs: dict[str, list[str | None]] = {}
-        self.lambdas: list[tuple[int, int]] = []
-        self.prefix = ""
-        self.visit(tree)
-
-    def visit_ClassDef(self, node: ast.ClassDef) -> None:
-        for d in node.decorator_list + node.bases + [k.value for k in node.keywords]:
-            self.visit(d)
-        outer, self.prefix = self.prefix, self.prefix + node.name + "."
-        for stmt in node.body:
-            self.visit(stmt)
-        self.prefix = outer
-
-    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        self.docs.setdefault(self.prefix + node.name, []).append(ast.get_docstring(node, clean=False))
-        for d in node.decorator_list + node.args.defaults + [d for d in node.args.kw_defaults if d]:
-            self.visit(d)
-
-    visit_AsyncFunctionDef = visit_FunctionDef
-
-    def visit_Lambda(self, node: ast.Lambda) -> None:
-        self.lambdas.append((node.lineno, node.col_offset))
-        self.generic_visit(node)
-
-
 def _same_behaviour(a: types.CodeType, b: types.CodeType) -> bool:
     """The same code but for line numbers."""
     if (a.co_code, a.co_names, a.co_varnames, a.co_freevars, a.co_cellvars, a.co_flags,
@@ -220,7 +190,7 @@ def swap(files: Iterable[str], modules: dict[str, types.ModuleType | None], comp
             otree, ntree = ast.parse(old), ast.parse(new)
         except (SyntaxError, ValueError):
             raise Refused("%s does not parse" % rel) from None
-        odefs, ndefs = _Defs(otree), _Defs(ntree)
+        odefs, ndefs = _affected._Defs(otree), _affected._Defs(ntree)
         if _affected._hollow_hash(otree) != _affected._hollow_hash(ntree):
             raise Refused("%s changed outside function bodies" % rel)
         if odefs.lambdas != ndefs.lambdas:
