@@ -278,8 +278,10 @@ class _Zygote:
         # of every module imported (0.1-0.2 s on make_app, per worker).
         _world_fixed(config)
         inspect.getmodule(_world_fixed.__code__)
-        _note_affected_answers(config, items)
         if not forked:
+            # an incremental re-collect keeps these unless it imported new
+            # modules (the leader's check sees that)
+            _note_affected_answers(config, items)
             _ran_watch(False)
             _hotswap.keep_sources(_module_files_outside())
         gc.collect()
