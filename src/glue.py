@@ -125,6 +125,9 @@ class _Zygote:
         self.imported = None
         self.plan = None
         self.refs = None
+        # ... and, in a project that has an --affected record, what every
+        # run's leader asks: (root, the project's modules by name).
+        self.project = None
 
     def pytest_collection_modifyitems(self, items):
         # The order before any plugin's modifyitems: each run's start from
@@ -214,6 +217,24 @@ class _Zygote:
         files = self.imported[1]
         return sorted(set(files).union(_imported_files(only=new))) if new else files
 
+    def note_affected_answers(self, config, items):
+        """In the full collection of a project that has an --affected
+        record: the project's modules and each item's module (the leader
+        of a run copied 8-13 ms of module pages walking them)."""
+        cachedir = getattr(getattr(config, "cache", None), "_cachedir", None)
+        if cachedir is None or not os.path.isfile(os.path.join(str(cachedir), "d", "pytest-fast", "affected.json")):
+            return
+        root = _affected_root(config)
+        self.project = (root, _project_modules(root))
+        for item in items:
+            _rel_module(item, root)
+
+    def project_modules(self, root):
+        """_project_modules(root) as it is now."""
+        if self.project is not None and self.project[0] == root and not self.new_modules():
+            return self.project[1]
+        return _project_modules(root)
+
     def preload_plan(self, config, cov):
         """_plan(config, cov) as it is now."""
         new = self.new_modules()
@@ -279,9 +300,7 @@ class _Zygote:
         _world_fixed(config)
         inspect.getmodule(_world_fixed.__code__)
         if not forked:
-            # an incremental re-collect keeps these unless it imported new
-            # modules (the leader's check sees that)
-            _note_affected_answers(config, items)
+            self.note_affected_answers(config, items)
             _ran_watch(False)
             _hotswap.keep_sources(_module_files_outside())
         gc.collect()
@@ -422,13 +441,21 @@ def _realpath(path):
     return real
 
 
+def _modules(only=None):
+    """sys.modules' (name, module) pairs; only those of the names `only`
+    when given."""
+    if only is None:
+        return list(sys.modules.items())
+    return [(name, sys.modules[name]) for name in only if name in sys.modules]
+
+
 def _imported_files(exclude=(), only=None):
     """The files of the modules imported (or of the modules named `only`),
     but the standard library's."""
     skip = _stdlib_dirs()
     site = tuple(os.path.realpath(p) + os.sep for p in sys.path if "site-packages" in p or "dist-packages" in p)
     files = set()
-    items = list(sys.modules.items()) if only is None else [(n, sys.modules[n]) for n in only if n in sys.modules]
+    items = _modules(only)
     for name, mod in items:
         if name in exclude:
             continue
@@ -819,8 +846,10 @@ class _Leader:
         self.stepwise = None      # this run's StepwisePlugin (--sw)
         self.stale = None         # recording: the node ids to record, None: every test
         self.stale_fixtures = None   # ... and the fixtures they use, None: every fixture
+        self.zygote = None        # the collection it was forked from
 
     def lead(self, zygote):
+        self.zygote = zygote
         msg = self.msg
         self.started_ns = time.time_ns()
         os.setpgid(0, 0)
@@ -993,7 +1022,7 @@ class _Leader:
         ran while the collection imported and collected (the zygote's
         ran(), as for the hot swap).  A function it cannot find may have:
         yes.  A file the collection did not import ran nothing."""
-        for name, file in _collected_project_modules(_affected_root(self.config)).items():
+        for name, file in self.zygote.project_modules(_affected_root(self.config)).items():
             mod = sys.modules.get(name) if file == rel else None
             filename = _module_file(mod) if mod is not None else None
             if filename is None:
@@ -1177,7 +1206,7 @@ class _Leader:
             ran[nodeid] = {"module": _rel_module(item, root), "deps": deps.get(nodeid), "failed": bad}
         if not ran:
             return
-        project = _collected_project_modules(root)
+        project = self.zygote.project_modules(root)
         try:
             old = _affected.load(path)
             record = _affected.update(old, self.world, root, ran, project.values(), project, self.started_ns)
@@ -1246,32 +1275,6 @@ def _outside_project(root):
         dirs.add(os.path.realpath(p) + os.sep)
     root = os.path.join(root, "")
     return sorted(d for d in dirs if not root.startswith(d))
-
-
-# What a run's leader asks of the collection for --affected, answered in the
-# zygote: a fork that walks sys.modules copies the page of each module
-# object it touches (8-13 ms of a make_app run's leader, for 1,000 modules).
-_COLLECTED_PROJECT: list = []   # [root, len(sys.modules), _project_modules(root)]
-
-
-def _note_affected_answers(config, items):
-    """In the zygote of a project that has an --affected record: the
-    project's modules and each item's module, for every run's leader."""
-    cachedir = getattr(getattr(config, "cache", None), "_cachedir", None)
-    if cachedir is None or not os.path.isfile(os.path.join(str(cachedir), "d", "pytest-fast", "affected.json")):
-        return
-    root = _affected_root(config)
-    _COLLECTED_PROJECT[:] = [root, len(sys.modules), _project_modules(root)]
-    for item in items:
-        _rel_module(item, root)
-
-
-def _collected_project_modules(root):
-    """_project_modules(root) as the collection left it, unless modules
-    were imported since."""
-    if _COLLECTED_PROJECT[:2] == [root, len(sys.modules)]:
-        return _COLLECTED_PROJECT[2]
-    return _project_modules(root)
 
 
 def _project_modules(root):
@@ -2562,7 +2565,7 @@ def _plan(config, cov=(), only=None):
         return None
 
     out: dict = {"site": [], "project": [], None: []}
-    items = list(sys.modules.items()) if only is None else [(n, sys.modules[n]) for n in only if n in sys.modules]
+    items = _modules(only)
     for name, mod in items:
         out[kind(name, mod)].append(name)
     return {"site": out["site"], "project": out["project"], "rewrite": rewrite + list(cov)}
