@@ -71,6 +71,7 @@
 #ifdef __linux__
 #include <sched.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #endif
 #ifdef __APPLE__
@@ -4481,6 +4482,15 @@ static const char zyg_glue[] =
     "                msg, fds, forked = got\n"
     "                if not forked:\n"
     "                    continue\n"
+    "                if msg.get(\"spare\"):\n"
+    "                    # Forked ahead of the next edit, so that its re-collect\n"
+    "                    # does not wait for fork(), nor for the copy of each\n"
+    "                    # page the last one wrote: the daemon sends the files.\n"
+    "                    _c.prefault(msg.get(\"pages_of\", 0))\n"
+    "                    got = _c.serve(fds[0])\n"
+    "                    if got is None or \"recollect\" not in got[0]:\n"
+    "                        os._exit(0)\n"
+    "                    msg = got[0]\n"
     "                if \"recollect\" in msg:\n"
     "                    # A fork that becomes the next collected zygote.\n"
     "                    self.fd = fds[0]\n"
@@ -8329,6 +8339,97 @@ static PyObject *zyg_py_ran_watch(PyObject *self, PyObject *disable)
 }
 #endif
 
+#ifdef __linux__
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23   /* Linux 5.14; older C libraries lack the name */
+#endif
+
+/* Break copy-on-write, from start for n pages, on those that `pagemap`
+ * (the other process's /proc/PID/pagemap) says it holds mapped and
+ * exclusively: written since the fork.  False once the kernel refuses
+ * MADV_POPULATE_WRITE itself (before 5.14). */
+static bool zyg_prefault_range(int pagemap, uintptr_t start, size_t n, long page, size_t *done)
+{
+    uint64_t entries[512];
+    for (size_t i = 0; i < n;) {
+        size_t want = n - i < 512 ? n - i : 512;
+        ssize_t got = pread(pagemap, entries, want * sizeof *entries,
+                            (off_t)((start / (uintptr_t)page + i) * sizeof *entries));
+        if (got <= 0)
+            return true;
+        size_t k = (size_t)got / sizeof *entries;
+        for (size_t j = 0; j < k;) {
+            size_t run = 0;
+            while (j + run < k && (entries[j + run] >> 63 & 1) && (entries[j + run] >> 56 & 1))
+                run++;
+            if (run) {
+                /* An address the other process mapped after the fork may be
+                 * unmapped here (ENOMEM): nothing to copy there. */
+                if (madvise((void *)(start + (i + j) * (uintptr_t)page), run * (size_t)page,
+                            MADV_POPULATE_WRITE) == 0)
+                    *done += run;
+                else if (errno == EINVAL)
+                    return false;
+            }
+            j += run ? run : 1;
+        }
+        i += k;
+    }
+    return true;
+}
+#endif
+
+/* Copy now the pages that process `pid`, forked from the same parent,
+ * wrote since its fork: the spare fork of the collection (see the
+ * daemon) then does not take those copy-on-write faults when it
+ * re-collects, as `pid` (the last incremental re-collect) did.  The
+ * private anonymous mappings only; the pages copied, 0 where /proc or
+ * MADV_POPULATE_WRITE is missing. */
+static size_t zyg_prefault(pid_t pid)
+{
+    size_t done = 0;
+#ifdef __linux__
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/maps", (long)pid);
+    FILE *maps = pid > 0 ? fopen(path, "re") : NULL;
+    snprintf(path, sizeof path, "/proc/%ld/pagemap", (long)pid);
+    int pagemap = maps ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    long page = sysconf(_SC_PAGESIZE);
+    char line[512];
+    bool more = pagemap >= 0 && page > 0;
+    while (more && fgets(line, sizeof line, maps)) {
+        unsigned long lo, hi, inode;
+        char perms[8];
+        int name = 0;
+        if (sscanf(line, "%lx-%lx %7s %*x %*s %lu %n", &lo, &hi, perms, &inode, &name) < 4)
+            continue;
+        /* writable, private, not file-backed; the stack is this process's
+         * own; a mapping of over a GiB is a sanitizer's shadow memory, not
+         * a heap, and reading its page map would take minutes */
+        if (perms[0] != 'r' || perms[1] != 'w' || perms[3] != 'p' || inode != 0 ||
+            !strncmp(line + name, "[stack]", 7) || hi - lo > 1ul << 30)
+            continue;
+        more = zyg_prefault_range(pagemap, lo, (hi - lo) / (unsigned long)page, page, &done);
+    }
+    if (pagemap >= 0)
+        close(pagemap);
+    if (maps)
+        fclose(maps);
+#else
+    (void)pid;
+#endif
+    return done;
+}
+
+static PyObject *zyg_py_prefault(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long pid = PyLong_AsLong(arg);
+    if (pid == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSize_t(zyg_prefault((pid_t)pid));
+}
+
 static PyObject *zyg_py_ran(PyObject *self, PyObject *code)
 {
     (void)self;
@@ -8434,6 +8535,7 @@ static PyMethodDef zyg_methods[] = {
      "mon_start(code, offset): the PY_START callback"},
     {"opens_start", zyg_py_opens_start, METH_NOARGS, "opens_start(): record files opened to read"},
     {"opens_stop", zyg_py_opens_stop, METH_NOARGS, "opens_stop() -> set of the files opened"},
+    {"prefault", zyg_py_prefault, METH_O, "prefault(pid) -> pages copied that pid wrote since its fork"},
     {"ran", zyg_py_ran, METH_O, "ran(code) -> whether that code started here or in a level below"},
 #if PY_VERSION_HEX >= 0x030C0000
     {"ran_watch", zyg_py_ran_watch, METH_O, "ran_watch(DISABLE): ran_start notes what starts (3.12+)"},
@@ -8560,7 +8662,9 @@ static int zyg_main(int fd, const char *python, int argc, char **argv)
 #define DMN_OUTPUT_CAP (1u << 20)   /* zygote boot output kept for clients */
 #define DMN_TOP_DURATIONS 15
 
-enum { Z_DOWN, Z_BOOTING, Z_READY, Z_EXITED };
+/* Z_SPARE: forked from the full collection ahead of an edit, waiting for
+ * the files of an incremental re-collect (see dmn_spare_ensure). */
+enum { Z_DOWN, Z_BOOTING, Z_READY, Z_EXITED, Z_SPARE };
 
 typedef struct dmn_item {
     const char *nodeid, *fspath, *domain;
@@ -9094,6 +9198,7 @@ static void dmn_record_watch(dmn_zygote *z)
 
 static void dmn_run_next(void);
 static void dmn_reply_and_stop(dmn_conn *c, const char *op, const char *why);
+static void dmn_prewarm(const char *who);
 
 static void dmn_ident_free(dmn_ident *id)
 {
@@ -9184,6 +9289,8 @@ static void dmn_node_free(dmn_zygote *z)
  * run, is current, is kept for a revert, or is being built. */
 static bool dmn_node_in_use(const dmn_zygote *z)
 {
+    if (z->state == Z_SPARE)
+        return dmn_node_in_use(z->parent);   /* it serves its parent's next edit */
     const dmn_zygote *users[] = {dmn.run ? dmn.run->z : NULL, dmn.cur, dmn.prev,
                                  dmn.bchain[0], dmn.bchain[1], dmn.bchain[2]};
     for (size_t i = 0; i < sizeof users / sizeof *users; i++)
@@ -9699,6 +9806,68 @@ static bool dmn_incremental_files(dmn_zygote *project, dmn_zygote *base, dmn_zyg
     return files->n > 0;
 }
 
+/* The spare fork of the full collection `base` (see dmn_spare_ensure), or NULL. */
+static dmn_zygote *dmn_spare_of(const dmn_zygote *base)
+{
+    for (int i = 0; base && i < DMN_NODES; i++)
+        if (dmn.nodes[i].state == Z_SPARE && dmn.nodes[i].parent == base)
+            return &dmn.nodes[i];
+    return NULL;
+}
+
+/* The spare fork of the full collection `base` (see dmn_spare_ensure)
+ * told to re-collect `files`: it becomes the collected level being built,
+ * timed from now.  NULL when base has none, or it is gone. */
+static dmn_zygote *dmn_spare_take(dmn_zygote *base, pf_arena *a, const util_strv *files)
+{
+    dmn_zygote *z = dmn_spare_of(base);
+    if (!z)
+        return NULL;
+    pf_value *msg = util_msg(a, "recollect");
+    util_set(a, msg, "recollect", util_strv_value(a, files));
+    pf_buf b = {0};
+    int rc = z->fd >= 0 && pf_encode(&b, msg) == 0 ? pf_frame_write(z->fd, b.data, b.len, NULL, 0) : -1;
+    pf_buf_free(&b);
+    if (rc < 0) {
+        dmn_node_kill(z);
+        return NULL;
+    }
+    z->state = Z_BOOTING;
+    z->boot_start = util_now();
+    dmn.level_boots[L_COLLECTED]++;
+    return z;
+}
+
+/* When the daemon is idle (a run ended, or a boot no client waits for),
+ * have the full collection under the current one fork a spare that waits
+ * for the next edit: an incremental re-collect then starts without
+ * waiting for fork() and the child's after-fork work (5-6 ms of
+ * make_app's 20 ms).  Not while a run or a boot waits: the fork would
+ * hold up the process they fork from. */
+static void dmn_spare_ensure(void)
+{
+    dmn_zygote *cur = dmn.cur;
+    if (dmn.run || dmn.queue || dmn.booting || dmn.stopping || dmn.incremental_off || !cur ||
+        cur->state != Z_READY || cur->level != L_COLLECTED)
+        return;
+    dmn_zygote *base = cur->incremental ? cur->parent : cur;
+    if (!base || base->state != Z_READY || base->fd < 0 || dmn_spare_of(base))
+        return;
+    pf_arena *a = pf_arena_new(0);
+    pf_value *msg = util_msg(a, "fork");
+    util_set(a, msg, "wid", pf_new_int(a, -2));
+    util_set(a, msg, "spare", pf_new_bool(a, true));
+    /* the last incremental re-collect wrote the pages the next one will */
+    util_set(a, msg, "pages_of", pf_new_int(a, cur->incremental && cur->pid > 0 ? cur->pid : 0));
+    dmn_zygote *z = dmn_fork_child(base, L_COLLECTED, msg);
+    pf_arena_free(a);
+    if (!z)
+        return;
+    z->state = Z_SPARE;
+    z->incremental = true;
+    dmn.level_boots[L_COLLECTED]--;   /* a boot when it is taken */
+}
+
 /* Ask the full collection `base` to fork a child that imports `files`
  * again, or swaps their edited function bodies in, and becomes the next
  * collected zygote ("refused" if it cannot).  With `project_now` (the
@@ -9707,10 +9876,13 @@ static bool dmn_incremental_files(dmn_zygote *project, dmn_zygote *base, dmn_zyg
 static dmn_zygote *dmn_fork_recollect(dmn_zygote *project_now, dmn_zygote *base, const util_strv *files)
 {
     pf_arena *a = pf_arena_new(0);
-    pf_value *msg = util_msg(a, "fork");
-    util_set(a, msg, "wid", pf_new_int(a, -2));   /* its "forked" reply names a node, not a leader */
-    util_set(a, msg, "recollect", util_strv_value(a, files));
-    dmn_zygote *z = dmn_fork_child(base, L_COLLECTED, msg);
+    dmn_zygote *z = dmn_spare_take(base, a, files);
+    if (!z) {
+        pf_value *msg = util_msg(a, "fork");
+        util_set(a, msg, "wid", pf_new_int(a, -2));   /* its "forked" reply names a node, not a leader */
+        util_set(a, msg, "recollect", util_strv_value(a, files));
+        z = dmn_fork_child(base, L_COLLECTED, msg);
+    }
     pf_arena_free(a);
     if (!z)
         return NULL;
@@ -9838,6 +10010,8 @@ static void dmn_boot_done(dmn_zygote *z)
         dmn_plan_save(z);
     dmn_node_gc();
     dmn_run_next();
+    if (!dmn.nsubs)
+        dmn_spare_ensure();   /* a --watch client's run is on its way: after it */
 }
 
 /* A frame from a zygote node.  Site and project levels say "level" when
@@ -9943,9 +10117,17 @@ static void dmn_zygote_frame(dmn_zygote *z)
             if (dmn.run && dmn.run->z == z)
                 dmn.run->leader_pid = (pid_t)pid;
         } else {
-            for (int i = 0; i < DMN_NODES; i++)
-                if (dmn.nodes[i].state == Z_BOOTING && dmn.nodes[i].parent == z && !dmn.nodes[i].pid)
-                    dmn.nodes[i].pid = (pid_t)pid;
+            /* The oldest of its children still without a pid: a parent
+             * answers its fork requests in order. */
+            dmn_zygote *child = NULL;
+            for (int i = 0; i < DMN_NODES; i++) {
+                dmn_zygote *n = &dmn.nodes[i];
+                if ((n->state == Z_BOOTING || n->state == Z_SPARE) && n->parent == z && !n->pid &&
+                    (!child || n->gen < child->gen))
+                    child = n;
+            }
+            if (child)
+                child->pid = (pid_t)pid;
         }
     } else if (op && !strcmp(op, "reaped")) {
         int64_t status = 0;
@@ -10031,6 +10213,11 @@ static void dmn_zygote_died(dmn_zygote *z, int status)
     }
     if (z->state == Z_EXITED)
         return;
+    if (z->state == Z_SPARE) {
+        util_log("the spare fork of the collected zygote exited; the next edit forks its re-collect");
+        dmn_node_free(z);
+        return;
+    }
     util_log("the %s zygote exited unexpectedly (status %d)", dmn_level_names[z->level], status);
     /* Everything above it dies with it; the active run (if it stands on
      * it) keeps the items until it ends. */
@@ -11100,6 +11287,11 @@ static int dmn_run_reply(dmn_run *r)
     free(summary);
     r->replied = true;
     r->reply_rc = rc;
+    /* Nothing is written for the client any more: a pipe its output goes
+     * to (`pytest-fast | tee`) ends with it, not once the leader has
+     * written the --affected record. */
+    for (int i = 0; i < 3; i++)
+        util_close(&c->stdio[i]);
     return rc;
 }
 
@@ -11168,6 +11360,15 @@ static void dmn_run_end(dmn_run *r)
         dmn_node_gc();
     }
     dmn_run_next();
+    /* A save that a --watch client's walk saw while this run's leader was
+     * finishing could not start its re-collect then: it starts now, and
+     * overlaps the rest of the debounce. */
+    for (int i = 0; i < dmn.nconns; i++)
+        if (dmn.conns[i]->sub && dmn.conns[i]->sub->pending) {
+            dmn_prewarm("--watch");
+            break;
+        }
+    dmn_spare_ensure();
 }
 
 /* The run is over when every worker has exited and been accounted for. */
@@ -11954,7 +12155,7 @@ static void dmn_request(dmn_conn *c)
     if (!strcmp(op, "status")) {
         pf_arena *a = pf_arena_new(0);
         pf_value *d = util_msg(a, "status");
-        static const char *const states[] = {"down", "booting", "ready", "exited"};
+        static const char *const states[] = {"down", "booting", "ready", "exited", "spare"};
         dmn_zygote *z = dmn.cur;
         util_set(a, d, "pid", pf_new_int(a, getpid()));
         util_set(a, d, "zygote", pf_new_cstr(a, dmn.booting ? "booting" : z ? states[z->state] : "down"));
@@ -11980,6 +12181,13 @@ static void dmn_request(dmn_conn *c)
         util_set(a, d, "address", pf_new_cstr(a, dmn.address));
         util_set(a, d, "rootdir", pf_new_cstr(a, z ? z->rootdir : ""));
         util_set(a, d, "recollect", pf_new_cstr(a, z ? z->how : ""));
+        const dmn_zygote *spare = dmn_spare_of(z && z->incremental ? z->parent : z);
+        util_set(a, d, "spare_pid", pf_new_int(a, spare ? spare->pid : 0));
+        bool settling = false;
+        for (int i = 0; i < dmn.nconns; i++)
+            settling |= dmn.conns[i]->sub && dmn.conns[i]->sub->pending;
+        util_set(a, d, "watch_clients", pf_new_int(a, dmn.nsubs));
+        util_set(a, d, "settling", pf_new_bool(a, settling));
         dmn_send(c, d);
         pf_arena_free(a);
         dmn_conn_drop(c);
@@ -13237,7 +13445,14 @@ static int cli_status(const char *address)
     const char *how = pf_dict_str(s, "recollect");
     if (how && how[0])
         printf("collected: %s\n", how);
+    int64_t spare = 0;
+    if (pf_dict_int(s, "spare_pid", &spare) && spare > 0)
+        printf("spare    : pid %lld, forked ahead of the next incremental re-collect\n", (long long)spare);
     printf("watcher  : %s\n", pf_dict_get(s, "watching") && pf_dict_get(s, "watching")->u.b ? "on" : "off");
+    int64_t subs = 0;
+    if (pf_dict_int(s, "watch_clients", &subs) && subs > 0)
+        printf("--watch  : %lld client%s%s\n", (long long)subs, subs == 1 ? "" : "s",
+               pf_dict_get(s, "settling") && pf_dict_get(s, "settling")->u.b ? ", a change settling" : "");
     printf("rootdir  : %s\n", pf_dict_str(s, "rootdir") ? pf_dict_str(s, "rootdir") : "");
     if (idle && idle->kind == PF_FLOAT)
         printf("idle     : %.0fs\n", idle->u.f);

@@ -648,7 +648,14 @@ static int cli_status(const char *address)
     const char *how = pf_dict_str(s, "recollect");
     if (how && how[0])
         printf("collected: %s\n", how);
+    int64_t spare = 0;
+    if (pf_dict_int(s, "spare_pid", &spare) && spare > 0)
+        printf("spare    : pid %lld, forked ahead of the next incremental re-collect\n", (long long)spare);
     printf("watcher  : %s\n", pf_dict_get(s, "watching") && pf_dict_get(s, "watching")->u.b ? "on" : "off");
+    int64_t subs = 0;
+    if (pf_dict_int(s, "watch_clients", &subs) && subs > 0)
+        printf("--watch  : %lld client%s%s\n", (long long)subs, subs == 1 ? "" : "s",
+               pf_dict_get(s, "settling") && pf_dict_get(s, "settling")->u.b ? ", a change settling" : "");
     printf("rootdir  : %s\n", pf_dict_str(s, "rootdir") ? pf_dict_str(s, "rootdir") : "");
     if (idle && idle->kind == PF_FLOAT)
         printf("idle     : %.0fs\n", idle->u.f);

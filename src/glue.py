@@ -192,6 +192,15 @@ class _Zygote:
                 msg, fds, forked = got
                 if not forked:
                     continue
+                if msg.get("spare"):
+                    # Forked ahead of the next edit, so that its re-collect
+                    # does not wait for fork(), nor for the copy of each
+                    # page the last one wrote: the daemon sends the files.
+                    _c.prefault(msg.get("pages_of", 0))
+                    got = _c.serve(fds[0])
+                    if got is None or "recollect" not in got[0]:
+                        os._exit(0)
+                    msg = got[0]
                 if "recollect" in msg:
                     # A fork that becomes the next collected zygote.
                     self.fd = fds[0]

@@ -61,6 +61,7 @@
 #ifdef __linux__
 #include <sched.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #endif
 #ifdef __APPLE__

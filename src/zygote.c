@@ -490,6 +490,97 @@ static PyObject *zyg_py_ran_watch(PyObject *self, PyObject *disable)
 }
 #endif
 
+#ifdef __linux__
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23   /* Linux 5.14; older C libraries lack the name */
+#endif
+
+/* Break copy-on-write, from start for n pages, on those that `pagemap`
+ * (the other process's /proc/PID/pagemap) says it holds mapped and
+ * exclusively: written since the fork.  False once the kernel refuses
+ * MADV_POPULATE_WRITE itself (before 5.14). */
+static bool zyg_prefault_range(int pagemap, uintptr_t start, size_t n, long page, size_t *done)
+{
+    uint64_t entries[512];
+    for (size_t i = 0; i < n;) {
+        size_t want = n - i < 512 ? n - i : 512;
+        ssize_t got = pread(pagemap, entries, want * sizeof *entries,
+                            (off_t)((start / (uintptr_t)page + i) * sizeof *entries));
+        if (got <= 0)
+            return true;
+        size_t k = (size_t)got / sizeof *entries;
+        for (size_t j = 0; j < k;) {
+            size_t run = 0;
+            while (j + run < k && (entries[j + run] >> 63 & 1) && (entries[j + run] >> 56 & 1))
+                run++;
+            if (run) {
+                /* An address the other process mapped after the fork may be
+                 * unmapped here (ENOMEM): nothing to copy there. */
+                if (madvise((void *)(start + (i + j) * (uintptr_t)page), run * (size_t)page,
+                            MADV_POPULATE_WRITE) == 0)
+                    *done += run;
+                else if (errno == EINVAL)
+                    return false;
+            }
+            j += run ? run : 1;
+        }
+        i += k;
+    }
+    return true;
+}
+#endif
+
+/* Copy now the pages that process `pid`, forked from the same parent,
+ * wrote since its fork: the spare fork of the collection (see the
+ * daemon) then does not take those copy-on-write faults when it
+ * re-collects, as `pid` (the last incremental re-collect) did.  The
+ * private anonymous mappings only; the pages copied, 0 where /proc or
+ * MADV_POPULATE_WRITE is missing. */
+static size_t zyg_prefault(pid_t pid)
+{
+    size_t done = 0;
+#ifdef __linux__
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/maps", (long)pid);
+    FILE *maps = pid > 0 ? fopen(path, "re") : NULL;
+    snprintf(path, sizeof path, "/proc/%ld/pagemap", (long)pid);
+    int pagemap = maps ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    long page = sysconf(_SC_PAGESIZE);
+    char line[512];
+    bool more = pagemap >= 0 && page > 0;
+    while (more && fgets(line, sizeof line, maps)) {
+        unsigned long lo, hi, inode;
+        char perms[8];
+        int name = 0;
+        if (sscanf(line, "%lx-%lx %7s %*x %*s %lu %n", &lo, &hi, perms, &inode, &name) < 4)
+            continue;
+        /* writable, private, not file-backed; the stack is this process's
+         * own; a mapping of over a GiB is a sanitizer's shadow memory, not
+         * a heap, and reading its page map would take minutes */
+        if (perms[0] != 'r' || perms[1] != 'w' || perms[3] != 'p' || inode != 0 ||
+            !strncmp(line + name, "[stack]", 7) || hi - lo > 1ul << 30)
+            continue;
+        more = zyg_prefault_range(pagemap, lo, (hi - lo) / (unsigned long)page, page, &done);
+    }
+    if (pagemap >= 0)
+        close(pagemap);
+    if (maps)
+        fclose(maps);
+#else
+    (void)pid;
+#endif
+    return done;
+}
+
+static PyObject *zyg_py_prefault(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long pid = PyLong_AsLong(arg);
+    if (pid == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSize_t(zyg_prefault((pid_t)pid));
+}
+
 static PyObject *zyg_py_ran(PyObject *self, PyObject *code)
 {
     (void)self;
@@ -595,6 +686,7 @@ static PyMethodDef zyg_methods[] = {
      "mon_start(code, offset): the PY_START callback"},
     {"opens_start", zyg_py_opens_start, METH_NOARGS, "opens_start(): record files opened to read"},
     {"opens_stop", zyg_py_opens_stop, METH_NOARGS, "opens_stop() -> set of the files opened"},
+    {"prefault", zyg_py_prefault, METH_O, "prefault(pid) -> pages copied that pid wrote since its fork"},
     {"ran", zyg_py_ran, METH_O, "ran(code) -> whether that code started here or in a level below"},
 #if PY_VERSION_HEX >= 0x030C0000
     {"ran_watch", zyg_py_ran_watch, METH_O, "ran_watch(DISABLE): ran_start notes what starts (3.12+)"},

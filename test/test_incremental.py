@@ -3,7 +3,9 @@ zygote is a fork of the last full collection that imports just those
 modules again.  After every edit the collection (ids and order) and the
 outcomes must equal plain pytest's, with the incremental path on and off;
 --status says which path each re-collect took."""
+import os
 import re
+import signal
 
 import pytest
 from test_edit_loop import wait_for
@@ -65,6 +67,14 @@ def recollect_path(project):
     m = re.search(r"^collected: (.*)$", out, re.M)
     assert m, out
     return m.group(1)
+
+
+def pids(project):
+    """(the collected zygote's pid, its spare fork's or 0), from --status."""
+    out = project.status().stdout
+    zygote = re.search(r"^zygote   : \w+ \(pid (\d+)\)", out, re.M)
+    spare = re.search(r"^spare    : pid (\d+)", out, re.M)
+    return int(zygote.group(1)) if zygote else 0, int(spare.group(1)) if spare else 0
 
 
 def edit(project, rel, old, new):
@@ -213,6 +223,31 @@ def test_a_test_module_imported_by_another_falls_back(project):
     assert how == "full (test_user.py imports from a changed test module)", how
     edit(project, "test_user.py", "== 1", "== 2")
     check(project, None, "incremental")
+
+
+def test_an_edit_takes_the_spare_fork_and_a_dead_one_is_not_waited_for(project):
+    """Once idle after a run, the full collection forks a spare that waits
+    for the next edit: that edit's re-collect is the spare itself, so it
+    waits for no fork().  A spare that dies is reported, and the next edit
+    forks as before."""
+    write_all(project, FILES)
+    warm(project, None)
+    spare = wait_for(lambda: pids(project)[1], what="the spare fork")
+    edit(project, "tests/test_a.py", "base + local == 3", "base + local == 4")
+    check(project, None, "incremental (1 module)")
+    zygote, _ = pids(project)
+    assert zygote == spare, (zygote, spare, project.log()[-3000:])
+
+    # the runs in check() left a new spare, forked after the edit
+    spare = wait_for(lambda: pids(project)[1], what="the next spare fork")
+    assert spare != zygote
+    os.kill(spare, signal.SIGKILL)
+    wait_for(lambda: pids(project)[1] != spare, what="the daemon to see the spare die")
+    assert "the spare fork of the collected zygote exited" in project.log()
+    edit(project, "tests/test_a.py", "base + local == 4", "base + local == 3")
+    check(project, None, "incremental (1 module)")
+    assert pids(project)[0] not in (zygote, spare)
+    wait_for(lambda: pids(project)[1], what="a spare fork again")
 
 
 def test_the_watcher_prewarms_incrementally(project):

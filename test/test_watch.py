@@ -4,6 +4,7 @@ a save cancels the run in flight; single keys on a terminal.
 Every wait here is for output the watcher prints (or for a file a test
 writes), with a deadline: no sleeps."""
 
+import errno
 import os
 import pty
 import re
@@ -14,6 +15,7 @@ import threading
 import time
 
 from conftest import BIN
+from test_edit_loop import wait_for
 
 APP = """
 def add(a, b):
@@ -238,6 +240,50 @@ def test_a_save_cancels_the_run_in_flight(project):
         after = w.expect(WAITING)
         assert "test_new" not in after or "failed" not in after
         assert re.search(r"\d+ passed", after)
+    finally:
+        w.kill()
+
+
+def test_a_save_while_a_run_records_is_prewarmed_when_the_run_ends(project):
+    """A save the watch sees while a run's leader still writes the --affected
+    record (its client has its result, and its output pipe is closed)
+    cannot start its re-collect then: it starts when that run ends, not a
+    debounce later.  A FIFO in place of the record holds the leader, as a
+    slow disk would."""
+    _project(project)
+    w = Watch(project, "-q", env={"PYTEST_FAST_WATCH_DEBOUNCE": "30"})
+    try:
+        w.expect(WAITING)
+        wait_for(lambda: re.search(r"runs +: \d+ done, idle", project.status().stdout), what="an idle daemon")
+        record = project.path / ".pytest_cache" / "d" / "pytest-fast" / "affected.json"
+        record.unlink()
+        os.mkfifo(record)
+
+        def unblock(timeout=60.0):
+            """Write to the FIFO once the leader has opened it to read."""
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fd = os.open(record, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError as exc:   # ENXIO: no reader yet
+                    assert exc.errno == errno.ENXIO and time.monotonic() < deadline, exc
+                    time.sleep(0.01)
+            os.write(fd, b"not a record")
+            os.close(fd)
+
+        selection = threading.Thread(target=unblock)
+        selection.start()
+        r = project.fast("-q", env={"PYTEST_FAST_RECORD": "1"}, dump=False)
+        selection.join(60)
+        assert r.rc == 0 and "3 passed" in r.out, r
+        # the run goes on: its leader waits to read the record again
+        project.write("tests/test_add.py", TEST_ADD + "\n\ndef test_new():\n    pass\n")
+        wait_for(lambda: "a change settling" in project.status().stdout, what="the watch to see the save")
+        assert "pre-warming" not in project.log(), project.log()
+        unblock()
+        wait_for(lambda: "pre-warming for --watch (collected): tests/test_add.py changed" in project.log(),
+                 timeout=20, what="the re-collect at the run's end, not 30 s later")
     finally:
         w.kill()
 

@@ -1,11 +1,14 @@
-/* Unit tests for the SHA-256 and worker-count sections, and for the
- * daemon's zygote table: orderings of frames that a loaded machine
- * produces only now and then, set up here exactly. */
+/* Unit tests for the SHA-256 and worker-count sections, for the daemon's
+ * zygote table (orderings of frames that a loaded machine produces only
+ * now and then, set up here exactly) and for the zygote's prefault. */
 #define PF_NO_MAIN
 #include "../pytest_fast.c"
 
 #include <stdlib.h>
 #include <sys/stat.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 static int passed, failed;
 
@@ -537,6 +540,152 @@ static void test_refusal_read_from_the_reaped_frame(void)
             dmn_node_free(&dmn.nodes[i]);
 }
 
+/* A frame from `peer`'s other end, decoded into a; NULL if none came. */
+static pf_value *read_msg(pf_arena *a, int peer)
+{
+    pf_reader rd;
+    pf_reader_init(&rd);
+    pf_value *msg = NULL;
+    char err[160];
+    if (pf_read_frame(&rd, peer, 1000) != PF_READ_FRAME ||
+        pf_decode(a, rd.body.data, rd.need, &msg, err, sizeof err) < 0)
+        msg = NULL;
+    for (int i = 0; i < rd.nfds; i++)
+        close(rd.fds[i]);
+    pf_reader_free(&rd);
+    return msg;
+}
+
+/* An edit after the spare fork exists: the spare is told the files and
+ * becomes the collected level being built; the full collection is asked
+ * for no fork.  Its "forked" reply, which may come after the next fork
+ * request, names the oldest of its children still without a pid. */
+static void test_the_next_edit_takes_the_spare(void)
+{
+    for (int i = 0; i < DMN_NODES; i++)
+        dmn.nodes[i].state = Z_DOWN;
+    int full_sock[2], spare_sock[2];
+    CHECK(util_socketpair(full_sock) == 0 && util_socketpair(spare_sock) == 0);
+    util_nonblock(full_sock[0]);
+    dmn_zygote *full = node(0, Z_READY, L_COLLECTED, NULL, full_sock[0]);
+    dmn_zygote *spare = node(1, Z_SPARE, L_COLLECTED, full, spare_sock[0]);
+    dmn.level_boots[L_COLLECTED] = 1;
+
+    util_strv files = {0};
+    util_strv_push(&files, "/p/tests/test_a.py");
+    dmn_zygote *z = dmn_fork_recollect(NULL, full, &files);
+    util_strv_free(&files);
+    CHECK(z == spare);
+    CHECK(spare->state == Z_BOOTING && spare->incremental);
+    CHECK(dmn.level_boots[L_COLLECTED] == 2);
+    pf_arena *a = pf_arena_new(0);
+    pf_value *msg = read_msg(a, spare_sock[1]);
+    const pf_value *told = msg ? pf_dict_get(msg, "recollect") : NULL;
+    CHECK(told && pf_is_seq(told) && told->u.seq.len == 1 &&
+          !strcmp(told->u.seq.items[0]->u.s.ptr, "/p/tests/test_a.py"));
+    struct pollfd p = {full_sock[1], POLLIN, 0};
+    CHECK(poll(&p, 1, 0) == 0);   /* no fork asked of the full collection */
+
+    /* A second child of it, asked for after the spare: the replies come in
+     * the order of the requests. */
+    dmn_zygote *later = node(2, Z_SPARE, L_COLLECTED, full, -1);
+    CHECK(later->gen > spare->gen);
+    for (int pid = 101; pid <= 102; pid++) {
+        pf_value *forked = util_msg(a, "forked");
+        util_set(a, forked, "pid", pf_new_int(a, pid));
+        util_set(a, forked, "wid", pf_new_int(a, -2));
+        CHECK(pf_send_value(full_sock[1], forked) == 0);
+    }
+    dmn_zygote_read(full);
+    CHECK(spare->pid == 101);
+    CHECK(later->pid == 102);
+    pf_arena_free(a);
+    close(full_sock[1]);
+    close(spare_sock[1]);
+    for (int i = 0; i < DMN_NODES; i++)
+        if (dmn.nodes[i].state != Z_DOWN)
+            dmn_node_free(&dmn.nodes[i]);
+}
+
+#ifdef __linux__
+/* Whether this process's page at p is mapped and exclusively its own. */
+static bool page_exclusive(const void *p)
+{
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+    uint64_t e = 0;
+    long page = sysconf(_SC_PAGESIZE);
+    bool got = fd >= 0 && pread(fd, &e, sizeof e, (off_t)((uintptr_t)p / (uintptr_t)page * sizeof e)) ==
+                              (ssize_t)sizeof e;
+    if (fd >= 0)
+        close(fd);
+    return got && (e >> 63 & 1) && (e >> 56 & 1);
+}
+#endif
+
+/* The spare fork copies the pages its sibling wrote since the fork, and
+ * only those, keeping its own contents: a sibling writes the even pages
+ * of a buffer; the spare, forked after, prefaults from it and finds the
+ * even pages its own (with the parent's bytes) and the odd ones shared. */
+static void test_prefault_copies_what_the_sibling_wrote(void)
+{
+#ifdef __linux__
+    enum { N = 32 };
+    long page = sysconf(_SC_PAGESIZE);
+    char *buf = mmap(NULL, N * (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(buf != MAP_FAILED);
+    if (buf == MAP_FAILED)
+        return;
+    memset(buf, 1, N * (size_t)page);
+    int wrote[2], release[2], verdict[2];
+    CHECK(pipe(wrote) == 0 && pipe(release) == 0 && pipe(verdict) == 0);
+    pid_t sibling = fork();
+    if (sibling == 0) {
+        for (int i = 0; i < N; i += 2)
+            buf[(size_t)i * (size_t)page] = 2;
+        char c = 'w';
+        ssize_t w = write(wrote[1], &c, 1);
+        (void)w;
+        ssize_t r = read(release[0], &c, 1);   /* alive until the spare is done */
+        _exit(r == 1 ? 0 : 1);
+    }
+    char c;
+    CHECK(read(wrote[0], &c, 1) == 1);
+    pid_t spare = fork();
+    if (spare == 0) {
+        /* 0: fine; else the first failing page + 1, or N + 1 for the count */
+        int bad = 0;
+        size_t copied = zyg_prefault(sibling);
+        char *probe = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        bool supported = probe != MAP_FAILED && (madvise(probe, (size_t)page, MADV_POPULATE_WRITE) == 0 ||
+                                                 errno != EINVAL);
+        for (int i = 0; i < N && !bad; i++)
+            if (buf[(size_t)i * (size_t)page] != 1 || page_exclusive(buf + (size_t)i * (size_t)page) !=
+                                                          (supported && i % 2 == 0))
+                bad = i + 1;
+        /* the sibling's own pages (its stack, its heap) count too */
+        if (!bad && (supported ? copied < N / 2 : copied != 0))
+            bad = N + 1;
+        ssize_t w = write(verdict[1], &bad, sizeof bad);
+        _exit(w == (ssize_t)sizeof bad ? 0 : 1);
+    }
+    int bad = -1;
+    CHECK(read(verdict[0], &bad, sizeof bad) == (ssize_t)sizeof bad);
+    CHECK(bad == 0);
+    if (bad)
+        fprintf(stderr, "  prefault: page %d is not as it should be\n", bad - 1);
+    CHECK(write(release[1], "x", 1) == 1);
+    int st;
+    CHECK(waitpid(spare, &st, 0) == spare && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(waitpid(sibling, &st, 0) == sibling && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    for (int i = 0; i < 2; i++) {
+        close(wrote[i]);
+        close(release[i]);
+        close(verdict[i]);
+    }
+    munmap(buf, N * (size_t)page);
+#endif
+}
+
 int main(void)
 {
     test_sha_vectors();
@@ -551,6 +700,8 @@ int main(void)
     test_cgroup_tree();
     test_detect();
     test_refusal_read_from_the_reaped_frame();
+    test_the_next_edit_takes_the_spare();
+    test_prefault_copies_what_the_sibling_wrote();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }
