@@ -124,15 +124,24 @@ def _imported_names(tree: ast.AST, package: str) -> Iterable[str]:
 def fingerprint(root: str, rel: str, modules: dict[str, str], names: dict[str, str]) -> dict | None:
     """The fingerprint of one file; modules maps module names to files,
     names maps files back to their module names (for relative imports)."""
-    path = os.path.join(root, rel)
     try:
-        st = os.stat(path)
-        with open(path, "rb") as f:
-            data = f.read()
+        stat, data = _read(os.path.join(root, rel))
     except OSError:
         return None
-    fp: dict = {"stat": [st.st_mtime_ns, st.st_size], "sha": _sha(data), "skel": None, "imports": [],
-                "bodies": {}}
+    return _fingerprint(rel, stat, data, modules, names)
+
+
+def _read(path: str) -> tuple[list[int], bytes]:
+    """A file's content, and its stat as of that content (a save may
+    truncate and write it while it is read)."""
+    with open(path, "rb") as f:
+        data = f.read()
+        st = os.fstat(f.fileno())
+    return [st.st_mtime_ns, st.st_size], data
+
+
+def _fingerprint(rel: str, stat: list[int], data: bytes, modules: dict[str, str], names: dict[str, str]) -> dict:
+    fp: dict = {"stat": stat, "sha": _sha(data), "skel": None, "imports": [], "bodies": {}}
     if rel.endswith(".py"):
         try:
             tree = ast.parse(data)
@@ -146,10 +155,14 @@ def fingerprint(root: str, rel: str, modules: dict[str, str], names: dict[str, s
     return fp
 
 
-def _changes(root: str, files: dict[str, dict]) -> tuple[dict[str, str], dict[str, set[str]]]:
+def _changes(root: str, files: dict[str, dict],
+             seen: dict[str, tuple[list[int], bytes | None]] | None = None
+             ) -> tuple[dict[str, str], dict[str, set[str]]]:
     """Files changed since recorded: 'module' (outside function bodies, or
     gone), 'body' (inside function bodies only) or 'data'; and for the
-    'body' ones, the qualified names of the functions whose bodies changed."""
+    'body' ones, the qualified names of the functions whose bodies changed.
+    Into seen, each file as found: its stat, and its content where the
+    stat is not the recorded one (None: the recorded content)."""
     changed = {}
     bodies: dict[str, set[str]] = {}
     for rel, fp in files.items():
@@ -159,14 +172,18 @@ def _changes(root: str, files: dict[str, dict]) -> tuple[dict[str, str], dict[st
         except OSError:
             changed[rel] = "module"
             continue
-        if fp.get("stat") == [st.st_mtime_ns, st.st_size]:
+        stat = [st.st_mtime_ns, st.st_size]
+        if fp.get("stat") == stat:
+            if seen is not None:
+                seen[rel] = (stat, None)
             continue
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            found, data = _read(path)
         except OSError:
             changed[rel] = "module"
             continue
+        if seen is not None:
+            seen[rel] = (found, data)
         if _sha(data) == fp.get("sha"):
             continue
         if not rel.endswith(".py"):
@@ -185,6 +202,17 @@ def _changes(root: str, files: dict[str, dict]) -> tuple[dict[str, str], dict[st
         was = fp.get("bodies") or {}
         bodies[rel] = {name for name in set(was) | set(now) if was.get(name) != now.get(name)}
     return changed, bodies
+
+
+def snapshot(root: str, rels: Iterable[str], seen: dict[str, tuple[list[int], bytes | None]]) -> None:
+    """Into seen, each of rels that it lacks, as found now (see _changes)."""
+    for rel in rels:
+        if rel in seen:
+            continue
+        try:
+            seen[rel] = _read(os.path.join(root, rel))
+        except OSError:
+            continue
 
 
 def _importers(files: dict[str, dict], targets: Iterable[str]) -> set[str]:
@@ -229,18 +257,21 @@ def save(path: str, record: dict) -> None:
 
 
 def affected(record: dict | None, world: str, root: str, tests: dict[str, str],
-             ran_at_import: Callable[[str, set[str]], bool] | None = None) -> tuple[set[str], str]:
+             ran_at_import: Callable[[str, set[str]], bool] | None = None,
+             seen: dict[str, tuple[list[int], bytes | None]] | None = None) -> tuple[set[str], str]:
     """Of tests ({nodeid: module file, relative to root}), those an edit
     since their last run could change, and why, in a few words.
     ran_at_import(file, qualified names) says whether one of those
     functions of that file ran while the collection imported and collected;
-    an edit inside its body then counts as one outside function bodies."""
+    an edit inside its body then counts as one outside function bodies.
+    seen, when given, gets the recorded files as this run finds them
+    (see _changes): update() fingerprints from it what is edited later."""
     if record is None:
         return set(tests), "every test: no usable record of earlier runs"
     if record["world"] != world:
         return set(tests), "every test: the interpreter, packages, ini file, conftests or plugins changed"
     files = record["files"]
-    changed, bodies = _changes(root, files)
+    changed, bodies = _changes(root, files, seen)
     for rel, names in bodies.items():
         if ran_at_import is not None and ran_at_import(rel, names):
             changed[rel] = "module"
@@ -258,14 +289,18 @@ def affected(record: dict | None, world: str, root: str, tests: dict[str, str],
 
 
 def update(record: dict | None, world: str, root: str, ran: dict[str, dict], project: Iterable[str],
-           modules: dict[str, str], started_ns: int) -> dict:
+           modules: dict[str, str], started_ns: int,
+           seen: dict[str, tuple[list[int], bytes | None]] | None = None) -> dict:
     """The record after a run, a new one (the given record is left as it
     was, for the caller to compare with): ran maps each test that ran to
     {"module", "deps", "failed"} (deps None: not recorded, because its
     record was current: the recorded deps stand); project lists the project files the
     collection imported; modules maps module names to those files.  A file
-    modified after the run started is fingerprinted as unknown, so that
-    the tests that ran against its older content are selected again."""
+    modified after the run started (a save as soon as the result arrives,
+    while this record is written) is fingerprinted as the run found it, from
+    seen (see affected()); else as unknown, so that the tests that ran
+    against its older content, and the tests of every module that imports
+    it, are selected again."""
     if record is None or record["world"] != world:
         record = {"format": FORMAT, "world": world, "files": {}, "tests": {}}
     tests = dict(record["tests"])
@@ -292,8 +327,14 @@ def update(record: dict | None, world: str, root: str, ran: dict[str, dict], pro
             fp = fingerprint(root, rel, modules, names)
             if fp is None:
                 continue
-        if current[0] > started_ns:
-            fp = dict(fp, stat=None, sha=None)
+        if max(current[0], fp["stat"][0]) > started_ns:
+            found = (seen or {}).get(rel)
+            if found is not None and found[1] is not None:
+                fp = _fingerprint(rel, found[0], found[1], modules, names)
+            elif found is not None and old.get(rel, {}).get("stat") == found[0]:
+                fp = old[rel]
+            else:
+                fp = dict(fp, stat=None, sha=None, skel=None, bodies={})
         files[rel] = fp
     # Tests that did not run keep their record, but not against a file
     # whose fingerprint is now replaced: they ran against the old content.

@@ -855,6 +855,7 @@ class _Leader:
         self.stepwise = None      # this run's StepwisePlugin (--sw)
         self.stale = None         # recording: the node ids to record, None: every test
         self.stale_fixtures = None   # ... and the fixtures they use, None: every fixture
+        self.seen = {}            # ... and the recorded files as the run found them
         self.zygote = None        # the collection it was forked from
 
     def lead(self, zygote):
@@ -1024,7 +1025,10 @@ class _Leader:
         path = _affected_record(self.config)
         record = _affected.load(path) if path else None
         tests = {item.nodeid: _rel_module(item, root) for item in items}
-        return _affected.affected(record, self.world, root, tests, self.ran_at_import)
+        chosen = _affected.affected(record, self.world, root, tests, self.ran_at_import, self.seen)
+        # the project files no record names yet (all of them, the first time)
+        _affected.snapshot(root, self.zygote.project_modules(root).values(), self.seen)
+        return chosen
 
     def ran_at_import(self, rel, names):
         """Whether one of the functions `names` of the project file `rel`
@@ -1218,7 +1222,8 @@ class _Leader:
         project = self.zygote.project_modules(root)
         try:
             old = _affected.load(path)
-            record = _affected.update(old, self.world, root, ran, project.values(), project, self.started_ns)
+            record = _affected.update(old, self.world, root, ran, project.values(), project, self.started_ns,
+                                      self.seen)
             if record == old:
                 return   # the usual steady state: the failing tests re-recorded alike
             _affected.save(path, record)
