@@ -9245,6 +9245,7 @@ static void dmn_record_watch(dmn_zygote *z)
 static void dmn_run_next(void);
 static void dmn_reply_and_stop(dmn_conn *c, const char *op, const char *why);
 static void dmn_prewarm(const char *who);
+static bool dmn_subs_settling(void);
 
 static void dmn_ident_free(dmn_ident *id)
 {
@@ -9852,6 +9853,13 @@ static bool dmn_incremental_files(dmn_zygote *project, dmn_zygote *base, dmn_zyg
     return files->n > 0;
 }
 
+/* The full collection a collected zygote stands on: itself, or the parent
+ * of an incremental re-collect. */
+static dmn_zygote *dmn_full_of(dmn_zygote *z)
+{
+    return z && z->incremental ? z->parent : z;
+}
+
 /* The spare fork of the full collection `base` (see dmn_spare_ensure), or NULL. */
 static dmn_zygote *dmn_spare_of(const dmn_zygote *base)
 {
@@ -9871,10 +9879,7 @@ static dmn_zygote *dmn_spare_take(dmn_zygote *base, pf_arena *a, const util_strv
         return NULL;
     pf_value *msg = util_msg(a, "recollect");
     util_set(a, msg, "recollect", util_strv_value(a, files));
-    pf_buf b = {0};
-    int rc = z->fd >= 0 && pf_encode(&b, msg) == 0 ? pf_frame_write(z->fd, b.data, b.len, NULL, 0) : -1;
-    pf_buf_free(&b);
-    if (rc < 0) {
+    if (z->fd < 0 || pf_send_value(z->fd, msg) < 0) {
         dmn_node_kill(z);
         return NULL;
     }
@@ -9896,7 +9901,7 @@ static void dmn_spare_ensure(void)
     if (dmn.run || dmn.queue || dmn.booting || dmn.stopping || dmn.incremental_off || !cur ||
         cur->state != Z_READY || cur->level != L_COLLECTED)
         return;
-    dmn_zygote *base = cur->incremental ? cur->parent : cur;
+    dmn_zygote *base = dmn_full_of(cur);
     if (!base || base->state != Z_READY || base->fd < 0 || dmn_spare_of(base))
         return;
     pf_arena *a = pf_arena_new(0);
@@ -9960,7 +9965,7 @@ static void dmn_try_incremental(int from)
     }
     if (!cur || cur->state != Z_READY || cur->level != L_COLLECTED)
         return;
-    dmn_zygote *base = cur->incremental ? cur->parent : cur;
+    dmn_zygote *base = dmn_full_of(cur);
     if (!base || base->state != Z_READY || base->fd < 0 || dmn_ident_differs(&base->id, &dmn.boot_id))
         return;
     /* It must stand on the levels this boot reuses, and on the project
@@ -11409,11 +11414,8 @@ static void dmn_run_end(dmn_run *r)
     /* A save that a --watch client's walk saw while this run's leader was
      * finishing could not start its re-collect then: it starts now, and
      * overlaps the rest of the debounce. */
-    for (int i = 0; i < dmn.nconns; i++)
-        if (dmn.conns[i]->sub && dmn.conns[i]->sub->pending) {
-            dmn_prewarm("--watch");
-            break;
-        }
+    if (dmn_subs_settling())
+        dmn_prewarm("--watch");
     dmn_spare_ensure();
 }
 
@@ -12078,6 +12080,15 @@ static void dmn_subs_notified(double now)
     }
 }
 
+/* Whether a --watch client has seen a change that has not settled yet. */
+static bool dmn_subs_settling(void)
+{
+    for (int i = 0; i < dmn.nconns; i++)
+        if (dmn.conns[i]->sub && dmn.conns[i]->sub->pending)
+            return true;
+    return false;
+}
+
 static double dmn_subs_next(void)
 {
     double next = 0;
@@ -12227,13 +12238,10 @@ static void dmn_request(dmn_conn *c)
         util_set(a, d, "address", pf_new_cstr(a, dmn.address));
         util_set(a, d, "rootdir", pf_new_cstr(a, z ? z->rootdir : ""));
         util_set(a, d, "recollect", pf_new_cstr(a, z ? z->how : ""));
-        const dmn_zygote *spare = dmn_spare_of(z && z->incremental ? z->parent : z);
+        const dmn_zygote *spare = dmn_spare_of(dmn_full_of(z));
         util_set(a, d, "spare_pid", pf_new_int(a, spare ? spare->pid : 0));
-        bool settling = false;
-        for (int i = 0; i < dmn.nconns; i++)
-            settling |= dmn.conns[i]->sub && dmn.conns[i]->sub->pending;
         util_set(a, d, "watch_clients", pf_new_int(a, dmn.nsubs));
-        util_set(a, d, "settling", pf_new_bool(a, settling));
+        util_set(a, d, "settling", pf_new_bool(a, dmn_subs_settling()));
         dmn_send(c, d);
         pf_arena_free(a);
         dmn_conn_drop(c);
